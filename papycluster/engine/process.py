@@ -1,0 +1,197 @@
+"""Worker processes and the byte protocol they speak.
+
+A NuMap talks to each of its worker processes over one duplex pipe. Every message is
+one pickled tuple sent with ``send_bytes``, so the same bytes can be relayed unchanged
+by a cluster agent to a worker process on another host (the agent never unpickles a
+tasklet; it only forwards bytes between an authenticated peer and its own process).
+
+Manager to worker::
+
+    ("def", task_key, blob)         blob = cloudpickle.dumps((func, args, kwargs))
+    ("run", [(task_key, index, item), ...])
+    ("drop", task_key)              forget a task's function
+    ("exit",)
+
+Worker to manager, one message per tasklet::
+
+    ("res", task_key, index, ok, value)
+
+``ok`` is False when ``value`` is the exception that the function raised; it carries
+its traceback text in ``remote_traceback`` and a note that names the process and host.
+A result or an exception that cannot be pickled is replaced by a :class:`RemoteError`,
+so the manager always gets an answer for every tasklet it sent.
+
+Functions travel with cloudpickle (lambdas, closures and ``__main__`` functions work);
+items with the standard pickle protocol 5, falling back to cloudpickle.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import socket
+import traceback
+from collections.abc import Callable
+from multiprocessing.connection import Connection
+from typing import Any
+
+import cloudpickle
+
+from papycluster.errors import RemoteError
+
+PROTOCOL = pickle.HIGHEST_PROTOCOL
+
+#: Name of this host as reported in tracebacks; an agent sets it to its cluster name.
+HOST_ENV = "PAPYCLUSTER_HOST_NAME"
+
+
+def dumps(obj: Any) -> bytes:
+    """Pickle ``obj`` fast with the standard pickler, or with cloudpickle if it must."""
+    try:
+        return pickle.dumps(obj, PROTOCOL)
+    except Exception:
+        return cloudpickle.dumps(obj, PROTOCOL)
+
+
+def loads(data: bytes) -> Any:
+    return pickle.loads(data)
+
+
+def where() -> str:
+    """``pid N on HOST``: where this code runs, for error messages."""
+    host = os.environ.get(HOST_ENV) or socket.gethostname()
+    return f"pid {os.getpid()} on {host}"
+
+
+def describe_exception(exc: BaseException) -> BaseException:
+    """Attach the traceback text and the place to ``exc`` so that it survives pickling."""
+    tb = "".join(traceback.format_exception(exc))
+    try:
+        exc.remote_traceback = tb  # type: ignore[attr-defined]
+        exc.add_note(f"(raised in {where()})")
+    except Exception:  # exceptions with __slots__ or a read-only __dict__
+        return RemoteError(type(exc).__name__, str(exc), tb, where())
+    return exc
+
+
+def call(func: Callable, args: tuple, kwargs: dict, item: Any) -> tuple[bool, Any]:
+    """Evaluate one tasklet: ``func(item, *args, **kwargs)`` -> ``(ok, value)``."""
+    try:
+        return True, func(item, *args, **kwargs)
+    except Exception as exc:
+        return False, describe_exception(exc)
+
+
+def encode_result(task_key: Any, index: int, ok: bool, value: Any) -> bytes:
+    """Pickle a result; an unpicklable value or exception becomes a RemoteError."""
+    try:
+        return dumps(("res", task_key, index, ok, value))
+    except Exception as exc:
+        if ok:
+            culprit = f"result {type(value).__name__} could not be pickled: {exc!r}"
+        else:
+            culprit = (f"exception {type(value).__name__}({value}) could not be pickled "
+                       f"({exc!r})\n" + getattr(value, "remote_traceback", ""))
+        error = RemoteError("PicklingError", culprit,
+                            getattr(value, "remote_traceback", ""), where())
+        return dumps(("res", task_key, index, False, error))
+
+
+def serve(conn: Connection) -> None:
+    """The loop of a worker process: read messages, run tasklets, answer each.
+
+    It returns on ``("exit",)`` or when the manager's end of the pipe is gone, so an
+    orphaned worker never outlives its manager.
+    """
+    functions: dict[Any, tuple[Callable, tuple, dict]] = {}
+    while True:
+        try:
+            message = loads(conn.recv_bytes())
+        except (EOFError, OSError):
+            return
+        kind = message[0]
+        if kind == "run":
+            for task_key, index, item in message[1]:
+                try:
+                    func, args, kwargs = functions[task_key]
+                except KeyError:
+                    ok, value = False, RemoteError(
+                        "KeyError", f"task {task_key!r} was never defined", "", where())
+                else:
+                    ok, value = call(func, args, kwargs, item)
+                try:
+                    conn.send_bytes(encode_result(task_key, index, ok, value))
+                except (EOFError, OSError):
+                    return
+        elif kind == "def":
+            _, task_key, blob = message
+            try:
+                functions[task_key] = loads(blob)
+            except Exception as exc:
+                functions[task_key] = (_raiser(describe_exception(exc)), (), {})
+        elif kind == "drop":
+            functions.pop(message[1], None)
+        elif kind == "exit":
+            return
+
+
+def _raiser(exc: BaseException) -> Callable:
+    """A function that raises ``exc``: a task whose function could not be loaded."""
+
+    def raise_(item: Any, *args: Any, **kwargs: Any) -> Any:
+        raise exc
+
+    return raise_
+
+
+def worker_main(conn: Connection) -> None:
+    """Entry point of a worker process (picklable for spawn and forkserver)."""
+    try:
+        serve(conn)
+    finally:
+        conn.close()
+
+
+class ProcessWorker:
+    """A handle on one worker process: its pipe, its sentinel, and how to end it.
+
+    Used by local process pools and by the cluster agent, which relays remote
+    tasklets to processes like this one.
+    """
+
+    def __init__(self, context: Any, name: str = "papycluster-worker") -> None:
+        self.conn, child = context.Pipe(duplex=True)
+        self.process = context.Process(target=worker_main, args=(child,), name=name,
+                                       daemon=True)
+        self.process.start()
+        child.close()
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid
+
+    @property
+    def sentinel(self) -> int:
+        return self.process.sentinel
+
+    def send(self, data: bytes) -> None:
+        self.conn.send_bytes(data)
+
+    def is_alive(self) -> bool:
+        return self.process.is_alive()
+
+    def stop(self, timeout: float = 2.0) -> None:
+        """Ask the process to exit, then terminate and kill it if it does not."""
+        try:
+            self.conn.send_bytes(dumps(("exit",)))
+        except (OSError, EOFError, ValueError):
+            pass
+        self.process.join(timeout)
+        if self.process.is_alive():
+            self.process.terminate()
+            self.process.join(timeout)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join(timeout)
+        self.conn.close()
+        self.process.close()
