@@ -1,0 +1,780 @@
+"""NuMap: a lazy, multi-task, parallel ``imap`` over thread, process or remote workers.
+
+The semantics are PaPy's (``papy-spec.md`` section 1): tasks are added before
+``start()``; the *putter* thread weaves them round-robin, ``stride`` items of one task
+at a time, and hands each item (a *tasklet*) to a worker only while the ``buffer``
+semaphore has room, so exactly ``buffer`` tasklets are in flight before a result is
+taken. Results come back per task, in input order (``ordered=True``) or in completion
+order. A task may consume another task's results (chaining), also across NuMaps.
+
+What is different from PaPy, and why:
+
+* Every tasklet is accounted for until its result is taken. Each process worker has its
+  own pipe, and the manager knows which tasklets each one holds: when a worker dies,
+  its tasklets become :class:`WorkerLostError` results and a new worker takes its place.
+  Nothing ever waits for a result that cannot come.
+* Functions travel with cloudpickle, once per task and worker, not once per item; items
+  with the standard pickle. Lambdas, closures and ``__main__`` functions work, under
+  ``fork``, ``spawn`` and ``forkserver`` alike.
+* An exception, or a result that cannot be pickled, comes back as that item's result
+  (with its traceback text); it never kills a worker or the feeding thread.
+* All threads are daemons and every live NuMap is stopped at interpreter exit, so a
+  program ends promptly however the pipeline ended.
+* Remote workers (``worker_remote``) are worker processes on cluster agents; the
+  manager sends them the same bytes it sends to local processes.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import multiprocessing
+import os
+import queue
+import selectors
+import sys
+import threading
+import time
+import weakref
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from multiprocessing.connection import wait
+from typing import Any
+
+import cloudpickle
+
+from papycluster.engine import process as proto
+from papycluster.errors import NuMapTimeoutError, RemoteError, WorkerLostError
+
+log = logging.getLogger("papycluster.numap")
+
+#: How often blocked manager threads look at the stop flag (seconds).
+POLL = 0.1
+
+_live: weakref.WeakSet[NuMap] = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_all() -> None:
+    """Stop every NuMap still running when the interpreter exits (PaPy hung here)."""
+    for numap in list(_live):
+        try:
+            numap._stop(timeout=1.0)
+        except Exception:  # pragma: no cover - best effort at exit
+            pass
+
+
+@dataclass(eq=False)
+class _Task:
+    """One task of a NuMap: a function over an iterable, and its results so far."""
+
+    id: int
+    func: Callable
+    iterable: Iterable
+    args: tuple
+    kwargs: dict
+    timeout: float | None
+    block: bool
+    track: bool
+    skip: bool
+    blob: bytes | BaseException | None = None  # cloudpickled (func, args, kwargs)
+    fed: int = 0  # tasklets handed out so far
+    total: int | None = None  # known once the iterable is exhausted (or stopped)
+    next_index: int = 0  # ordered: the index next() returns next
+    returned: int = 0  # results returned or skipped so far
+    results: dict[int, tuple[bool, Any]] = field(default_factory=dict)  # ordered
+    arrived: deque = field(default_factory=deque)  # unordered
+    skipped: set[int] = field(default_factory=set)  # ordered: indexes to drop
+    drop_next: int = 0  # unordered: late results to drop
+    closed: bool = False  # the NuMap was stopped: no more results will come
+
+    def finished(self) -> bool:
+        return self.closed or (self.total is not None and self.returned >= self.total)
+
+
+class _NuMapTask:
+    """The iterator of one task's results (what ``add_task`` and ``get_task`` return)."""
+
+    def __init__(self, numap: NuMap, task: int, timeout: float | None = None,
+                 block: bool = True) -> None:
+        self.numap = numap
+        self.task = task
+        self.timeout = timeout
+        self.block = block
+
+    def __iter__(self) -> _NuMapTask:
+        return self
+
+    def __next__(self) -> Any:
+        return self.numap.next(timeout=self.timeout, task=self.task, block=self.block)
+
+    next = __next__
+
+    def __repr__(self) -> str:
+        return f"<_NuMapTask {self.task} of {self.numap.name}>"
+
+
+class _ProcessSlot:
+    """One local worker process and the tasklets it holds."""
+
+    def __init__(self, context: Any, name: str) -> None:
+        self.worker = proto.ProcessWorker(context, name=name)
+        self.inflight: dict[tuple[int, int], None] = {}
+        self.defined: set[int] = set()
+        self.send_lock = threading.Lock()
+        self.dead = False
+
+
+class _SharedLane:
+    """Threads that take tasklets from one queue: local threads, or remote workers."""
+
+    def __init__(self, size: int) -> None:
+        self.queue: queue.Queue = queue.Queue()
+        self.size = size
+        self.alive = size
+        self.inflight = 0
+        self.threads: list[threading.Thread] = []
+
+    @property
+    def load(self) -> float:
+        return self.inflight / self.alive if self.alive else float("inf")
+
+
+class NuMap:
+    """A parallel, lazy, multi-task ``imap`` with PaPy's interface.
+
+    ``NuMap(func, iterable)`` starts at once (one task); otherwise add tasks with
+    :meth:`add_task` (or call the NuMap), then :meth:`start`, then read results with
+    :meth:`next` or through the task iterators.
+
+    ``worker_type`` is ``'process'`` (default) or ``'thread'``; ``worker_remote`` is a
+    list of ``(host, n)`` (a host of the running cluster, or ``'host:port'`` of an
+    agent) adding ``n`` remote workers each. ``start_method`` picks the
+    multiprocessing start method for local processes (default: the platform's).
+    """
+
+    def __init__(self, func: Callable | None = None, iterable: Iterable | None = None,
+                 args: tuple | None = None, kwargs: dict | None = None,
+                 worker_type: str | None = None, worker_num: int | None = None,
+                 worker_remote: list[tuple[str, int]] | None = None,
+                 stride: int | None = None, buffer: int | None = None,
+                 ordered: bool = True, skip: bool = False, name: str | None = None,
+                 start_method: str | None = None) -> None:
+        self.name = name or f"numap_{id(self)}"
+        if not self.name.isidentifier():
+            raise ValueError(f"NuMap name {self.name!r} must be a Python identifier")
+        self.worker_type = worker_type or "process"
+        if self.worker_type not in ("process", "thread"):
+            raise ValueError(f"worker_type must be 'process' or 'thread', not "
+                             f"{self.worker_type!r}")
+        self.worker_remote = [(str(host), int(n)) for host, n in (worker_remote or [])]
+        for host, n in self.worker_remote:
+            if n < 1:
+                raise ValueError(f"worker_remote entry {host!r} needs at least 1 worker")
+        if worker_num is None:
+            worker_num = stride or (0 if self.worker_remote else os.cpu_count() or 1)
+        if worker_num < 0:
+            raise ValueError("worker_num must be >= 0")
+        self.worker_num = worker_num
+        n_remote = sum(n for _, n in self.worker_remote)
+        self.stride = stride or (self.worker_num + n_remote)
+        if self.stride < 1:
+            raise ValueError("a NuMap needs at least one local or remote worker")
+        self.buffer = buffer
+        self.ordered = ordered
+        self.skip = skip
+        self.start_method = start_method
+        self._tasks: list[_Task] = []
+        self._tasks_tracked: dict[int, dict[int, Any]] = {}
+        self._cond = threading.Condition(threading.Lock())
+        self._started = False
+        self._stopping = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._slots: list[_ProcessSlot] = []
+        self._lanes: list[_SharedLane] = []
+        self._remote_workers: list[Any] = []
+        self._wake_r: Any = None
+        self._wake_w: Any = None
+        self._semaphore: threading.Semaphore | None = None
+        self._stage1 = False
+        self._feeding = False
+        self._generation = 0  # bumped by every stop: late threads see they are stale
+        if bool(func) != bool(iterable):
+            raise ValueError("NuMap(func, iterable) needs both or neither")
+        if func and iterable:
+            self.add_task(func, iterable, args, kwargs)
+            self.start()
+
+    def __repr__(self) -> str:
+        return (f"NuMap(name={self.name!r}, worker_type={self.worker_type!r}, "
+                f"worker_num={self.worker_num}, worker_remote={self.worker_remote}, "
+                f"stride={self.stride}, buffer={self.buffer}, ordered={self.ordered}, "
+                f"skip={self.skip})")
+
+    # -- tasks ---------------------------------------------------------------------
+
+    def add_task(self, func: Callable, iterable: Iterable, args: tuple | None = None,
+                 kwargs: dict | None = None, timeout: float | None = None,
+                 block: bool = True, track: bool = False,
+                 skip: bool | None = None) -> _NuMapTask:
+        """Add ``func(item, *args, **kwargs)`` over ``iterable`` as a new task.
+
+        ``iterable`` may be another task's iterator (chaining); add tasks in
+        topological order. ``skip`` overrides the NuMap's ``skip`` for this task.
+        Returns the iterator of the task's results.
+        """
+        if self._started:
+            raise RuntimeError(f"{self.name}: cannot add a task after start()")
+        if not callable(func):
+            raise TypeError(f"{self.name}: task function {func!r} is not callable")
+        task = _Task(id=len(self._tasks), func=func, iterable=iterable,
+                     args=tuple(args or ()), kwargs=dict(kwargs or {}), timeout=timeout,
+                     block=block, track=track, skip=self.skip if skip is None else skip)
+        self._tasks.append(task)
+        if track:
+            self._tasks_tracked[task.id] = {}
+        return _NuMapTask(self, task.id, timeout, block)
+
+    __call__ = add_task
+
+    def pop_task(self, number: int | bool) -> None:
+        """Remove the last ``number`` tasks (all if ``number is True``); before start."""
+        if self._started:
+            raise RuntimeError(f"{self.name}: cannot pop a task after start()")
+        count = len(self._tasks) if number is True else int(number)
+        for _ in range(min(count, len(self._tasks))):
+            task = self._tasks.pop()
+            self._tasks_tracked.pop(task.id, None)
+
+    def get_task(self, task: int = 0, timeout: float | None = None,
+                 block: bool = True) -> _NuMapTask:
+        """An iterator over the results of task number ``task``."""
+        return _NuMapTask(self, task, timeout, block)
+
+    # -- start and stop ------------------------------------------------------------
+
+    def start(self, stages: tuple[int, ...] = (1, 2)) -> None:
+        """Start the workers (stage 1) and the feeding and collecting threads (stage 2).
+
+        The two stages let pipers that share a NuMap add all their tasks before the
+        feeding starts.
+        """
+        if 1 in stages:
+            if self._stage1:
+                raise RuntimeError(f"{self.name}: already started")
+            self._start_workers()
+            self._stage1 = True
+            self._started = True
+            _live.add(self)
+        if 2 in stages:
+            if not self._stage1:
+                raise RuntimeError(f"{self.name}: start stage 1 before stage 2")
+            if self._feeding:
+                raise RuntimeError(f"{self.name}: already feeding")
+            self._start_feeding()
+            self._feeding = True
+
+    def _context(self) -> Any:
+        return multiprocessing.get_context(self.start_method)
+
+    def _start_workers(self) -> None:
+        self._stopping.clear()
+        if self.worker_type == "process" and self.worker_num:
+            context = self._context()
+            self._wake_r, self._wake_w = context.Pipe(duplex=False)
+            self._slots = [_ProcessSlot(context, f"{self.name}-worker-{i}")
+                           for i in range(self.worker_num)]
+            getter = threading.Thread(target=self._getter, name=f"{self.name}-getter",
+                                      daemon=True)
+            getter.start()
+            self._threads.append(getter)
+        if self.worker_type == "thread" and self.worker_num:
+            lane = _SharedLane(self.worker_num)
+            for i in range(self.worker_num):
+                thread = threading.Thread(target=self._thread_worker, args=(lane,),
+                                          name=f"{self.name}-thread-{i}", daemon=True)
+                lane.threads.append(thread)
+            self._lanes.append(lane)
+        if self.worker_remote:
+            lane = _SharedLane(sum(n for _, n in self.worker_remote))
+            specs = [host for host, n in self.worker_remote for _ in range(n)]
+            for i, spec in enumerate(specs):
+                thread = threading.Thread(target=self._remote_worker, args=(lane, spec),
+                                          name=f"{self.name}-remote-{spec}-{i}",
+                                          daemon=True)
+                lane.threads.append(thread)
+            self._lanes.append(lane)
+        for lane in self._lanes:
+            for thread in lane.threads:
+                thread.start()
+
+    def _start_feeding(self) -> None:
+        buffer = self.buffer or len(self._tasks) * self.stride or self.stride
+        self._semaphore = threading.Semaphore(buffer)
+        for task in self._tasks:
+            if self.worker_type == "process" or self.worker_remote:
+                try:
+                    task.blob = cloudpickle.dumps((task.func, task.args, task.kwargs),
+                                                  proto.PROTOCOL)
+                except Exception as exc:
+                    task.blob = proto.describe_exception(exc)
+        putter = threading.Thread(target=self._putter, name=f"{self.name}-putter",
+                                  daemon=True)
+        putter.start()
+        self._threads.append(putter)
+
+    def stop(self, ends: Iterable[int] | None = None, forced: bool = False) -> None:
+        """Stop feeding, end the workers and make the NuMap reusable.
+
+        With ``ends`` (task ids), feeding stops at the next round boundary and the
+        remaining results of those tasks are read and discarded first (PaPy's
+        behaviour). Without it the NuMap stops at once; results not yet taken are
+        dropped. A NuMap that was never started is left as it is.
+        """
+        if not self._started:
+            return
+        if ends is not None:
+            self._stopping.set()
+            for end in ends:
+                while True:
+                    try:
+                        self.next(task=end, timeout=None)
+                    except StopIteration:
+                        break
+                    except Exception:
+                        continue
+        self._stop()
+
+    def _stop(self, timeout: float = 5.0) -> None:
+        self._stopping.set()
+        with self._cond:
+            self._generation += 1
+            self._close_tasks()
+            for task in self._tasks:
+                task.closed = True
+            self._cond.notify_all()
+        for lane in self._lanes:
+            for _ in lane.threads:
+                lane.queue.put(None)
+        for slot in self._slots:
+            slot.worker.stop(timeout=2.0)
+        if self._wake_w is not None:
+            try:
+                self._wake_w.send_bytes(b"")
+            except OSError:
+                pass
+        deadline = time.monotonic() + timeout
+        threads = self._threads + [t for lane in self._lanes for t in lane.threads]
+        for thread in threads:
+            if thread is not threading.current_thread():
+                thread.join(max(0.0, deadline - time.monotonic()))
+        for worker in self._remote_workers:
+            try:
+                worker.close()
+            except Exception as exc:
+                log.warning("%s: closing remote worker %s: %r", self.name,
+                            getattr(worker, "name", worker), exc)
+        for conn in (self._wake_r, self._wake_w):
+            if conn is not None:
+                conn.close()
+        self._wake_r = self._wake_w = None
+        self._slots, self._lanes, self._threads, self._remote_workers = [], [], [], []
+        self._tasks = []
+        self._started = self._stage1 = self._feeding = False
+        _live.discard(self)
+
+    def _close_tasks(self, tasks: list[_Task] | None = None) -> None:
+        """Feeding has ended: every task's total is what has been handed out."""
+        for task in self._tasks if tasks is None else tasks:
+            if task.total is None:
+                task.total = task.fed
+
+    # -- feeding -------------------------------------------------------------------
+
+    def _weave(self) -> Iterator[tuple[_Task, int, Any] | tuple[_Task, None, None]]:
+        """Yield ``(task, index, item)`` round-robin, ``stride`` items per task.
+
+        Stopping takes effect at a round boundary, so every task completes the round;
+        an exhausted task yields ``(task, None, None)`` once and leaves the weave.
+        """
+        active = [(task, iter(task.iterable)) for task in self._tasks]
+        while active and not self._stopping.is_set():
+            for entry in list(active):
+                task, iterator = entry
+                for _ in range(self.stride):
+                    index = task.fed
+                    try:
+                        item = next(iterator)
+                    except StopIteration:
+                        active.remove(entry)
+                        yield task, None, None
+                        break
+                    except Exception as exc:  # an upstream error becomes this item's
+                        yield task, index, _Failed(exc)
+                        continue
+                    yield task, index, item
+
+    def _putter(self) -> None:
+        generation, tasks = self._generation, self._tasks
+        try:
+            for task, index, item in self._weave():
+                if generation != self._generation:
+                    return  # stopped while blocked on an upstream task
+                if index is None:
+                    with self._cond:
+                        task.total = task.fed
+                        self._cond.notify_all()
+                    continue
+                if not self._acquire() or generation != self._generation:
+                    break
+                if isinstance(item, _Failed):
+                    with self._cond:
+                        task.fed += 1
+                    self._deliver(task.id, index, False, item.exception)
+                else:
+                    self._dispatch(task, index, item)
+        except Exception as exc:  # never die silently: fail the tasks instead
+            log.exception("%s: the feeding thread failed", self.name)
+            with self._cond:
+                for task in tasks:
+                    if task.total is None:
+                        task.results.setdefault(task.fed, (False, exc))
+                        task.arrived.append((task.fed, False, exc))
+                        task.fed += 1
+        finally:
+            with self._cond:
+                self._close_tasks(tasks)
+                self._cond.notify_all()
+
+    def _acquire(self) -> bool:
+        assert self._semaphore is not None
+        if self._semaphore.acquire(blocking=False):
+            return True
+        while not self._stopping.is_set():
+            if self._semaphore.acquire(timeout=POLL):
+                return True
+        return False
+
+    def _dispatch(self, task: _Task, index: int, item: Any) -> None:
+        """Hand one tasklet to the least loaded worker (process, thread or remote)."""
+        with self._cond:
+            task.fed += 1
+        if isinstance(task.blob, BaseException):
+            self._deliver(task.id, index, False, task.blob)
+            return
+        while True:
+            with self._cond:
+                target: Any = None
+                best = float("inf")
+                for slot in self._slots:
+                    if not slot.dead and len(slot.inflight) < best:
+                        target, best = slot, len(slot.inflight)
+                for lane in self._lanes:
+                    if lane.alive and lane.load < best:
+                        target, best = lane, lane.load
+                if target is None:
+                    break
+                if isinstance(target, _SharedLane):
+                    target.inflight += 1
+                    target.queue.put((task, index, item))
+                    return
+                target.inflight[(task.id, index)] = None
+            if self._send_to_slot(target, task, index, item):
+                return
+        error = WorkerLostError(f"{self.name}: no worker is left to run item {index} "
+                                f"of task {task.id}")
+        self._deliver(task.id, index, False, error)
+
+    def _send_to_slot(self, slot: _ProcessSlot, task: _Task, index: int,
+                      item: Any) -> bool:
+        """Send a tasklet to a process; False if the process is gone (try another)."""
+        try:
+            data = proto.dumps(("run", [(task.id, index, item)]))
+        except Exception as exc:
+            with self._cond:
+                slot.inflight.pop((task.id, index), None)
+            self._deliver(task.id, index, False, proto.describe_exception(exc))
+            return True
+        try:
+            with slot.send_lock:
+                if task.id not in slot.defined:
+                    assert isinstance(task.blob, bytes)
+                    slot.worker.send(proto.dumps(("def", task.id, task.blob)))
+                    slot.defined.add(task.id)
+                slot.worker.send(data)
+            return True
+        except (OSError, EOFError, ValueError):
+            with self._cond:
+                taken = slot.inflight.pop((task.id, index), "gone") is None
+            if not taken:  # the getter already reported it as lost
+                return True
+            return self._stopping.is_set()
+
+    # -- collecting ----------------------------------------------------------------
+
+    def _getter(self) -> None:
+        """Read results from the worker processes; replace the ones that die."""
+        if sys.platform == "win32":  # pipes are not selectable there
+            return self._getter_wait()
+        selector = selectors.DefaultSelector()
+        selector.register(self._wake_r.fileno(), selectors.EVENT_READ, None)
+        watched: list[_ProcessSlot] = []
+
+        def watch(slot: _ProcessSlot) -> None:
+            selector.register(slot.worker.conn.fileno(), selectors.EVENT_READ, (0, slot))
+            selector.register(slot.worker.sentinel, selectors.EVENT_READ, (1, slot))
+            watched.append(slot)
+
+        for slot in self._slots:
+            watch(slot)
+        try:
+            while not self._stopping.is_set():
+                for key, _ in selector.select(timeout=1.0):
+                    if key.data is None or self._stopping.is_set():
+                        continue
+                    kind, slot = key.data
+                    if slot.dead:
+                        continue
+                    if kind == 0:
+                        self._receive(slot)
+                    else:
+                        selector.unregister(slot.worker.conn.fileno())
+                        selector.unregister(slot.worker.sentinel)
+                        watch(self._replace(slot))
+        finally:
+            selector.close()
+
+    def _getter_wait(self) -> None:
+        while not self._stopping.is_set():
+            by_conn = {slot.worker.conn: slot for slot in self._slots if not slot.dead}
+            by_sentinel = {slot.worker.sentinel: slot for slot in self._slots
+                           if not slot.dead}
+            ready = wait([*by_conn, *by_sentinel, self._wake_r], timeout=1.0)
+            for obj in ready:
+                if obj in by_conn:
+                    self._receive(by_conn[obj])
+            for obj in ready:
+                if obj in by_sentinel and not self._stopping.is_set():
+                    self._replace(by_sentinel[obj])
+
+    def _receive(self, slot: _ProcessSlot) -> None:
+        try:
+            data = slot.worker.conn.recv_bytes()
+        except (EOFError, OSError):
+            return  # the sentinel reports the death
+        try:
+            _, task_id, index, ok, value = proto.loads(data)
+        except Exception as exc:  # a result that pickles but does not unpickle
+            log.error("%s: undecodable result: %r", self.name, exc)
+            return
+        with self._cond:
+            slot.inflight.pop((task_id, index), None)
+        self._deliver(task_id, index, ok, value)
+
+    def _replace(self, slot: _ProcessSlot) -> _ProcessSlot:
+        """A worker process died: drain what it said, fail what it held, respawn."""
+        while True:
+            try:
+                if not slot.worker.conn.poll(0):
+                    break
+            except (EOFError, OSError):
+                break
+            self._receive(slot)
+        code = slot.worker.process.exitcode
+        replacement = _ProcessSlot(self._context(), slot.worker.process.name)
+        with self._cond:
+            slot.dead = True
+            lost = list(slot.inflight)
+            slot.inflight.clear()
+            self._slots[self._slots.index(slot)] = replacement
+        log.warning("%s: worker pid %s died (exit code %s) holding %d item(s)",
+                    self.name, slot.worker.pid, code, len(lost))
+        for task_id, item_index in lost:
+            error = WorkerLostError(
+                f"{self.name}: worker process pid {slot.worker.pid} died (exit code "
+                f"{code}) while running item {item_index} of task {task_id}")
+            self._deliver(task_id, item_index, False, error)
+        slot.worker.stop(timeout=0.5)
+        return replacement
+
+    def _thread_worker(self, lane: _SharedLane) -> None:
+        while True:
+            tasklet = lane.queue.get()
+            if tasklet is None:
+                return
+            task, index, item = tasklet
+            ok, value = proto.call(task.func, task.args, task.kwargs, item)
+            with self._cond:
+                lane.inflight -= 1
+            self._deliver(task.id, index, ok, value)
+
+    def _remote_worker(self, lane: _SharedLane, spec: str) -> None:
+        """Serve tasklets from the lane through one worker process on an agent."""
+        from papycluster.cluster.client import open_remote_worker
+
+        try:
+            remote = open_remote_worker(spec, timeout=10.0)
+        except Exception as exc:
+            log.error("%s: cannot open a remote worker on %s: %s", self.name, spec, exc)
+            self._lane_worker_lost(lane, spec, exc)
+            return
+        with self._cond:
+            self._remote_workers.append(remote)
+        defined: set[int] = set()
+        while True:
+            tasklet = lane.queue.get()
+            if tasklet is None:
+                return
+            task, index, item = tasklet
+            try:
+                if task.id not in defined:
+                    remote.send(proto.dumps(("def", task.id, task.blob)))
+                    defined.add(task.id)
+                remote.send(proto.dumps(("run", [(task.id, index, item)])))
+                while True:
+                    try:
+                        reply = remote.recv(timeout=1.0)
+                        break
+                    except TimeoutError:
+                        if self._stopping.is_set():
+                            return
+                _, task_id, reply_index, ok, value = proto.loads(reply)
+            except Exception as exc:
+                with self._cond:
+                    lane.inflight -= 1
+                self._deliver(task.id, index, False, _lost(spec, index, task.id, exc))
+                self._lane_worker_lost(lane, spec, exc)
+                return
+            with self._cond:
+                lane.inflight -= 1
+            self._deliver(task_id, reply_index, ok, value)
+
+    def _lane_worker_lost(self, lane: _SharedLane, spec: str, exc: BaseException) -> None:
+        """One remote worker is gone; if it was the last, fail what is queued."""
+        with self._cond:
+            lane.alive -= 1
+            last = lane.alive == 0
+        if not last:
+            return
+        while True:
+            try:
+                tasklet = lane.queue.get_nowait()
+            except queue.Empty:
+                return
+            if tasklet is None:
+                lane.queue.put(None)
+                return
+            task, index, _ = tasklet
+            with self._cond:
+                lane.inflight -= 1
+            self._deliver(task.id, index, False, _lost(spec, index, task.id, exc))
+
+    def _deliver(self, task_id: int, index: int, ok: bool, value: Any) -> None:
+        """Store a result for ``next()``; late results of skipped items are dropped."""
+        with self._cond:
+            if task_id >= len(self._tasks):
+                return  # a result from before a restart
+            task = self._tasks[task_id]
+            if self.ordered:
+                if index in task.skipped:
+                    task.skipped.discard(index)
+                    return
+                task.results[index] = (ok, value)
+            else:
+                if task.drop_next:
+                    task.drop_next -= 1
+                    return
+                task.arrived.append((index, ok, value))
+            self._cond.notify_all()
+
+    # -- results -------------------------------------------------------------------
+
+    def next(self, timeout: float | None = None, task: int = 0, block: bool = True) -> Any:
+        """The next result of ``task``; an exception result is raised.
+
+        Raises :class:`NuMapTimeoutError` (a ``TimeoutError``) when nothing comes in
+        ``timeout`` seconds; with ``skip`` the late result is dropped when it arrives,
+        otherwise a later ``next()`` returns it. Raises ``StopIteration`` after the
+        task's last result.
+        """
+        if not self._started and not self._tasks:
+            raise RuntimeError(f"{self.name}: next() before start()")
+        if not block:
+            timeout = 0.0
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            if task >= len(self._tasks):
+                if not self._started:
+                    raise RuntimeError(f"{self.name}: next() before start()")
+                raise StopIteration  # stopped: the tasks are gone
+            t = self._tasks[task]
+            while True:
+                got = self._take(t)
+                if got is not None:
+                    index, ok, value = got
+                    break
+                if t.finished():
+                    raise StopIteration
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    self._time_out(t)
+                    raise NuMapTimeoutError(
+                        f"{self.name}: no result for task {task} item {t.next_index} "
+                        f"within {timeout} s")
+                self._cond.wait(remaining if remaining is not None else POLL * 10)
+            t.returned += 1
+            if t.track:
+                self._tasks_tracked[t.id][index] = value
+        assert self._semaphore is not None
+        self._semaphore.release()
+        if not ok:
+            raise value
+        return value
+
+    def _take(self, t: _Task) -> tuple[int, bool, Any] | None:
+        if self.ordered:
+            if t.next_index in t.results:
+                index = t.next_index
+                ok, value = t.results.pop(index)
+                t.next_index += 1
+                return index, ok, value
+            return None
+        if t.arrived:
+            return t.arrived.popleft()
+        return None
+
+    def _time_out(self, t: _Task) -> None:
+        """With skip, give up on the awaited item: its result is dropped on arrival."""
+        if not t.skip or t.finished():
+            return
+        if self.ordered:
+            t.skipped.add(t.next_index)
+            t.next_index += 1
+        else:
+            t.drop_next += 1
+        t.returned += 1
+        assert self._semaphore is not None
+        self._semaphore.release()
+
+    def __iter__(self) -> NuMap:
+        return self
+
+    def __next__(self) -> Any:
+        return self.next()
+
+
+class _Failed:
+    """An upstream error pulled from a task's iterable: it becomes that item's result."""
+
+    __slots__ = ("exception",)
+
+    def __init__(self, exception: BaseException) -> None:
+        self.exception = exception
+
+
+def _lost(spec: str, index: int, task_id: int, exc: BaseException) -> BaseException:
+    if isinstance(exc, WorkerLostError | RemoteError):
+        return exc
+    return WorkerLostError(f"remote worker on {spec} was lost while running item "
+                           f"{index} of task {task_id}: {exc!r}")

@@ -1,0 +1,380 @@
+"""Piper: one node of a pipeline, a Worker evaluated over its inputs by a pool.
+
+A piper takes one item from each upstream input (a *zip*), groups ``consume`` of them
+into one inbox, evaluates its Worker on it (lazily, or in parallel on a NuMap), and
+emits ``produce`` items per evaluation. Each piper may feed several downstream pipers:
+they share its output through a fan-out that lets the fastest run ahead of the slowest
+only by a bounded number of items.
+
+The rules that keep item counts exact, so that zips downstream never go out of step:
+an evaluation that fails or times out still yields exactly ``produce`` items (error
+items), and a timed-out result is dropped when it arrives late.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+from papycluster.engine.numap import NuMap
+from papycluster.engine.worker import Worker
+from papycluster.errors import PiperError, WorkerError
+
+log = logging.getLogger("papycluster.piper")
+
+#: How far the fastest consumer of a piper may run ahead of the slowest (items).
+FANOUT_LAG = 4096
+
+
+class Piper:
+    """A pipeline node: ``Piper(worker, parallel=NuMap(...), consume=1, produce=1, ...)``.
+
+    ``worker`` is a Worker, a function, a sequence of them, or a Piper whose worker is
+    reused. ``parallel`` is a NuMap, or False for lazy evaluation in the consumer's
+    thread. See ``DESIGN.md`` section 2 for every option.
+    """
+
+    def __init__(self, worker: Any, parallel: NuMap | bool = False, consume: int = 1,
+                 produce: int = 1, spawn: int = 1, timeout: float | None = None,
+                 branch: Any = None, debug: bool = False, name: str | None = None,
+                 track: bool = False, repeat: bool = False) -> None:
+        if isinstance(worker, Piper):
+            worker = worker.worker
+        if isinstance(worker, Worker):
+            self.worker = worker
+        elif callable(worker) or (isinstance(worker, Sequence) and worker
+                                  and not isinstance(worker, str | bytes)):
+            try:
+                self.worker = Worker(worker)
+            except TypeError as exc:
+                raise PiperError(f"Piper: cannot make a Worker of {worker!r}: {exc}")
+        else:
+            raise PiperError(f"Piper: {worker!r} is not a Worker, a function or a "
+                             "sequence of them")
+        if parallel is not False and parallel is not None and not isinstance(parallel,
+                                                                              NuMap):
+            raise PiperError(f"Piper: parallel must be a NuMap or False, not {parallel!r}")
+        for option, value in (("consume", consume), ("produce", produce), ("spawn", spawn)):
+            if not isinstance(value, int) or value < 1:
+                raise PiperError(f"Piper: {option} must be a positive int, not {value!r}")
+        if track and not isinstance(parallel, NuMap):
+            raise PiperError("Piper: track=True needs a parallel NuMap")
+        self.parallel: NuMap | bool = parallel if isinstance(parallel, NuMap) else False
+        self.imap = self.parallel
+        self.consume = consume
+        self.produce = produce
+        self.spawn = spawn
+        self.timeout = timeout
+        self.branch = branch
+        self.debug = debug
+        self.track = track
+        self.repeat = repeat
+        self.name = name or f"piper_{id(self)}"
+        self.connected = False
+        self.started = False
+        self.finished = False
+        self.inbox: Any = None
+        self.outbox: Iterator | None = None
+        self.imap_tasks: list[Any] = []
+        self.tee_num = 0
+        self._fanout: _Fanout | None = None
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"Piper({self.worker.__name__}, name={self.name!r})"
+
+    def __iter__(self) -> Piper:
+        return self
+
+    # -- wiring --------------------------------------------------------------------
+
+    def connect(self, inbox: Sequence[Any]) -> Piper:
+        """Connect to upstream pipers and/or iterables; returns self (PaPy's ``__call__``).
+
+        With several inputs, one item of each is zipped into the inbox, in the order
+        given.
+        """
+        if self.started:
+            raise PiperError(f"{self.name}: cannot connect a started piper")
+        if self.connected:
+            raise PiperError(f"{self.name}: already connected")
+        if self.parallel and self.parallel._stage1:
+            raise PiperError(f"{self.name}: its NuMap is already started")
+        inputs: list[Iterator] = []
+        for source in inbox:
+            if isinstance(source, Piper):
+                inputs.append(_TeeIterator(source, source._add_consumer()))
+            else:
+                inputs.append(iter(source))
+        stride = self.parallel.stride if self.parallel else 1
+        self.inbox = _consumer(_zip(inputs), self.consume)
+        if self.parallel:
+            skip = True if self.timeout is not None else None
+            self.imap_tasks = [
+                self.parallel.add_task(self.worker, self.inbox, timeout=self.timeout,
+                                       track=self.track, skip=skip)
+                for _ in range(self.spawn)
+            ]
+            outbox: Iterator = _chain(self.imap_tasks, stride, self._safe_next)
+        else:
+            tasks = [map(self.worker, self.inbox) for _ in range(self.spawn)]
+            outbox = _chain(tasks, 1, _plain_next)
+        if self.produce > 1:
+            outbox = _repeat(outbox, self.produce) if self.repeat else _produce(
+                outbox, self.produce, self.name)
+        self.outbox = outbox
+        self.connected = True
+        return self
+
+    __call__ = connect
+
+    def _add_consumer(self) -> int:
+        self.tee_num += 1
+        return self.tee_num - 1
+
+    def disconnect(self, forced: bool = False) -> None:
+        """Undo ``connect``; the NuMap's tasks of this piper are removed."""
+        if not self.connected:
+            raise PiperError(f"{self.name}: not connected")
+        if self.started:
+            raise PiperError(f"{self.name}: stop it before disconnecting")
+        if self.parallel and self.parallel._stage1:
+            raise PiperError(f"{self.name}: its NuMap is still started")
+        if self.parallel:
+            tasks = self.parallel._tasks
+            ids = [t.task for t in self.imap_tasks]
+            if [t.id for t in tasks[-len(ids):]] == ids:
+                self.parallel.pop_task(len(ids))
+            elif forced:
+                self.parallel.pop_task(True)
+            else:
+                raise PiperError(f"{self.name}: its tasks are not the NuMap's last ones")
+        self.inbox = self.outbox = None
+        self.imap_tasks = []
+        self.tee_num = 0
+        self._fanout = None
+        self.connected = False
+
+    # -- running -------------------------------------------------------------------
+
+    def start(self, stages: Sequence[int] | None = None) -> None:
+        """Start: stage 0 prepares the fan-out; stages 1 and 2 start the NuMap."""
+        if not self.connected:
+            raise PiperError(f"{self.name}: connect it before starting")
+        if stages is None:
+            stages = (0, 1, 2) if self.parallel else (0,)
+        if 0 in stages:
+            self._fanout = _Fanout(self._next_result, max(self.tee_num, 1))
+            self.finished = False
+            self.started = True
+        if self.parallel:
+            numap_stages = tuple(s for s in stages if s in (1, 2))
+            if 1 in numap_stages and self.parallel._stage1:
+                numap_stages = tuple(s for s in numap_stages if s != 1)
+            if 2 in numap_stages and self.parallel._feeding:
+                numap_stages = tuple(s for s in numap_stages if s != 2)
+            if numap_stages:
+                self.parallel.start(numap_stages)
+
+    def stop(self, forced: bool = False, **kwargs: Any) -> None:
+        """Stop the piper's NuMap (unfinished pipers need ``forced=True``)."""
+        if not self.started:
+            raise PiperError(f"{self.name}: not started")
+        if not self.finished and not forced:
+            raise PiperError(f"{self.name}: not finished (use forced=True)")
+        if self.parallel and self.parallel._started:
+            ends = kwargs.get("ends")
+            self.parallel.stop(ends=ends, forced=True)
+        self.started = False
+
+    def next(self) -> Any:
+        """The next output item: a result, or a PiperError for a failed item."""
+        if not self.started or self._fanout is None:
+            raise PiperError(f"{self.name}: not started")
+        return self._next_result()
+
+    __next__ = next
+
+    def _next_result(self) -> Any:
+        assert self.outbox is not None
+        with self._lock:
+            try:
+                item = next(self.outbox)
+            except StopIteration:
+                self.finished = True
+                raise
+        if isinstance(item, WorkerError):
+            log.info("%s: item failed: %s", self.name, item)
+            item = PiperError(item)
+        if self.debug and isinstance(item, PiperError):
+            raise item
+        return item
+
+    def _safe_next(self, task: Iterator) -> Any:
+        """Read one NuMap result; an exception or a timeout becomes an error item."""
+        try:
+            return next(task)
+        except StopIteration:
+            raise
+        except PiperError as exc:
+            return exc
+        except Exception as exc:  # a timeout, a lost worker, a pickling failure
+            return PiperError(exc)
+
+
+# -- iterator plumbing ------------------------------------------------------------
+
+
+def _plain_next(task: Iterator) -> Any:
+    return next(task)
+
+
+def _zip(inputs: list[Iterator]) -> Iterator[list]:
+    """One list per step, an item from each input; ends when any input ends."""
+    while True:
+        box = []
+        for source in inputs:
+            try:
+                box.append(next(source))
+            except StopIteration:
+                return
+        yield box
+
+
+def _consumer(zipped: Iterator[list], consume: int) -> Iterator[Any]:
+    """The inbox: each zip-list, or lists of ``consume`` of them (the last may be short)."""
+    if consume == 1:
+        yield from zipped
+        return
+    batch: list = []
+    for box in zipped:
+        batch.append(box)
+        if len(batch) == consume:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _chain(tasks: list[Iterator], stride: int, take: Callable[[Iterator], Any]
+           ) -> Iterator[Any]:
+    """Round-robin ``stride`` results from each task, as the NuMap fed them."""
+    active = list(tasks)
+    while active:
+        for task in list(active):
+            for _ in range(stride):
+                try:
+                    yield take(task)
+                except StopIteration:
+                    active.remove(task)
+                    break
+
+
+def _produce(outbox: Iterator, produce: int, name: str) -> Iterator[Any]:
+    """Unpack each result into ``produce`` items; an error stands for all of them."""
+    for result in outbox:
+        if isinstance(result, PiperError | WorkerError):
+            yield from [result] * produce
+            continue
+        try:
+            items = list(result)
+        except TypeError as exc:
+            items = []
+            error = PiperError(WorkerError(exc, f"{name} (produce={produce})", result))
+        else:
+            error = PiperError(WorkerError(
+                ValueError(f"expected {produce} items, got {len(items)}"),
+                f"{name} (produce={produce})", result))
+        if len(items) == produce:
+            yield from items
+        else:
+            yield from [error] * produce
+
+
+def _repeat(outbox: Iterator, produce: int) -> Iterator[Any]:
+    for result in outbox:
+        yield from [result] * produce
+
+
+class _Fanout:
+    """Share one piper's output among its consumers, each reading every item once.
+
+    One consumer at a time pulls from the piper; items stay buffered until every
+    consumer has read them, and a consumer that is ``FANOUT_LAG`` items ahead of the
+    slowest waits for it.
+    """
+
+    def __init__(self, source: Callable[[], Any], consumers: int) -> None:
+        self.source = source
+        self.cond = threading.Condition()
+        self.buffer: deque = deque()
+        self.base = 0  # position of buffer[0]
+        self.positions = [0] * consumers
+        self.pulling = False
+        self.ended = False
+
+    def get(self, consumer: int) -> Any:
+        with self.cond:
+            while True:
+                position = self.positions[consumer]
+                if position < self.base + len(self.buffer):
+                    item = self.buffer[position - self.base]
+                    self.positions[consumer] += 1
+                    self._trim()
+                    return item
+                if self.ended:
+                    raise StopIteration
+                ahead = position - min(self.positions) >= FANOUT_LAG
+                if self.pulling or ahead:
+                    self.cond.wait(0.5)
+                    continue
+                self.pulling = True
+                break
+        try:
+            item = self.source()
+        except StopIteration:
+            with self.cond:
+                self.ended = True
+                self.pulling = False
+                self.cond.notify_all()
+            raise
+        except BaseException:
+            with self.cond:
+                self.pulling = False
+                self.cond.notify_all()
+            raise
+        with self.cond:
+            self.pulling = False
+            self.buffer.append(item)
+            self.positions[consumer] += 1
+            self._trim()
+            self.cond.notify_all()
+        return item
+
+    def _trim(self) -> None:
+        low = min(self.positions)
+        while self.base < low and self.buffer:
+            self.buffer.popleft()
+            self.base += 1
+        self.cond.notify_all()
+
+
+class _TeeIterator:
+    """One consumer's view of an upstream piper's output."""
+
+    def __init__(self, piper: Piper, index: int) -> None:
+        self.piper = piper
+        self.index = index
+
+    def __iter__(self) -> _TeeIterator:
+        return self
+
+    def __next__(self) -> Any:
+        fanout = self.piper._fanout
+        if fanout is None:
+            raise PiperError(f"{self.piper.name}: read before it was started")
+        return fanout.get(self.index)
+

@@ -1,0 +1,153 @@
+"""Plumber: a Dagger that runs, pauses, resumes and stops a whole pipeline.
+
+``start(datas)`` wires the pipers and starts their pools, ``run()`` starts the
+*plunger* thread that pulls the output pipers (and so the whole pipeline), ``pause()``
+stops pulling at a round boundary, ``run()`` goes on, ``wait()`` waits for the end,
+``stop()`` ends the pools. As in PaPy the plunger discards what the output pipers
+return: an output piper persists its own results (a file, a database, a transport).
+The plunger counts them in ``stats``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from papycluster.engine.dagger import Dagger
+from papycluster.errors import PiperError, PlumberError
+
+log = logging.getLogger("papycluster.plumber")
+
+
+class Plumber(Dagger):
+    """``Plumber(pipers=(), pipes=(), xtras=None)``: a runnable pipeline."""
+
+    def __init__(self, logger_options: dict | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.logger_options = dict(logger_options or {})
+        self.stats: dict[str, Any] = {}
+        self._started = threading.Event()
+        self._running = threading.Event()
+        self._pausing = threading.Event()
+        self._finished = threading.Event()
+        self._plunger: threading.Thread | None = None
+        self._failure: BaseException | None = None
+        self._outputs: list = []
+
+    # -- transitions ---------------------------------------------------------------
+
+    def start(self, datas: Sequence[Iterable]) -> None:  # type: ignore[override]
+        """Connect the inputs to ``datas`` (one iterable per input piper) and start."""
+        if self._started.is_set():
+            raise PlumberError("start: the pipeline is already started")
+        self.stats = {"start_time": time.time(), "run_time": None, "pipers_tracked": {},
+                      "items_out": 0, "errors_out": 0}
+        self._failure = None
+        self._finished.clear()
+        self._pausing.clear()
+        if any(p.parallel and p.parallel.worker_remote for p in self.nodes):
+            from papycluster.cluster.negotiate import negotiate_dagger
+
+            negotiate_dagger(self)
+        try:
+            self.connect(datas)
+            for piper in self.nodes:
+                if piper.track and piper.parallel:
+                    tracked = piper.parallel._tasks_tracked
+                    self.stats["pipers_tracked"][piper] = [tracked[t.task]
+                                                          for t in piper.imap_tasks]
+            super().start()
+        except Exception:
+            self._teardown()
+            raise
+        self._outputs = self.get_outputs()
+        self._started.set()
+
+    def run(self) -> None:
+        """Start (or resume) pulling items through the pipeline."""
+        if not self._started.is_set():
+            raise PlumberError("run: start the pipeline first")
+        if self._running.is_set():
+            raise PlumberError("run: already running")
+        if self._finished.is_set():
+            raise PlumberError("run: the pipeline has finished")
+        self._pausing.clear()
+        self._running.set()
+        self._plunger = threading.Thread(target=self._plunge, name="papycluster-plunger",
+                                         daemon=True)
+        self._plunger.start()
+
+    def pause(self) -> None:
+        """Stop pulling at the next round boundary; ``run()`` resumes."""
+        if not self._started.is_set():
+            raise PlumberError("pause: the pipeline is not started")
+        if not self._running.is_set():
+            raise PlumberError("pause: the pipeline is not running")
+        self._pausing.set()
+        assert self._plunger is not None
+        self._plunger.join()
+        self._running.clear()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait for the end of the run: True if it finished, False on timeout.
+
+        If pulling failed (an output piper with ``debug=True`` raised), the error is
+        raised here as a ``PlumberError``.
+        """
+        if not self._started.is_set():
+            raise PlumberError("wait: the pipeline is not started")
+        finished = self._finished.wait(timeout)
+        if self._failure is not None:
+            raise PlumberError(f"the pipeline failed: {self._failure!r}") from self._failure
+        return finished
+
+    def stop(self) -> None:
+        """End the run: stop the pools and disconnect, so the Plumber can start again.
+
+        Allowed when paused, or when finished (PaPy's ``pause(); stop()`` and a plain
+        ``stop()`` both work after ``wait()``).
+        """
+        if not self._started.is_set():
+            raise PlumberError("stop: the pipeline is not started")
+        if self._running.is_set():
+            if not self._finished.is_set():
+                raise PlumberError("stop: the pipeline is running; pause() it first")
+            self._pausing.set()
+            assert self._plunger is not None
+            self._plunger.join()
+            self._running.clear()
+        self._teardown()
+        self.stats["run_time"] = time.time() - self.stats["start_time"]
+        self._started.clear()
+
+    def _teardown(self) -> None:
+        try:
+            super().stop()
+        finally:
+            self.disconnect(forced=True)
+
+    # -- the plunger ---------------------------------------------------------------
+
+    def _plunge(self) -> None:
+        """Pull each output piper in turn until all are exhausted or we pause."""
+        outputs = [p for p in self._outputs if not p.finished]
+        try:
+            while outputs and not self._pausing.is_set():
+                for piper in list(outputs):
+                    try:
+                        item = piper.next()
+                    except StopIteration:
+                        outputs.remove(piper)
+                        continue
+                    self.stats["items_out"] += 1
+                    if isinstance(item, PiperError):
+                        self.stats["errors_out"] += 1
+            if not outputs:
+                self._finished.set()
+        except BaseException as exc:
+            log.error("the plunger failed: %r", exc)
+            self._failure = exc
+            self._finished.set()
