@@ -52,6 +52,13 @@ log = logging.getLogger("papycluster.numap")
 #: How often blocked manager threads look at the stop flag (seconds).
 POLL = 0.1
 
+#: Most tasklets sent to a process in one message.
+BATCH_MAX = 32
+
+#: Iterators whose ``next()`` never blocks: their items may be batched.
+_NON_BLOCKING = {type(iter(x)) for x in ([], (), range(0), b"", "", {}.keys(),
+                                          {}.values(), {}.items())}
+
 _live: weakref.WeakSet[NuMap] = weakref.WeakSet()
 
 
@@ -79,7 +86,8 @@ class _Task:
     track: bool
     skip: bool
     blob: bytes | BaseException | None = None  # cloudpickled (func, args, kwargs)
-    fed: int = 0  # tasklets handed out so far
+    pulled: int = 0  # items taken from the iterable so far
+    fed: int = 0  # tasklets admitted to the buffer so far
     total: int | None = None  # known once the iterable is exhausted (or stopped)
     next_index: int = 0  # ordered: the index next() returns next
     returned: int = 0  # results returned or skipped so far
@@ -392,48 +400,60 @@ class NuMap:
 
     # -- feeding -------------------------------------------------------------------
 
-    def _weave(self) -> Iterator[tuple[_Task, int, Any] | tuple[_Task, None, None]]:
-        """Yield ``(task, index, item)`` round-robin, ``stride`` items per task.
+    def _weave(self) -> Iterator[tuple[_Task, Iterator]]:
+        """Yield ``(task, iterator)`` round-robin, ``stride`` times per task and round.
 
-        Stopping takes effect at a round boundary, so every task completes the round;
-        an exhausted task yields ``(task, None, None)`` once and leaves the weave.
+        The putter pulls one item per step. Stopping takes effect at a round boundary,
+        so every task completes the round.
         """
         active = [(task, iter(task.iterable)) for task in self._tasks]
         while active and not self._stopping.is_set():
-            for entry in list(active):
-                task, iterator = entry
+            for entry in active:
                 for _ in range(self.stride):
-                    index = task.fed
-                    try:
-                        item = next(iterator)
-                    except StopIteration:
-                        active.remove(entry)
-                        yield task, None, None
+                    if entry[0].total is not None:
                         break
-                    except Exception as exc:  # an upstream error becomes this item's
-                        yield task, index, _Failed(exc)
-                        continue
-                    yield task, index, item
+                    yield entry
+            active = [entry for entry in active if entry[0].total is None]
 
     def _putter(self) -> None:
+        """Feed the workers: pull an item, wait for room in the buffer, send it.
+
+        Items of in-memory iterables (lists, tuples, ranges) are sent to a process in
+        small batches; before any pull that could block (a generator, an upstream
+        task) and before waiting for room, the batch is sent, so no tasklet is ever
+        held back while the putter waits.
+        """
         generation, tasks = self._generation, self._tasks
+        batch: list[tuple[_Task, int, Any]] = []
+        limit = self._batch_limit()
         try:
-            for task, index, item in self._weave():
+            for task, iterator in self._weave():
                 if generation != self._generation:
                     return  # stopped while blocked on an upstream task
-                if index is None:
+                if batch and type(iterator) not in _NON_BLOCKING:
+                    self._dispatch_batch(batch)
+                index = task.pulled
+                try:
+                    item = next(iterator)
+                except StopIteration:
+                    self._dispatch_batch(batch)
                     with self._cond:
                         task.total = task.fed
                         self._cond.notify_all()
                     continue
-                if not self._acquire() or generation != self._generation:
+                except Exception as exc:  # an upstream error becomes this item's
+                    item = _Failed(exc)
+                task.pulled += 1
+                if not self._acquire(batch) or generation != self._generation:
                     break
+                with self._cond:
+                    task.fed += 1
                 if isinstance(item, _Failed):
-                    with self._cond:
-                        task.fed += 1
                     self._deliver(task.id, index, False, item.exception)
-                else:
-                    self._dispatch(task, index, item)
+                    continue
+                batch.append((task, index, item))
+                if len(batch) >= limit:
+                    self._dispatch_batch(batch)
         except Exception as exc:  # never die silently: fail the tasks instead
             log.exception("%s: the feeding thread failed", self.name)
             with self._cond:
@@ -443,14 +463,32 @@ class NuMap:
                         task.arrived.append((task.fed, False, exc))
                         task.fed += 1
         finally:
+            if batch and generation == self._generation:
+                self._dispatch_batch(batch)
             with self._cond:
                 self._close_tasks(tasks)
                 self._cond.notify_all()
 
-    def _acquire(self) -> bool:
+    def _batch_limit(self) -> int:
+        """Tasklets per message: only for process-only pools with a deep buffer."""
+        if self._lanes or not self._slots:
+            return 1
+        buffer = self.buffer or len(self._tasks) * self.stride
+        return max(1, min(BATCH_MAX, buffer // (4 * len(self._slots))))
+
+    def _dispatch_batch(self, batch: list[tuple[_Task, int, Any]]) -> None:
+        if len(batch) == 1:
+            self._dispatch(*batch[0])
+        elif batch:
+            self._dispatch_many(batch)
+        batch.clear()
+
+    def _acquire(self, batch: list) -> bool:
+        """Take room in the buffer; send the pending batch before waiting for it."""
         assert self._semaphore is not None
         if self._semaphore.acquire(blocking=False):
             return True
+        self._dispatch_batch(batch)
         while not self._stopping.is_set():
             if self._semaphore.acquire(timeout=POLL):
                 return True
@@ -458,8 +496,6 @@ class NuMap:
 
     def _dispatch(self, task: _Task, index: int, item: Any) -> None:
         """Hand one tasklet to the least loaded worker (process, thread or remote)."""
-        with self._cond:
-            task.fed += 1
         if isinstance(task.blob, BaseException):
             self._deliver(task.id, index, False, task.blob)
             return
@@ -486,6 +522,50 @@ class NuMap:
                                 f"of task {task.id}")
         self._deliver(task.id, index, False, error)
 
+    def _dispatch_many(self, batch: list[tuple[_Task, int, Any]]) -> None:
+        """Send several tasklets to the least loaded process in one message."""
+        sendable = []
+        for task, index, item in batch:
+            if isinstance(task.blob, BaseException):
+                self._deliver(task.id, index, False, task.blob)
+            else:
+                sendable.append((task, index, item))
+        try:
+            data = proto.dumps(("run", [(t.id, i, item) for t, i, item in sendable]))
+        except Exception:  # find the unpicklable item(s) one by one
+            for tasklet in sendable:
+                self._dispatch(*tasklet)
+            return
+        with self._cond:
+            live = [slot for slot in self._slots if not slot.dead]
+            if not live:
+                slot = None
+            else:
+                slot = min(live, key=lambda s: len(s.inflight))
+                for task, index, _ in sendable:
+                    slot.inflight[(task.id, index)] = None
+        if slot is None or not self._send_raw(slot, [t for t, _, _ in sendable], data):
+            if slot is not None:
+                with self._cond:
+                    for task, index, _ in sendable:
+                        slot.inflight.pop((task.id, index), None)
+            for tasklet in sendable:
+                self._dispatch(*tasklet)
+
+    def _send_raw(self, slot: _ProcessSlot, tasks: list[_Task], data: bytes) -> bool:
+        """Send a ``run`` message, defining its tasks first; False if the pipe broke."""
+        try:
+            with slot.send_lock:
+                for task in tasks:
+                    if task.id not in slot.defined:
+                        assert isinstance(task.blob, bytes)
+                        slot.worker.send(proto.dumps(("def", task.id, task.blob)))
+                        slot.defined.add(task.id)
+                slot.worker.send(data)
+            return True
+        except (OSError, EOFError, ValueError):
+            return False
+
     def _send_to_slot(self, slot: _ProcessSlot, task: _Task, index: int,
                       item: Any) -> bool:
         """Send a tasklet to a process; False if the process is gone (try another)."""
@@ -496,20 +576,13 @@ class NuMap:
                 slot.inflight.pop((task.id, index), None)
             self._deliver(task.id, index, False, proto.describe_exception(exc))
             return True
-        try:
-            with slot.send_lock:
-                if task.id not in slot.defined:
-                    assert isinstance(task.blob, bytes)
-                    slot.worker.send(proto.dumps(("def", task.id, task.blob)))
-                    slot.defined.add(task.id)
-                slot.worker.send(data)
+        if self._send_raw(slot, [task], data):
             return True
-        except (OSError, EOFError, ValueError):
-            with self._cond:
-                taken = slot.inflight.pop((task.id, index), "gone") is None
-            if not taken:  # the getter already reported it as lost
-                return True
-            return self._stopping.is_set()
+        with self._cond:
+            taken = slot.inflight.pop((task.id, index), "gone") is None
+        if not taken:  # the getter already reported it as lost
+            return True
+        return self._stopping.is_set()
 
     # -- collecting ----------------------------------------------------------------
 
@@ -564,13 +637,16 @@ class NuMap:
         except (EOFError, OSError):
             return  # the sentinel reports the death
         try:
-            _, task_id, index, ok, value = proto.loads(data)
+            results = proto.decode_results(data)
         except Exception as exc:  # a result that pickles but does not unpickle
-            log.error("%s: undecodable result: %r", self.name, exc)
+            log.error("%s: undecodable result from pid %s: %r", self.name,
+                      slot.worker.pid, exc)
             return
         with self._cond:
-            slot.inflight.pop((task_id, index), None)
-        self._deliver(task_id, index, ok, value)
+            for task_id, index, _, _ in results:
+                slot.inflight.pop((task_id, index), None)
+        for task_id, index, ok, value in results:
+            self._deliver(task_id, index, ok, value)
 
     def _replace(self, slot: _ProcessSlot) -> _ProcessSlot:
         """A worker process died: drain what it said, fail what it held, respawn."""
@@ -639,7 +715,7 @@ class NuMap:
                     except TimeoutError:
                         if self._stopping.is_set():
                             return
-                _, task_id, reply_index, ok, value = proto.loads(reply)
+                [(task_id, reply_index, ok, value)] = proto.decode_results(reply)
             except Exception as exc:
                 with self._cond:
                     lane.inflight -= 1

@@ -12,9 +12,10 @@ Manager to worker::
     ("drop", task_key)              forget a task's function
     ("exit",)
 
-Worker to manager, one message per tasklet::
+Worker to manager::
 
-    ("res", task_key, index, ok, value)
+    ("res", task_key, index, ok, value)          one result
+    ("resn", [(task_key, index, ok, value), ...])  several (see ``serve``)
 
 ``ok`` is False when ``value`` is the exception that the function raised; it carries
 its traceback text in ``remote_traceback`` and a note that names the process and host.
@@ -29,7 +30,9 @@ from __future__ import annotations
 
 import os
 import pickle
+import select
 import socket
+import time
 import traceback
 from collections.abc import Callable
 from multiprocessing.connection import Connection
@@ -97,42 +100,90 @@ def encode_result(task_key: Any, index: int, ok: bool, value: Any) -> bytes:
         return dumps(("res", task_key, index, False, error))
 
 
+#: Results of fast tasklets are sent together while more input waits, but never held
+#: longer than this (seconds), nor after a tasklet slower than ``FAST``.
+COALESCE_FOR = 0.002
+FAST = 0.0005
+COALESCE_MAX = 64
+
+
+def encode_results(results: list[tuple[Any, int, bool, Any]]) -> bytes:
+    """One message for several results (each checked on its own if that fails)."""
+    if len(results) == 1:
+        return encode_result(*results[0])
+    try:
+        return pickle.dumps(("resn", results), PROTOCOL)
+    except Exception:
+        fixed = [loads(encode_result(*r))[1:] for r in results]
+        return pickle.dumps(("resn", fixed), PROTOCOL)
+
+
+def decode_results(data: bytes) -> list[tuple[Any, int, bool, Any]]:
+    """The results carried by one worker message."""
+    message = loads(data)
+    if message[0] == "resn":
+        return message[1]
+    _, task_key, index, ok, value = message
+    return [(task_key, index, ok, value)]
+
+
 def serve(conn: Connection) -> None:
     """The loop of a worker process: read messages, run tasklets, answer each.
 
-    It returns on ``("exit",)`` or when the manager's end of the pipe is gone, so an
-    orphaned worker never outlives its manager.
+    Results of fast tasklets are coalesced while more input is already waiting,
+    which halves the messages per item for trivial functions; a slow tasklet's result
+    is never held back. It returns on ``("exit",)`` or when the manager's end of the
+    pipe is gone, so an orphaned worker never outlives its manager.
     """
     functions: dict[Any, tuple[Callable, tuple, dict]] = {}
-    while True:
-        try:
-            message = loads(conn.recv_bytes())
-        except (EOFError, OSError):
-            return
-        kind = message[0]
-        if kind == "run":
-            for task_key, index, item in message[1]:
-                try:
-                    func, args, kwargs = functions[task_key]
-                except KeyError:
-                    ok, value = False, RemoteError(
-                        "KeyError", f"task {task_key!r} was never defined", "", where())
-                else:
-                    ok, value = call(func, args, kwargs, item)
-                try:
-                    conn.send_bytes(encode_result(task_key, index, ok, value))
-                except (EOFError, OSError):
-                    return
-        elif kind == "def":
-            _, task_key, blob = message
+    poller = select.poll() if hasattr(select, "poll") else None
+    if poller is not None:
+        poller.register(conn.fileno(), select.POLLIN)
+    pending: list[tuple[Any, int, bool, Any]] = []
+    since = 0.0
+
+    def flush() -> None:
+        conn.send_bytes(encode_results(pending))
+        pending.clear()
+
+    try:
+        while True:
+            if pending and not (poller is not None and poller.poll(0)
+                                and len(pending) < COALESCE_MAX
+                                and time.monotonic() - since < COALESCE_FOR):
+                flush()
             try:
-                functions[task_key] = loads(blob)
-            except Exception as exc:
-                functions[task_key] = (_raiser(describe_exception(exc)), (), {})
-        elif kind == "drop":
-            functions.pop(message[1], None)
-        elif kind == "exit":
-            return
+                message = loads(conn.recv_bytes())
+            except (EOFError, OSError):
+                return
+            kind = message[0]
+            if kind == "run":
+                for task_key, index, item in message[1]:
+                    started = time.monotonic()
+                    try:
+                        func, args, kwargs = functions[task_key]
+                    except KeyError:
+                        ok, value = False, RemoteError(
+                            "KeyError", f"task {task_key!r} was never defined", "", where())
+                    else:
+                        ok, value = call(func, args, kwargs, item)
+                    if not pending:
+                        since = started
+                    pending.append((task_key, index, ok, value))
+                    if time.monotonic() - started > FAST:
+                        flush()
+            elif kind == "def":
+                _, task_key, blob = message
+                try:
+                    functions[task_key] = loads(blob)
+                except Exception as exc:
+                    functions[task_key] = (_raiser(describe_exception(exc)), (), {})
+            elif kind == "drop":
+                functions.pop(message[1], None)
+            elif kind == "exit":
+                return
+    except (EOFError, OSError, BrokenPipeError):
+        return
 
 
 def _raiser(exc: BaseException) -> Callable:
