@@ -1,0 +1,359 @@
+"""The agent: one per host, an RPyC service that runs remote NuMap workers.
+
+Why a custom service rather than PaPy's classic ``SlaveService``: the classic server
+executes anything for anyone who can reach the port. This one exposes a handful of
+methods, and only to peers that proved the cluster secret on the raw socket before any
+RPyC traffic (:class:`papycluster.cluster.auth.HmacAuthenticator`).
+
+The agent never unpickles a tasklet. ``open_worker`` starts a
+:class:`papycluster.engine.process.ProcessWorker`; ``send`` relays the controller's
+bytes to it unchanged, and a reader thread relays each reply back through a callback
+that the controller passed. When the controller's connection goes away, its workers are
+stopped, so nothing outlives its user.
+
+This module must run on the oldest Python a host may have (3.9): no ``match``, no
+runtime ``X | Y`` unions.
+
+Run it as ``python -m papycluster.cluster.agent --secret-file F --run-dir D ...``;
+:mod:`papycluster.cluster.remote.launch` does that, detached, on each host.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import logging
+import multiprocessing
+import os
+import platform
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from multiprocessing.connection import wait as mp_wait
+from typing import Any
+
+import rpyc
+from rpyc.utils.server import ThreadedServer
+
+from papycluster.cluster.auth import SECRET_FILE_ENV, HmacAuthenticator, read_secret_file
+
+log = logging.getLogger("papycluster.agent")
+
+#: Seconds any single RPyC request may take before it fails (never wait forever).
+SYNC_REQUEST_TIMEOUT = 30.0
+INFO_FILE = "agent.json"
+SECRET_FILE = "secret"
+LOG_FILE = "agent.log"
+
+
+def protocol_config() -> dict[str, Any]:
+    """RPyC settings shared by the agent and its clients: nothing implicit is allowed."""
+    return {
+        "allow_public_attrs": False,
+        "allow_pickle": False,
+        "allow_setattr": False,
+        "allow_delattr": False,
+        "sync_request_timeout": SYNC_REQUEST_TIMEOUT,
+    }
+
+
+def capabilities(profile: str, shares: dict[str, str]) -> dict[str, Any]:
+    """What this host can do, as the negotiation needs it.
+
+    The ``windows`` profile reports what a Windows host has (no fork, no FIFOs, no
+    POSIX shared memory), so the fallback to the ``file`` transport is exercised on Linux.
+    """
+    windows = profile == "windows" or sys.platform == "win32"
+    try:
+        from multiprocessing import shared_memory  # noqa: F401
+        has_shm = True
+    except ImportError:
+        has_shm = False
+    share_info = {}
+    for name, path in shares.items():
+        share_info[name] = {"path": path, "exists": os.path.isdir(path),
+                            "writable": os.access(path, os.W_OK)}
+    return {
+        "os": "windows" if windows else platform.system().lower(),
+        "fork": hasattr(os, "fork") and not windows,
+        "fifo": hasattr(os, "mkfifo") and not windows,
+        "shm": has_shm and not windows,
+        "shares": share_info,
+        "transports": [t for t, ok in (
+            ("shm", has_shm and not windows), ("fifo", hasattr(os, "mkfifo") and not windows),
+            ("tcp", True), ("udp", True), ("file", True), ("manager", True)) if ok],
+    }
+
+
+class _RemoteProc:
+    """One worker process of one controller connection, with its relay thread."""
+
+    def __init__(self, wid: int, worker: Any, callback: Callable, on_result: Callable) -> None:
+        self.wid = wid
+        self.worker = worker
+        self.callback = callback
+        self.on_result = on_result
+        self.closed = False
+        self.thread = threading.Thread(target=self._relay, name=f"relay-{wid}", daemon=True)
+        self.thread.start()
+
+    def _relay(self) -> None:
+        """Forward every reply of the worker process to the controller, then say 'lost'."""
+        conn = self.worker.conn
+        while not self.closed:
+            try:
+                ready = mp_wait([conn, self.worker.sentinel], timeout=1.0)
+            except (OSError, ValueError):
+                break
+            if not ready:
+                continue
+            if conn in ready or conn.poll(0):
+                try:
+                    data = conn.recv_bytes()
+                except (EOFError, OSError, ValueError):
+                    break
+                self.on_result()
+                try:
+                    self.callback(data)
+                except Exception as exc:  # controller gone: nobody to serve
+                    log.info("worker %s: controller unreachable (%s); stopping", self.wid, exc)
+                    self.closed = True
+                    break
+            elif self.worker.sentinel in ready:
+                break
+        if not self.closed:
+            log.info("worker %s (pid %s) ended", self.wid, self.worker.pid)
+            try:
+                self.callback(None)  # tell the controller the process is gone
+            except Exception:
+                pass
+        self.closed = True
+
+    def stop(self) -> None:
+        self.closed = True
+        try:
+            self.worker.stop()
+        except Exception as exc:  # already gone
+            log.debug("stopping worker %s: %s", self.wid, exc)
+
+
+class Agent:
+    """State shared by all connections: config, workers, counters."""
+
+    def __init__(self, name: str, cluster: str, profile: str, shares: dict[str, str],
+                 workers: int, run_dir: str, advertise: str) -> None:
+        self.name = name
+        self.cluster = cluster
+        self.profile = profile
+        self.shares = shares
+        self.workers = workers
+        self.run_dir = run_dir
+        self.advertise = advertise
+        self.started = time.time()
+        self.items_done = 0
+        self.port = 0
+        self.server: ThreadedServer | None = None
+        self.lock = threading.Lock()
+        self.procs: dict[int, _RemoteProc] = {}
+        self.next_id = 0
+        self.caps = capabilities(profile, shares)
+        self.mp = self._context()
+
+    def _context(self) -> Any:
+        # forkserver: forking a threaded agent is unsafe; spawn where fork does not exist.
+        methods = multiprocessing.get_all_start_methods()
+        if self.profile == "windows" or "forkserver" not in methods:
+            return multiprocessing.get_context("spawn")
+        return multiprocessing.get_context("forkserver")
+
+    def info(self) -> dict[str, Any]:
+        try:
+            load = list(os.getloadavg())
+        except (AttributeError, OSError):
+            load = None
+        with self.lock:
+            running = sum(1 for p in self.procs.values() if not p.closed)
+        from papycluster import __version__
+        return {
+            "name": self.name, "cluster": self.cluster, "pid": os.getpid(),
+            "hostname": socket.gethostname(), "address": self.advertise, "port": self.port,
+            "python": platform.python_version(), "executable": sys.executable,
+            "platform": platform.platform(), "profile": self.profile,
+            "started": self.started, "uptime": time.time() - self.started,
+            "workers": self.workers, "workers_running": running,
+            "items_done": self.items_done, "load": load, "cpus": os.cpu_count(),
+            "version": __version__, "run_dir": self.run_dir,
+            **self.caps,
+        }
+
+    def count(self) -> None:
+        with self.lock:
+            self.items_done += 1
+
+    def open_worker(self, callback: Callable) -> int:
+        from papycluster.engine.process import ProcessWorker
+
+        worker = ProcessWorker(self.mp, name=f"papycluster-worker-{self.name}")
+        with self.lock:
+            self.next_id += 1
+            wid = self.next_id
+        proc = _RemoteProc(wid, worker, callback, self.count)
+        with self.lock:
+            self.procs[wid] = proc
+        log.info("worker %s started (pid %s)", wid, worker.pid)
+        return wid
+
+    def send(self, wid: int, data: bytes) -> None:
+        proc = self.procs.get(wid)
+        if proc is None or proc.closed:
+            raise EOFError(f"worker {wid} on {self.name} is gone")
+        try:
+            proc.worker.send(data)
+        except (OSError, ValueError) as exc:
+            raise EOFError(f"worker {wid} on {self.name} is gone: {exc}")
+
+    def close_worker(self, wid: int) -> None:
+        with self.lock:
+            proc = self.procs.pop(wid, None)
+        if proc is not None:
+            proc.stop()
+
+    def stop_all(self) -> None:
+        with self.lock:
+            procs = list(self.procs.values())
+            self.procs.clear()
+        for proc in procs:
+            proc.stop()
+
+    def shutdown(self, remove_run_dir: bool = True) -> None:
+        """Stop workers and the server, remove the run directory, exit."""
+        log.info("shutting down")
+        self.stop_all()
+        if self.server is not None:
+            try:
+                self.server.close()
+            except Exception:
+                pass
+        if remove_run_dir:
+            shutil.rmtree(self.run_dir, ignore_errors=True)
+        logging.shutdown()
+        os._exit(0)
+
+
+def make_service(agent: Agent) -> type:
+    """The RPyC service class bound to ``agent``; one instance per connection."""
+
+    class AgentService(rpyc.Service):
+        def on_connect(self, conn: Any) -> None:
+            self._wids: set = set()
+
+        def on_disconnect(self, conn: Any) -> None:
+            for wid in list(self._wids):
+                agent.close_worker(wid)
+
+        def exposed_info(self) -> str:
+            return json.dumps(agent.info())
+
+        def exposed_ping(self) -> str:
+            return agent.name
+
+        def exposed_open_worker(self, callback: Callable) -> int:
+            wid = agent.open_worker(callback)
+            self._wids.add(wid)
+            return wid
+
+        def exposed_send(self, wid: int, data: bytes) -> None:
+            if wid not in self._wids:
+                raise KeyError(f"worker {wid} does not belong to this connection")
+            agent.send(wid, bytes(data))
+
+        def exposed_close_worker(self, wid: int) -> None:
+            if wid in self._wids:
+                self._wids.discard(wid)
+                agent.close_worker(wid)
+
+        def exposed_shutdown(self) -> None:
+            # answer first, then exit from another thread
+            threading.Timer(0.2, agent.shutdown).start()
+
+    return AgentService
+
+
+def default_run_dir(cluster: str, name: str) -> str:
+    user = getpass.getuser()
+    return os.path.join(tempfile.gettempdir(), f"papycluster-{user}-{cluster}-{name}")
+
+
+def main(argv: list | None = None) -> None:
+    parser = argparse.ArgumentParser(description="papycluster agent (one per host)")
+    parser.add_argument("--name", required=True, help="this host's name in the cluster")
+    parser.add_argument("--cluster", default="papycluster")
+    parser.add_argument("--bind", default="0.0.0.0", help="address to listen on")
+    parser.add_argument("--port", type=int, default=0, help="0: any free port")
+    parser.add_argument("--advertise", default="", help="address peers use to reach us")
+    parser.add_argument("--secret-file", required=True,
+                        help="file (0600) holding the cluster secret; never pass it inline")
+    parser.add_argument("--run-dir", default="")
+    parser.add_argument("--profile", choices=("native", "windows"), default="native")
+    parser.add_argument("--shares", default="{}", help="JSON: share name -> local path")
+    parser.add_argument("--workers", type=int, default=2)
+    args = parser.parse_args(argv)
+
+    run_dir = args.run_dir or default_run_dir(args.cluster, args.name)
+    os.makedirs(run_dir, mode=0o700, exist_ok=True)
+    logging.basicConfig(level=logging.INFO,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    secret = read_secret_file(args.secret_file)
+    shares = json.loads(args.shares)
+    advertise = args.advertise or (args.bind if args.bind not in ("0.0.0.0", "") else
+                                   socket.gethostname())
+    # What the worker and transport processes read (inherited by every child).
+    os.environ[SECRET_FILE_ENV] = os.path.abspath(args.secret_file)
+    os.environ.pop("PAPYCLUSTER_SECRET", None)
+    os.environ["PAPYCLUSTER_ADVERTISE_HOST"] = advertise
+    os.environ["PAPYCLUSTER_SHARES"] = json.dumps(shares)
+    os.environ["PAPYCLUSTER_HOST_NAME"] = args.name
+    os.environ["PAPYCLUSTER_PROFILE"] = args.profile
+
+    agent = Agent(args.name, args.cluster, args.profile, shares, args.workers, run_dir,
+                  advertise)
+    server = ThreadedServer(make_service(agent), hostname=args.bind, port=args.port,
+                            authenticator=HmacAuthenticator(secret),
+                            protocol_config=protocol_config(), reuse_addr=True,
+                            logger=logging.getLogger("papycluster.agent.rpyc"))
+    agent.server = server
+    agent.port = server.port
+    # start the worker start-method machinery before threads multiply
+    if agent.mp.get_start_method() == "forkserver":
+        from multiprocessing import forkserver
+        forkserver.ensure_running()
+
+    def _term(signum: int, frame: Any) -> None:
+        threading.Thread(target=agent.shutdown, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, _term)
+    if hasattr(signal, "SIGBREAK"):
+        signal.signal(signal.SIGBREAK, _term)
+
+    info = {"pid": os.getpid(), "port": server.port, "name": args.name,
+            "cluster": args.cluster, "started": agent.started}
+    tmp = os.path.join(run_dir, INFO_FILE + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(info, f)
+    os.replace(tmp, os.path.join(run_dir, INFO_FILE))
+    log.info("agent %s listening on %s:%s (pid %s)", args.name, args.bind, server.port,
+             os.getpid())
+    try:
+        server.start()
+    finally:
+        agent.shutdown()
+
+
+if __name__ == "__main__":
+    main()

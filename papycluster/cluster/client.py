@@ -1,0 +1,232 @@
+"""The controller's side of an agent: authenticated connections and remote workers.
+
+:func:`open_remote_worker` is what the engine's remote lane calls. One
+:class:`RemoteWorker` is one worker process on a host, driven with the same byte
+protocol as a local :class:`papycluster.engine.process.ProcessWorker`; the agent relays
+the bytes unchanged, so nothing about tasklets is decided here.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import socket
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import rpyc
+from rpyc.core.stream import SocketStream
+
+from papycluster.cluster.agent import protocol_config
+from papycluster.cluster.auth import client_handshake, secret_from_env
+from papycluster.cluster.errors import AuthError, ClusterError
+from papycluster.errors import WorkerLostError
+
+log = logging.getLogger("papycluster.client")
+
+_LOST = object()
+
+
+def _keepalive(sock: socket.socket) -> None:
+    """Notice a dead host in about a minute rather than never."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for opt, value in (("TCP_KEEPIDLE", 20), ("TCP_KEEPINTVL", 5), ("TCP_KEEPCNT", 6)):
+        if hasattr(socket, opt):
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, opt), value)
+            except OSError:
+                pass
+
+
+class AgentConnection:
+    """An authenticated RPyC connection to one agent, served by a background thread.
+
+    The background thread is needed because the agent pushes worker replies back through
+    callbacks; it also notices when the connection dies.
+    """
+
+    def __init__(self, address: str, port: int, secret: str, name: str | None = None,
+                 timeout: float = 10.0) -> None:
+        self.address = address
+        self.port = port
+        self.name = name or f"{address}:{port}"
+        try:
+            sock = socket.create_connection((address, port), timeout=timeout)
+        except TimeoutError:
+            raise ConnectionError(f"agent {self.name} ({address}:{port}): connection "
+                                  f"timed out after {timeout:g} s")
+        except OSError as exc:
+            raise ConnectionError(f"agent {self.name} ({address}:{port}): {exc.strerror or exc}")
+        try:
+            client_handshake(sock, secret, timeout)
+        except AuthError as exc:
+            sock.close()
+            raise AuthError(f"agent {self.name} ({address}:{port}): {exc}")
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        _keepalive(sock)
+        self.conn = rpyc.connect_stream(SocketStream(sock), config=protocol_config())
+        self._closed = threading.Event()
+        self._listeners: list[Any] = []
+        self._thread = threading.Thread(target=self._serve, daemon=True,
+                                        name=f"papycluster-agent-{self.name}")
+        self._thread.start()
+
+    def _serve(self) -> None:
+        try:
+            while not self._closed.is_set():
+                self.conn.serve(0.5)
+        except Exception as exc:  # EOFError when the agent or the network is gone
+            if not self._closed.is_set():
+                log.info("connection to agent %s lost: %r", self.name, exc)
+        finally:
+            self._closed.set()
+            for listener in list(self._listeners):
+                listener()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed.is_set()
+
+    @property
+    def root(self) -> Any:
+        return self.conn.root
+
+    def info(self) -> dict[str, Any]:
+        """The agent's health and capabilities (one JSON string over the wire)."""
+        return json.loads(self.conn.root.info())
+
+    def close(self) -> None:
+        self._closed.set()
+        try:
+            self.conn.close()
+        except Exception:
+            pass
+        self._thread.join(2.0)
+
+
+class RemoteWorker:
+    """One worker process on a remote agent, with ProcessWorker's byte protocol.
+
+    ``send(bytes)`` forwards one protocol message; ``recv(timeout)`` returns the next
+    reply or raises ``TimeoutError`` (nothing yet) or ``WorkerLostError`` (the process,
+    the agent or the connection is gone).
+    """
+
+    def __init__(self, conn: AgentConnection, name: str) -> None:
+        self.name = name
+        self._conn = conn
+        self._queue: queue.Queue = queue.Queue()
+        self._lost_reason = ""
+        conn._listeners.append(self._connection_lost)
+        self.wid = conn.root.open_worker(self._on_message)
+
+    def _on_message(self, data: bytes | None) -> None:
+        # runs in the connection's serving thread; must not block
+        if data is None:
+            self._lost_reason = "the worker process ended"
+            self._queue.put(_LOST)
+        else:
+            self._queue.put(bytes(data))
+
+    def _connection_lost(self) -> None:
+        if not self._lost_reason:
+            self._lost_reason = "the connection to the agent was lost"
+        self._queue.put(_LOST)
+
+    def send(self, data: bytes) -> None:
+        if self._conn.closed:
+            raise WorkerLostError(f"worker on {self.name}: {self._lost_reason or 'closed'}")
+        try:
+            self._conn.root.send(self.wid, data)
+        except (EOFError, OSError) as exc:
+            raise WorkerLostError(f"worker on {self.name}: {exc}")
+        except Exception as exc:  # remote EOFError arrives as a derived exception
+            if "gone" in str(exc) or isinstance(exc, TimeoutError):
+                raise WorkerLostError(f"worker on {self.name}: {exc}")
+            raise
+
+    def recv(self, timeout: float) -> bytes:
+        try:
+            item = self._queue.get(timeout=max(0.0, timeout))
+        except queue.Empty:
+            raise TimeoutError(f"no reply from the worker on {self.name} in {timeout:g} s")
+        if item is _LOST:
+            self._queue.put(_LOST)  # every later recv fails the same way
+            raise WorkerLostError(f"worker on {self.name}: {self._lost_reason}")
+        return item
+
+    def close(self) -> None:
+        """Stop the remote process (and drop our connection if we own it)."""
+        try:
+            if not self._conn.closed:
+                self._conn.root.close_worker(self.wid)
+        except Exception:
+            pass
+        finally:
+            if getattr(self, "_owns_conn", False):
+                self._conn.close()
+
+
+@dataclass
+class AgentAddress:
+    name: str
+    address: str
+    port: int
+    secret: str
+
+
+def resolve(spec: str, state: Any = None) -> AgentAddress:
+    """Turn ``'alpha'`` (a host of the running cluster) or ``'host:port'`` into an address."""
+    from papycluster.cluster import state as state_mod
+
+    if state is None:
+        state = state_mod.load_state(missing_ok=True)
+    if state is not None and spec in state.hosts:
+        h = state.hosts[spec]
+        return AgentAddress(spec, h["connect"], int(h["agent_port"]), state.secret)
+    host, sep, port = spec.rpartition(":")
+    if sep and port.isdigit():
+        secret = secret_from_env()
+        name = spec
+        if state is not None:
+            secret = secret or state.secret
+            for hname, h in state.hosts.items():
+                if int(h["agent_port"]) == int(port) and host in (h["connect"], h["address"]):
+                    name = hname
+        if not secret:
+            raise ClusterError(f"no cluster secret for agent {spec}: set PAPYCLUSTER_SECRET_FILE "
+                               "or run `papycluster up` first")
+        return AgentAddress(name, host.strip("[]"), int(port), secret)
+    if state is None:
+        raise ClusterError(f"unknown host {spec!r}: no cluster is up (run `papycluster up`), "
+                           "or name an agent as 'host:port'")
+    raise ClusterError(f"unknown host {spec!r}: the running cluster {state.cluster!r} has "
+                       f"{', '.join(sorted(state.hosts)) or 'no hosts'}")
+
+
+def connect_agent(spec: str, timeout: float = 10.0, state: Any = None) -> AgentConnection:
+    """An authenticated connection to the agent named by ``spec``."""
+    addr = resolve(spec, state)
+    return AgentConnection(addr.address, addr.port, addr.secret, addr.name, timeout)
+
+
+def open_remote_worker(spec: str, timeout: float = 10.0) -> RemoteWorker:
+    """Start one worker process on the agent named by ``spec``; the engine's remote lane.
+
+    ``spec`` is a host name of the running cluster (from the state written by ``up``)
+    or ``'host:port'`` of an agent. Each RemoteWorker has its own connection, so workers
+    never wait on each other and closing one stops exactly that process.
+    """
+    try:
+        conn = connect_agent(spec, timeout)
+    except (ConnectionError, AuthError) as exc:
+        raise WorkerLostError(f"cannot reach agent {spec!r}: {exc}")
+    try:
+        worker = RemoteWorker(conn, conn.name)
+    except Exception:
+        conn.close()
+        raise
+    worker._owns_conn = True
+    return worker

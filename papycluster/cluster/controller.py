@@ -1,0 +1,307 @@
+"""``up``, ``down`` and ``status``: the controller's view of the cluster.
+
+Hosts are handled in parallel, one thread each, and every step has a bounded wait, so
+one dead host costs at most its own timeouts and never holds up the others. Each step
+reports progress through a callback (the CLI shows it with rich).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import papycluster
+from papycluster.cluster.auth import new_secret
+from papycluster.cluster.client import AgentConnection
+from papycluster.cluster.errors import ClusterError, HostError
+from papycluster.cluster.hosts import ClusterConfig, HostConfig
+from papycluster.cluster.remote import parse_result, render
+from papycluster.cluster.state import ClusterState, load_state, remove_state, save_state
+
+Progress = Callable[[str, str], None]  # (host, message)
+
+
+def _quiet(host: str, message: str) -> None:
+    pass
+
+
+@dataclass
+class HostResult:
+    name: str
+    ok: bool
+    cause: str = ""
+    detail: str = ""
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class UpResult:
+    cluster: str
+    results: list[HostResult]
+    state_file: Path | None = None
+
+    @property
+    def up(self) -> list[str]:
+        return [r.name for r in self.results if r.ok]
+
+    @property
+    def failed(self) -> list[HostResult]:
+        return [r for r in self.results if not r.ok]
+
+
+def _local_pythonpath() -> str:
+    """The directory holding the ``papycluster`` package the controller runs."""
+    return str(Path(papycluster.__file__).resolve().parent.parent)
+
+
+def run_local_script(name: str, config: dict[str, Any], timeout: float,
+                     python: str | None = None) -> dict[str, Any]:
+    """Run a remote script on this machine (the local-cluster path, same code as SSH)."""
+    try:
+        proc = subprocess.run([python or sys.executable, "-"], input=render(name, config),
+                              capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise HostError("local", "timeout", f"{name} script took more than {timeout:g} s")
+    result = parse_result(proc.stdout)
+    if result is None:
+        raise HostError("local", "agent failed",
+                        f"{name} script failed (exit {proc.returncode}): {proc.stderr[-1500:]}")
+    return result
+
+
+def _wait_agent(name: str, address: str, port: int, secret: str,
+                timeout: float) -> dict[str, Any]:
+    """Connect and ask for info until the agent answers or ``timeout`` passes."""
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            conn = AgentConnection(address, port, secret, name,
+                                   timeout=min(5.0, max(0.5, deadline - time.monotonic())))
+            try:
+                return conn.info()
+            finally:
+                conn.close()
+        except Exception as exc:
+            last = exc
+            time.sleep(0.2)
+    raise HostError(name, "agent failed", f"the agent does not answer on {address}:{port}: "
+                    f"{last}")
+
+
+def _check_not_up(progress: Progress) -> None:
+    old = load_state(missing_ok=True)
+    if old is None:
+        return
+    alive = []
+    for name, h in old.hosts.items():
+        try:
+            conn = AgentConnection(h["connect"], int(h["agent_port"]), old.secret, name, 3.0)
+            conn.close()
+            alive.append(name)
+        except Exception:
+            pass
+    if alive:
+        raise ClusterError(f"cluster {old.cluster!r} is already up (agents answer on "
+                           f"{', '.join(alive)}); run `papycluster down` first")
+    progress("-", f"stale state of cluster {old.cluster!r} found (no agent answers); "
+                  "replacing it")
+
+
+def up_local(n: int = 2, cluster: str = "local", workers: int = 2,
+             profiles: list[str] | None = None, progress: Progress = _quiet,
+             timeout: float = 60.0) -> UpResult:
+    """Start ``n`` agents on this machine (loopback, no SSH) and write the state.
+
+    ``profiles[i]`` (``native``/``windows``) lets a test give agent i the Windows profile.
+    """
+    _check_not_up(progress)
+    secret = new_secret()
+    state = ClusterState(cluster=cluster, secret=secret)
+    from papycluster.cluster.agent import default_run_dir
+
+    def start(i: int) -> HostResult:
+        name = f"local{i + 1}"
+        profile = (profiles or [])[i] if profiles and i < len(profiles) else "native"
+        run_dir = default_run_dir(cluster, name)
+        progress(name, "starting agent")
+        try:
+            res = run_local_script("launch", {
+                "name": name, "cluster": cluster, "run_dir": run_dir, "secret": secret,
+                "bind": "127.0.0.1", "advertise": "127.0.0.1", "port": 0,
+                "profile": profile, "shares": {}, "workers": workers,
+                "pythonpath": [_local_pythonpath()], "timeout": timeout}, timeout + 10)
+            if not res.get("ok"):
+                return HostResult(name, False, res.get("cause", "agent failed"),
+                                  res.get("detail", ""))
+            info = _wait_agent(name, "127.0.0.1", res["port"], secret, timeout)
+        except HostError as exc:
+            return HostResult(name, False, exc.cause, exc.detail)
+        state.hosts[name] = {
+            "address": "127.0.0.1", "connect": "127.0.0.1", "agent_port": res["port"],
+            "pid": res["pid"], "run_dir": res["run_dir"], "local": True,
+            "os": info["os"], "profile": profile, "workers": workers, "shares": {},
+            "python": info["python"], "ssh": None, "caps": _caps(info)}
+        progress(name, f"up (pid {res['pid']}, port {res['port']})")
+        return HostResult(name, True, info=info)
+
+    with ThreadPoolExecutor(max_workers=max(1, n)) as pool:
+        results = list(pool.map(start, range(n)))
+    path = save_state(state) if state.hosts else None
+    return UpResult(cluster, results, path)
+
+
+def _caps(info: dict[str, Any]) -> dict[str, Any]:
+    keys = ("os", "fork", "fifo", "shm", "shares", "transports", "hostname", "address")
+    return {k: info.get(k) for k in keys}
+
+
+def up(config: ClusterConfig, progress: Progress = _quiet) -> UpResult:
+    """Start one agent per host of ``config`` over SSH; see :mod:`papycluster.cluster.deploy`."""
+    from papycluster.cluster.deploy import start_host
+
+    _check_not_up(progress)
+    secret = new_secret()
+    state = ClusterState(cluster=config.name, secret=secret, hosts_file=config.path,
+                         options={k: getattr(config, k) for k in _SSH_OPTIONS})
+    with ThreadPoolExecutor(max_workers=max(1, min(32, len(config.hosts)))) as pool:
+        futures = {h.name: pool.submit(start_host, config, h, secret, progress)
+                   for h in config.hosts}
+        results = []
+        for h in config.hosts:
+            try:
+                entry, info = futures[h.name].result()
+            except HostError as exc:
+                progress(h.name, f"FAILED: {exc.cause}: {exc.detail}")
+                results.append(HostResult(h.name, False, exc.cause, exc.detail))
+                continue
+            except Exception as exc:  # a bug must still name its host
+                progress(h.name, f"FAILED: {exc!r}")
+                results.append(HostResult(h.name, False, "error", repr(exc)))
+                continue
+            state.hosts[h.name] = entry
+            results.append(HostResult(h.name, True, info=info))
+    path = save_state(state) if state.hosts else None
+    return UpResult(config.name, results, path)
+
+
+_SSH_OPTIONS = ("connect_timeout", "start_timeout", "known_hosts", "ssh_config",
+                "host_key_policy")
+
+
+@dataclass
+class DownResult:
+    name: str
+    ok: bool
+    detail: str = ""
+    killed: list[int] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+
+
+def down(config: ClusterConfig | None = None, progress: Progress = _quiet,
+         purge_cache: bool = False, timeout: float = 30.0) -> list[DownResult]:
+    """Stop every agent and remove its files; works after a crash too.
+
+    With a state file, each agent is asked to shut down, then its host is swept (the
+    stop script kills what is left of any agent of this cluster and removes its run
+    directory). Without a state file, ``config`` (the hosts file) says where to sweep.
+    """
+    from papycluster.cluster.deploy import stop_host
+
+    state = load_state(missing_ok=True)
+    if state is None and config is None:
+        raise ClusterError("no cluster state found; pass the hosts file (-f) so that "
+                           "`down` can sweep its hosts, or nothing is running")
+    if config is None and state is not None and state.options:
+        config = ClusterConfig(path=state.hosts_file or "<state>", name=state.cluster,
+                               **state.options)
+    targets: dict[str, dict[str, Any]] = {}
+    cluster = state.cluster if state else config.name  # type: ignore[union-attr]
+    if state is not None:
+        targets.update(state.hosts)
+    if config is not None:
+        for h in config.hosts:  # empty when rebuilt from the state
+            targets.setdefault(h.name, {"address": h.address, "local": False,
+                                        "config": h})
+
+    def stop(name: str, entry: dict[str, Any]) -> DownResult:
+        progress(name, "stopping")
+        if state is not None and "agent_port" in entry:
+            try:
+                conn = AgentConnection(entry["connect"], int(entry["agent_port"]),
+                                       state.secret, name, timeout=5.0)
+                try:
+                    conn.root.shutdown()
+                finally:
+                    conn.close()
+            except Exception as exc:
+                progress(name, f"agent does not answer ({exc}); sweeping")
+        try:
+            if entry.get("local"):
+                from papycluster.cluster.agent import default_run_dir
+                res = run_local_script("stop", {
+                    "cluster": cluster, "run_dirs": [entry.get("run_dir") or
+                                                     default_run_dir(cluster, name)],
+                    "scan": False, "grace": 5.0}, timeout)
+            else:
+                host_cfg = entry.get("config") or _host_from_state(name, entry, config)
+                res = stop_host(config, host_cfg, cluster, entry.get("run_dir"),
+                                purge_cache, timeout)
+        except HostError as exc:
+            progress(name, f"FAILED: {exc.cause}: {exc.detail}")
+            return DownResult(name, False, f"{exc.cause}: {exc.detail}")
+        ok = bool(res.get("ok"))
+        progress(name, "down" if ok else f"left behind: {res.get('left')}")
+        return DownResult(name, ok, "" if ok else f"left {res.get('left')}",
+                          res.get("killed", []), res.get("removed", []))
+
+    with ThreadPoolExecutor(max_workers=max(1, min(32, len(targets)))) as pool:
+        results = list(pool.map(lambda kv: stop(*kv), targets.items()))
+    if all(r.ok for r in results):
+        remove_state()
+    return results
+
+
+def _host_from_state(name: str, entry: dict[str, Any],
+                     config: ClusterConfig | None) -> HostConfig:
+    if config is not None:
+        try:
+            return config.host(name)
+        except KeyError:
+            pass
+    ssh = entry.get("ssh") or {}
+    return HostConfig(name=name, address=entry["address"], user=ssh.get("user"),
+                      port=ssh.get("port"), key=ssh.get("key"),
+                      python=entry.get("python_cmd", "python3"), os=entry.get("os"),
+                      shell=ssh.get("shell"), cache_dir=ssh.get("cache_dir"))
+
+
+def status(timeout: float = 5.0) -> list[dict[str, Any]]:
+    """One row per host of the running cluster: its agent's info, or why it is missing."""
+    state = load_state()
+    assert state is not None
+
+    def one(item: tuple[str, dict[str, Any]]) -> dict[str, Any]:
+        name, entry = item
+        row: dict[str, Any] = {"name": name, "address": entry["address"],
+                               "agent_port": entry["agent_port"], "ok": False}
+        try:
+            conn = AgentConnection(entry["connect"], int(entry["agent_port"]), state.secret,
+                                   name, timeout)
+            try:
+                row.update(conn.info())
+                row["ok"] = True
+            finally:
+                conn.close()
+        except Exception as exc:
+            row["error"] = str(exc)
+        return row
+
+    with ThreadPoolExecutor(max_workers=max(1, min(32, len(state.hosts)))) as pool:
+        return list(pool.map(one, state.hosts.items()))

@@ -1,0 +1,146 @@
+# papycluster launch: start this host's agent, detached, and wait until it listens.
+# Runs as `python -` on the host (the secret arrives inside this script, on stdin, and is
+# written to a 0600 file; it is never on a command line nor in an environment variable).
+# Prints PAPYCLUSTER-RESULT <json>.
+import getpass
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+CONFIG = {}  # replaced by render()
+
+
+def result(**kw):
+    print("PAPYCLUSTER-RESULT " + json.dumps(kw))
+    sys.stdout.flush()
+
+
+def alive(pid):
+    if sys.platform == "win32":
+        out = subprocess.run(["tasklist", "/FI", f"PID eq {pid}", "/NH"],
+                             capture_output=True, text=True).stdout
+        return str(pid) in out
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def ours(pid):
+    """Is pid an agent (guard against a pid reused by an unrelated process)?"""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return b"papycluster.cluster.agent" in f.read()
+    except OSError:
+        return alive(pid)
+
+
+def kill_tree(pid):
+    if sys.platform == "win32":
+        subprocess.run(["taskkill", "/F", "/T", "/PID", str(pid)], capture_output=True)
+        return
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(pid, sig)
+        except OSError:
+            try:
+                os.kill(pid, sig)
+            except OSError:
+                return
+        for _ in range(50):
+            if not alive(pid):
+                return
+            time.sleep(0.1)
+
+
+def main():
+    run_dir = os.path.expanduser(CONFIG.get("run_dir") or os.path.join(
+        tempfile.gettempdir(), "papycluster-{}-{}-{}".format(
+            getpass.getuser(), CONFIG["cluster"], CONFIG["name"])))
+    os.makedirs(run_dir, mode=0o700, exist_ok=True)
+    if hasattr(os, "getuid") and os.stat(run_dir).st_uid != os.getuid():
+        return result(ok=False, cause="agent failed",
+                      detail=f"run dir {run_dir} belongs to another user")
+    if hasattr(os, "chmod"):
+        os.chmod(run_dir, 0o700)
+    info_path = os.path.join(run_dir, "agent.json")
+    try:
+        with open(info_path) as f:
+            old = json.load(f).get("pid")
+        if old and alive(old) and ours(old):
+            kill_tree(old)
+    except (OSError, ValueError):
+        pass
+    try:
+        os.remove(info_path)
+    except OSError:
+        pass
+    secret_path = os.path.join(run_dir, "secret")
+    fd = os.open(secret_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        if hasattr(os, "fchmod"):
+            os.fchmod(fd, 0o600)
+        os.write(fd, CONFIG["secret"].encode("ascii"))
+    finally:
+        os.close(fd)
+    env = dict(os.environ)
+    env.pop("PAPYCLUSTER_SECRET", None)
+    paths = [os.path.expanduser(p) for p in CONFIG.get("pythonpath", [])]
+    if env.get("PYTHONPATH"):
+        paths.append(env["PYTHONPATH"])
+    env["PYTHONPATH"] = os.pathsep.join(paths)
+    env["PYTHONUNBUFFERED"] = "1"
+    argv = [sys.executable, "-m", "papycluster.cluster.agent",
+            "--name", CONFIG["name"], "--cluster", CONFIG["cluster"],
+            "--bind", CONFIG.get("bind", "0.0.0.0"), "--port", str(CONFIG.get("port", 0)),
+            "--advertise", CONFIG.get("advertise", ""),
+            "--secret-file", secret_path, "--run-dir", run_dir,
+            "--profile", CONFIG.get("profile", "native"),
+            "--shares", json.dumps(CONFIG.get("shares", {})),
+            "--workers", str(CONFIG.get("workers", 2))]
+    log = open(os.path.join(run_dir, "agent.log"), "ab")
+    kw = dict(stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=run_dir,
+              env=env, close_fds=True)
+    if sys.platform == "win32":
+        flags = 0x00000008 | 0x00000200  # DETACHED_PROCESS | CREATE_NEW_PROCESS_GROUP
+        try:  # leave the OpenSSH session's job object, which dies with the session
+            proc = subprocess.Popen(argv, creationflags=flags | 0x01000000, **kw)
+        except OSError:
+            proc = subprocess.Popen(argv, creationflags=flags, **kw)
+    else:
+        proc = subprocess.Popen(argv, start_new_session=True, **kw)
+    log.close()
+    deadline = time.time() + float(CONFIG.get("timeout", 30))
+    while time.time() < deadline:
+        try:
+            with open(info_path) as f:
+                info = json.load(f)
+            if info.get("pid") == proc.pid:
+                return result(ok=True, pid=proc.pid, port=info["port"], run_dir=run_dir)
+        except (OSError, ValueError):
+            pass
+        code = proc.poll()
+        if code is not None:
+            break
+        time.sleep(0.05)
+    code = proc.poll()
+    if code is None:
+        kill_tree(proc.pid)
+    try:
+        with open(os.path.join(run_dir, "agent.log"), errors="replace") as f:
+            tail = f.read()[-2000:]
+    except OSError:
+        tail = ""
+    return result(ok=False, cause="agent failed",
+                  detail=(f"exited with code {code}" if code is not None
+                          else "did not listen in time") + "; log:\n" + tail)
+
+
+main()

@@ -1,0 +1,249 @@
+"""A thin, fabric-like layer over paramiko: connect, run a script, put a file.
+
+What it adds to paramiko is what ``up`` needs: OpenSSH client config, the SSH agent and
+known_hosts honoured as ``ssh`` would; one bounded timeout for every wait; and every
+failure turned into a :class:`HostError` with a fixed cause word (``unreachable``,
+``refused``, ``auth failed``, ``host key mismatch``, ``unknown host key``, ``timeout``).
+
+Scripts are run as ``<python> -`` with the script on stdin, so the remote shell (sh,
+cmd or PowerShell) only ever parses a program path and one dash.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shlex
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import paramiko
+
+from papycluster.cluster.errors import HostError
+from papycluster.cluster.hosts import ClusterConfig, HostConfig
+
+
+@dataclass
+class SSHTarget:
+    """Where and how to log in, after ``~/.ssh/config`` filled the gaps."""
+
+    name: str
+    hostname: str
+    port: int
+    user: str | None
+    key_files: list[str]
+    proxy_command: str | None
+    known_hosts: str
+    host_key_policy: str
+    timeout: float
+
+
+def resolve_target(config: ClusterConfig | None, host: HostConfig) -> SSHTarget:
+    """Merge the hosts file with the OpenSSH client config (the hosts file wins)."""
+    ssh_config_path = Path(os.path.expanduser(config.ssh_config if config else
+                                              "~/.ssh/config"))
+    looked: dict = {}
+    if ssh_config_path.is_file():
+        try:
+            looked = paramiko.SSHConfig.from_path(str(ssh_config_path)).lookup(host.address)
+        except Exception as exc:
+            raise HostError(host.name, "check failed", f"cannot read {ssh_config_path}: {exc}")
+    key_files = [os.path.expanduser(host.key)] if host.key else [
+        os.path.expanduser(k) for k in looked.get("identityfile", [])]
+    known = os.path.expanduser(config.known_hosts if config else "~/.ssh/known_hosts")
+    if "userknownhostsfile" in looked and not (config and config.known_hosts !=
+                                               "~/.ssh/known_hosts"):
+        known = os.path.expanduser(looked["userknownhostsfile"].split()[0])
+    return SSHTarget(
+        name=host.name,
+        hostname=looked.get("hostname", host.address),
+        port=int(host.port or looked.get("port", 22)),
+        user=host.user or looked.get("user"),
+        key_files=key_files,
+        proxy_command=looked.get("proxycommand"),
+        known_hosts=known,
+        host_key_policy=config.host_key_policy if config else "strict",
+        timeout=config.connect_timeout if config else 10.0,
+    )
+
+
+def _socket_cause(exc: BaseException) -> tuple[str, str]:
+    if isinstance(exc, socket.gaierror):
+        return "unreachable", f"name does not resolve ({exc.strerror or exc})"
+    if isinstance(exc, ConnectionRefusedError) or getattr(exc, "errno", None) == \
+            errno.ECONNREFUSED:
+        return "refused", "connection refused (no SSH server on that port?)"
+    if isinstance(exc, (TimeoutError, socket.timeout)):
+        return "unreachable", "connection timed out"
+    if getattr(exc, "errno", None) in (errno.ENETUNREACH, errno.EHOSTUNREACH,
+                                       errno.EHOSTDOWN):
+        return "unreachable", exc.strerror or str(exc)  # type: ignore[union-attr]
+    return "unreachable", str(exc) or type(exc).__name__
+
+
+def connect(target: SSHTarget) -> paramiko.SSHClient:
+    """An authenticated SSH connection, or a HostError naming the cause."""
+    client = paramiko.SSHClient()
+    if os.path.exists(target.known_hosts):
+        try:
+            client.load_host_keys(target.known_hosts)
+        except Exception as exc:
+            raise HostError(target.name, "check failed",
+                            f"cannot read known_hosts {target.known_hosts}: {exc}")
+    elif target.host_key_policy == "accept-new":
+        Path(target.known_hosts).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        Path(target.known_hosts).touch(mode=0o600)
+        client.load_host_keys(target.known_hosts)
+    client.set_missing_host_key_policy(
+        paramiko.AutoAddPolicy() if target.host_key_policy == "accept-new"
+        else paramiko.RejectPolicy())
+    where = f"{target.user + '@' if target.user else ''}{target.hostname}:{target.port}"
+    sock = None
+    if target.proxy_command:
+        sock = paramiko.ProxyCommand(target.proxy_command)
+    kwargs = dict(hostname=target.hostname, port=target.port, username=target.user,
+                  timeout=target.timeout, banner_timeout=target.timeout,
+                  auth_timeout=target.timeout, channel_timeout=target.timeout,
+                  allow_agent=True, look_for_keys=not target.key_files, sock=sock)
+    if target.key_files:
+        kwargs["key_filename"] = target.key_files
+    try:
+        client.connect(**kwargs)
+    except paramiko.BadHostKeyException as exc:
+        client.close()
+        raise HostError(target.name, "host key mismatch",
+                        f"{where} offered a {exc.key.get_name()} key that differs from "
+                        f"{target.known_hosts}; if the host was reinstalled, remove its line "
+                        f"(ssh-keygen -R '[{target.hostname}]:{target.port}')")
+    except paramiko.AuthenticationException as exc:
+        client.close()
+        raise HostError(target.name, "auth failed",
+                        f"{where} refused our keys ({exc}); check user, key and the "
+                        "SSH agent")
+    except paramiko.ssh_exception.NoValidConnectionsError as exc:
+        client.close()
+        first = next(iter(exc.errors.values()), exc)
+        cause, detail = _socket_cause(first)
+        raise HostError(target.name, cause, f"{where}: {detail}")
+    except paramiko.SSHException as exc:
+        client.close()
+        text = str(exc)
+        if "not found in known_hosts" in text:
+            raise HostError(target.name, "unknown host key",
+                            f"{where} is not in {target.known_hosts}; add it with "
+                            f"ssh-keyscan -p {target.port} {target.hostname} >> "
+                            f"{target.known_hosts}, or set host_key_policy = \"accept-new\"")
+        if "banner" in text.lower():
+            raise HostError(target.name, "unreachable", f"{where}: no SSH banner ({text})")
+        raise HostError(target.name, "unreachable", f"{where}: {text}")
+    except OSError as exc:
+        client.close()
+        cause, detail = _socket_cause(exc)
+        raise HostError(target.name, cause, f"{where}: {detail}")
+    transport = client.get_transport()
+    if transport is not None:
+        transport.set_keepalive(15)
+    return client
+
+
+def quote_command(argv: list[str], shell: str) -> str:
+    """One command line for the remote login shell (``sh``, ``cmd`` or ``powershell``)."""
+    if shell == "sh":
+        out = []
+        for a in argv:
+            if a.startswith("~/"):
+                out.append('"$HOME"/' + shlex.quote(a[2:]))
+            else:
+                out.append(shlex.quote(a))
+        return " ".join(out)
+    if shell == "powershell":
+        quoted = ["'" + a.replace("'", "''") + "'" for a in argv]
+        return "& " + " ".join(quoted)
+    # cmd.exe: double quotes around anything with spaces or specials
+    out = []
+    for a in argv:
+        if a and not any(c in a for c in ' \t&|<>^()"%'):
+            out.append(a)
+        else:
+            out.append('"' + a.replace('"', '""') + '"')
+    return " ".join(out)
+
+
+@dataclass
+class RunResult:
+    code: int
+    stdout: str
+    stderr: str
+
+
+def run(client: paramiko.SSHClient, command: str, stdin: str | None, timeout: float,
+        host: str = "?") -> RunResult:
+    """Run ``command``, feed ``stdin``, collect output; never wait past ``timeout``."""
+    transport = client.get_transport()
+    if transport is None or not transport.is_active():
+        raise HostError(host, "unreachable", "the SSH connection is closed")
+    try:
+        chan = transport.open_session(timeout=timeout)
+    except Exception as exc:
+        raise HostError(host, "unreachable", f"cannot open an SSH channel: {exc}")
+    deadline = time.monotonic() + timeout
+    out, err = bytearray(), bytearray()
+    try:
+        chan.settimeout(1.0)
+        chan.exec_command(command)
+        if stdin is not None:
+            chan.sendall(stdin.encode("utf-8"))
+        chan.shutdown_write()
+        while True:
+            if time.monotonic() > deadline:
+                raise HostError(host, "timeout",
+                                f"{command!r} did not finish in {timeout:g} s; "
+                                f"output so far: {out.decode(errors='replace')[-500:]}"
+                                f"{err.decode(errors='replace')[-500:]}")
+            progressed = False
+            if chan.recv_ready():
+                out += chan.recv(65536)
+                progressed = True
+            if chan.recv_stderr_ready():
+                err += chan.recv_stderr(65536)
+                progressed = True
+            if chan.exit_status_ready() and not chan.recv_ready() and \
+                    not chan.recv_stderr_ready():
+                break
+            if not progressed:
+                time.sleep(0.02)
+        code = chan.recv_exit_status()
+    finally:
+        chan.close()
+    return RunResult(code, out.decode("utf-8", errors="replace"),
+                     err.decode("utf-8", errors="replace"))
+
+
+def put_file(client: paramiko.SSHClient, local: str, remote: str, timeout: float,
+             host: str = "?") -> None:
+    """Copy ``local`` to ``remote`` over SFTP (the path as the SFTP server spells it)."""
+    try:
+        sftp = client.open_sftp()
+    except Exception as exc:
+        raise HostError(host, "deploy failed", f"cannot open SFTP: {exc}")
+    try:
+        channel = sftp.get_channel()
+        if channel is not None:
+            channel.settimeout(timeout)
+        sftp.put(local, remote)
+    except Exception as exc:
+        raise HostError(host, "deploy failed", f"cannot copy {local} to {remote}: {exc}")
+    finally:
+        sftp.close()
+
+
+def sftp_path(path: str, os_name: str) -> str:
+    """The SFTP server's spelling of a local path (``C:\\x`` is ``/C:/x`` on Windows)."""
+    if os_name == "windows":
+        p = path.replace("\\", "/")
+        if len(p) > 1 and p[1] == ":":
+            p = "/" + p
+        return p
+    return path

@@ -1,0 +1,82 @@
+"""Helpers of the cluster SSH tests (ports, keys, process and file checks, hosts files)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout} s")
+
+
+def keygen(path: Path) -> str:
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)],
+                   check=True)
+    return path.with_suffix(".pub").read_text().strip()
+
+
+def agent_pids(cluster: str) -> list[int]:
+    """Live processes whose command line names this cluster's agents or run dirs."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            cmd = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ")
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        if stat.rsplit(")", 1)[1].split()[0] == "Z":
+            continue
+        if b"papycluster.cluster.agent" in cmd and f"--cluster {cluster} ".encode() in cmd:
+            out.append(int(entry))
+    return out
+
+
+def run_dirs(cluster: str) -> list[Path]:
+    import tempfile
+
+    return sorted(Path(tempfile.gettempdir()).glob(f"papycluster-*-{cluster}-*"))
+
+
+def hosts_toml(sshd: Any, cluster: str, hosts: list[dict], cache: Path,
+               **cluster_keys: object) -> str:
+    """A hosts file for hosts on the test sshd (each host its own agent port)."""
+    lines = ["[cluster]", f'name = "{cluster}"', "connect_timeout = 5",
+             "start_timeout = 30", f'known_hosts = "{sshd.known_hosts}"',
+             f'ssh_config = "{sshd.dir}/no_ssh_config"']
+    for k, v in cluster_keys.items():
+        lines.append(f"{k} = {v!r}".replace("'", '"'))
+    lines += ["", "[defaults]", f"port = {sshd.port}", f'user = "{sshd.user}"',
+              f'key = "{sshd.key}"', f'cache_dir = "{cache}"', "workers = 2", ""]
+    for h in hosts:
+        lines.append("[[host]]")
+        h = {"address": "127.0.0.1", "agent_port": free_port(), **h}
+        for k, v in h.items():
+            if isinstance(v, dict):
+                inner = ", ".join(f'{kk} = "{vv}"' for kk, vv in v.items())
+                lines.append(f"{k} = {{ {inner} }}")
+            elif isinstance(v, str):
+                lines.append(f'{k} = "{v}"')
+            else:
+                lines.append(f"{k} = {v}")
+        lines.append("")
+    return "\n".join(lines)
