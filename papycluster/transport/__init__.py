@@ -1,0 +1,130 @@
+"""Direct transports between pipers: only a small ticket goes through the manager.
+
+:func:`dump` stores one bytes-like item with a named transport and returns a ticket;
+:func:`load` reads the ticket, finds the transport it names, fetches the bytes and
+frees the resource. ``workers.io`` wraps both as PaPy worker functions
+(``dump_item``/``load_item``, ``dump_db_item``/``load_db_item``).
+
+=========  =========================================  ================================
+transport  where the bytes wait                        reach
+=========  =========================================  ================================
+tcp        memory of the dumping process (a server     any host that can connect; auth
+           thread serves them)                         by the cluster secret
+udp        same, served as checksummed datagrams       same; a lost datagram = an error
+fifo       memory, streamed through a named pipe       same host
+shm        a POSIX shared-memory segment               same host
+file       a file in a named share                     every host that mounts the share
+sqlite     a row in a database file                    same host (not over NFS)
+mysql      a row in a MariaDB/MySQL table              every host that reaches the server
+=========  =========================================  ================================
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from papycluster.transport import base, shares, ticket
+from papycluster.transport.base import (
+    SecretError,
+    StaleTicketError,
+    TicketError,
+    TransportError,
+    close_all,
+)
+from papycluster.transport.shares import get_share, set_share
+
+STREAM = ("tcp", "udp", "fifo", "shm", "file")
+DATABASE = ("sqlite", "mysql")
+
+__all__ = [
+    "DATABASE",
+    "STREAM",
+    "SecretError",
+    "StaleTicketError",
+    "TicketError",
+    "TransportError",
+    "close_all",
+    "dump",
+    "find",
+    "get_share",
+    "load",
+    "set_share",
+    "shares",
+]
+
+
+def _as_view(item: Any, where: str) -> tuple[memoryview, int]:
+    """A flat byte view of ``item`` and the flags that say how to give it back."""
+    if isinstance(item, str):
+        return memoryview(item.encode("utf-8")), ticket.FLAG_STR
+    try:
+        view = memoryview(item)
+    except TypeError:
+        raise TypeError(f"{where} needs bytes-like data (or str), got "
+                        f"{type(item).__name__}; put a serializer such as "
+                        "workers.io.pickle_dumps before it") from None
+    if not view.c_contiguous:
+        raise TypeError(f"{where} needs contiguous data; got a non-contiguous buffer")
+    if view.format != "B" or view.ndim != 1:
+        view = view.cast("B")
+    return view, 0
+
+
+def dump(item: Any, type: str = "file", **options: Any) -> tuple:
+    """Store ``item`` (bytes-like or str) with transport ``type``; return its ticket.
+
+    The item is not copied where it need not be: tcp, udp and fifo keep a reference
+    to it until a loader fetches it, so do not change a bytearray after dumping it.
+    """
+    if type in DATABASE:
+        raise ValueError(f"{type!r} is a database transport: use dump_db_item")
+    if type not in STREAM:
+        raise ValueError(f"unknown transport {type!r}; dump_item knows {', '.join(STREAM)}")
+    view, flags = _as_view(item, f"dump_item(..., {type!r})")
+    fields = base.get(type).dump(view, **options)
+    return ticket.make(type, flags, *fields)
+
+
+def dump_db(item: Any, type: str = "sqlite", table: str = "temp", key: Any = None,
+            keep: bool = False, db: str | None = None, **options: Any) -> tuple:
+    """Store ``item`` as a database row; ``keep=True`` makes it a checkpoint.
+
+    ``item`` may be ``(key, data)``; else ``key`` is a fixed string, a function of the
+    data, or None.
+    """
+    from papycluster.transport import db as dbmod
+
+    if type not in DATABASE:
+        raise ValueError(f"unknown database transport {type!r}; dump_db_item knows "
+                         f"{', '.join(DATABASE)}")
+    data, item_key = dbmod.split_item(item, key)
+    view, flags = _as_view(data, f"dump_db_item(..., {type!r})")
+    if keep:
+        flags |= ticket.FLAG_KEEP
+    fields = base.get(type).dump(view, table=table, db_path=db, key=item_key, keep=keep,
+                                 **options)
+    return ticket.make(type, flags, *fields)
+
+
+def load(tk: Any, remove: bool | None = None, timeout: float | None = None,
+         family: tuple[str, ...] | None = None, **options: Any) -> Any:
+    """Fetch the item of ticket ``tk``; with ``remove`` (default: unless a checkpoint)
+    free it. Returns a bytes-like object (``str`` if a ``str`` was dumped)."""
+    transport, flags, fields = ticket.parse(tk, family)
+    if remove is None:
+        remove = not flags & ticket.FLAG_KEEP
+    data = transport.load(fields, tk, remove=remove, timeout=timeout, **options)
+    if flags & ticket.FLAG_STR:
+        return bytes(data).decode("utf-8")
+    return data
+
+
+def find(type: str, key: str, table: str = "temp", db: str | None = None,
+         **options: Any) -> tuple | None:
+    """The ticket of the newest checkpoint row with ``key``, or None (for resuming)."""
+    if type not in DATABASE:
+        raise ValueError(f"find_db_item works with {', '.join(DATABASE)}, not {type!r}")
+    fields = base.get(type).find(key, table=table, db_path=db, **options)
+    if fields is None:
+        return None
+    return ticket.make(type, ticket.FLAG_KEEP, *fields)

@@ -1,0 +1,126 @@
+"""The cluster secret and the HMAC challenge/response that network transports use.
+
+Both ends prove that they know the cluster secret before anything else is read: the
+server sends a fresh nonce, the client answers with its own nonce and an HMAC over
+both, the server checks it with :func:`hmac.compare_digest` and only then proves
+itself back. Nothing a peer sends is deserialized before that; a peer that fails is
+logged and dropped. The secret itself never crosses the wire.
+
+The secret comes from ``PAPYCLUSTER_SECRET`` or from the file named by
+``PAPYCLUSTER_SECRET_FILE`` (the cluster sets one of them on every host). There is
+no built-in default: a default secret would be a password everyone knows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import secrets
+import socket
+
+from papycluster.transport.base import SecretError, TransportError, log
+
+SECRET_ENV = "PAPYCLUSTER_SECRET"
+SECRET_FILE_ENV = "PAPYCLUSTER_SECRET_FILE"
+MIN_SECRET = 16
+
+NONCE = 32
+DIGEST = 32
+#: Sent first by the server: protocol name and version, so a stray client fails early.
+HELLO = b"PAPYCT1\n"
+
+_cache: tuple[tuple[str | None, str | None], bytes] | None = None
+
+
+def get_secret() -> bytes:
+    """The cluster secret as bytes, or a :class:`SecretError` that says how to set it."""
+    global _cache
+    env = os.environ.get(SECRET_ENV)
+    path = os.environ.get(SECRET_FILE_ENV)
+    if _cache is not None and _cache[0] == (env, path):
+        return _cache[1]
+    if env:
+        secret = env.encode()
+    elif path:
+        try:
+            with open(path, "rb") as handle:
+                secret = handle.read().strip()
+        except OSError as exc:
+            raise SecretError(f"cannot read the cluster secret from {SECRET_FILE_ENV}="
+                              f"{path!r}: {exc}") from None
+    else:
+        raise SecretError(f"the tcp and udp transports need the cluster secret: set "
+                          f"{SECRET_ENV} or {SECRET_FILE_ENV} (papycluster up sets them "
+                          "on every host)")
+    if len(secret) < MIN_SECRET:
+        source = SECRET_ENV if env else f"{SECRET_FILE_ENV}={path!r}"
+        raise SecretError(f"the cluster secret from {source} is too short "
+                          f"({len(secret)} bytes, need at least {MIN_SECRET})")
+    _cache = ((env, path), secret)
+    return secret
+
+
+def mac(secret: bytes, label: bytes, *parts: bytes) -> bytes:
+    """HMAC-SHA256 of ``label`` and ``parts`` (length-prefixed, so parts cannot shift)."""
+    h = hmac.new(secret, label, hashlib.sha256)
+    for part in parts:
+        h.update(len(part).to_bytes(4, "big"))
+        h.update(part)
+    return h.digest()
+
+
+def nonce() -> bytes:
+    return secrets.token_bytes(NONCE)
+
+
+def recv_exact(sock: socket.socket, n: int) -> bytes:
+    """Read exactly ``n`` bytes or raise ``ConnectionError`` (the socket has a timeout)."""
+    buf = bytearray(n)
+    view = memoryview(buf)
+    got = 0
+    while got < n:
+        k = sock.recv_into(view[got:])
+        if k == 0:
+            raise ConnectionError(f"peer closed the connection after {got} of {n} bytes")
+        got += k
+    return bytes(buf)
+
+
+def server_handshake(sock: socket.socket, secret: bytes, peer: object) -> bool:
+    """Authenticate a client that connected to us; True if it knows the secret.
+
+    Reads at most ``NONCE + DIGEST`` bytes from the peer before deciding, and only
+    compares them; a failure is logged with the peer's address.
+    """
+    snonce = nonce()
+    try:
+        sock.sendall(HELLO + snonce)
+        answer = recv_exact(sock, NONCE + DIGEST)
+    except (OSError, ConnectionError) as exc:
+        log.warning("refused %s: handshake failed before authentication (%s)", peer, exc)
+        return False
+    cnonce, digest = answer[:NONCE], answer[NONCE:]
+    if not hmac.compare_digest(digest, mac(secret, b"papyc-client", snonce, cnonce)):
+        log.warning("refused %s: it does not know the cluster secret", peer)
+        return False
+    sock.sendall(mac(secret, b"papyc-server", cnonce, snonce))
+    return True
+
+
+def client_handshake(sock: socket.socket, secret: bytes, where: str) -> None:
+    """Prove ourselves to the server at ``where`` and check that it knows the secret too."""
+    hello = recv_exact(sock, len(HELLO) + NONCE)
+    if hello[:len(HELLO)] != HELLO:
+        raise TransportError(f"{where} is not a papycluster tcp server "
+                             f"(it greeted {hello[:len(HELLO)]!r})")
+    snonce = hello[len(HELLO):]
+    cnonce = nonce()
+    sock.sendall(cnonce + mac(secret, b"papyc-client", snonce, cnonce))
+    try:
+        proof = recv_exact(sock, DIGEST)
+    except ConnectionError:
+        raise TransportError(f"{where} refused us: does it use the same cluster secret?") \
+            from None
+    if not hmac.compare_digest(proof, mac(secret, b"papyc-server", cnonce, snonce)):
+        raise TransportError(f"{where} does not know the cluster secret; refusing its data")

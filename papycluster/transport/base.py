@@ -1,0 +1,214 @@
+"""The interface every transport implements, the registry, and per-process cleanup.
+
+A transport moves one bytes-like item from the process that *dumps* it to the process
+that *loads* it, outside the manager. ``dump`` stores the bytes somewhere (a server
+thread's memory, a file, a fifo, a shared-memory segment, a database row) and returns
+a small :mod:`ticket <papycluster.transport.ticket>`; only the ticket travels through
+the manager. ``load`` takes the ticket, fetches the bytes and frees the resource.
+
+Transports keep per-process state (a server thread, the items not yet fetched, the
+files and segments this process created). That state belongs to the process that made
+it: after a ``fork`` the child starts empty, and when the process ends every resource
+it still owns is released, both from ``atexit`` (the main process) and from a
+``multiprocessing.util.Finalize`` (worker processes, which skip ``atexit``).
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import threading
+from collections.abc import Callable
+from multiprocessing import util as mp_util
+from typing import Any, ClassVar
+
+log = logging.getLogger("papycluster.transport")
+
+
+class TransportError(Exception):
+    """A transport could not move an item (a network, file or database failure)."""
+
+
+class TicketError(TransportError, ValueError):
+    """A ticket is malformed, foreign, truncated or stale.
+
+    The message always names the transport (when known) and the ticket, so that a
+    ``WorkerError`` in a long pipeline points at the culprit.
+    """
+
+    def __init__(self, ticket: Any, reason: str, transport: str | None = None) -> None:
+        self.ticket = ticket
+        self.reason = reason
+        self.transport = transport
+        text = repr(ticket)
+        if len(text) > 300:
+            text = text[:300] + "..."
+        what = f"{transport} ticket" if transport else "ticket"
+        super().__init__(f"{what} {text}: {reason}")
+
+
+class StaleTicketError(TicketError):
+    """The ticket was well formed but its item is gone (already loaded, or its owner ended)."""
+
+
+class SecretError(TransportError):
+    """The cluster secret that tcp and udp need is missing or unusable."""
+
+
+class Transport:
+    """One way of moving bytes between pipers.
+
+    Subclasses set ``name`` and implement :meth:`dump`, :meth:`load` and
+    :meth:`cleanup`. ``dump`` returns the ticket's transport-specific fields; the
+    ticket module wraps them with the header, so a transport never builds headers.
+    """
+
+    name: ClassVar[str] = ""
+    #: Field names after the header, in order; used for validation error messages.
+    fields: ClassVar[tuple[str, ...]] = ()
+
+    def dump(self, data: memoryview, **options: Any) -> tuple:
+        raise NotImplementedError
+
+    def load(self, fields: tuple, ticket: tuple, remove: bool = True,
+             timeout: float | None = None) -> Any:
+        raise NotImplementedError
+
+    def validate(self, fields: tuple, ticket: tuple) -> None:
+        """Check the fields' types and shapes; raise :class:`TicketError` if wrong."""
+
+    def cleanup(self) -> None:
+        """Release everything this process still owns (called once at process end)."""
+
+
+_REGISTRY: dict[str, Transport] = {}
+
+
+def register(transport: Transport) -> Transport:
+    """Make ``transport`` reachable by its name from ``dump_item`` and ``load_item``."""
+    _REGISTRY[transport.name] = transport
+    return transport
+
+
+def get(name: str) -> Transport:
+    """The transport called ``name``; a clear error listing the known ones otherwise."""
+    _load_builtin()
+    try:
+        return _REGISTRY[name]
+    except (KeyError, TypeError):
+        known = ", ".join(sorted(_REGISTRY))
+        raise ValueError(f"unknown transport {name!r}; known: {known}") from None
+
+
+def names() -> list[str]:
+    _load_builtin()
+    return sorted(_REGISTRY)
+
+
+_builtin_loaded = False
+
+
+def _load_builtin() -> None:
+    global _builtin_loaded
+    if _builtin_loaded:
+        return
+    _builtin_loaded = True
+    # Imported for their register() side effect.
+    from papycluster.transport import (  # noqa: F401
+        fifo,
+        file,
+        mysql,
+        shm,
+        sqlite,
+        tcp,
+        udp,
+    )
+
+
+class ProcessState:
+    """Holds a transport's per-process state and releases it when the process ends.
+
+    ``get()`` returns the state object for the *current* process, creating it with
+    ``factory`` on first use; a forked child never sees its parent's state (the
+    server threads did not survive the fork, and the parent's items are not the
+    child's to free). ``factory()`` objects must have a ``close()`` method; it runs
+    once, from ``atexit`` or from multiprocessing's finalizers, whichever comes first.
+    """
+
+    _all: ClassVar[list[ProcessState]] = []
+
+    def __init__(self, factory: Callable[[], Any]) -> None:
+        self._factory = factory
+        self._lock = threading.Lock()
+        self._pid = -1
+        self._value: Any = None
+        ProcessState._all.append(self)
+
+    def get(self) -> Any:
+        pid = os.getpid()
+        value = self._value
+        if value is not None and self._pid == pid:
+            return value
+        with self._lock:
+            if self._value is None or self._pid != pid:
+                self._value = self._factory()
+                self._pid = pid
+                _ensure_exit_hooks()
+            return self._value
+
+    def peek(self) -> Any:
+        """The current process's state, or None if it was never created here."""
+        return self._value if self._pid == os.getpid() else None
+
+    def close(self) -> None:
+        with self._lock:
+            value, self._value = self._value, None
+            mine = self._pid == os.getpid()
+        if value is not None and mine:
+            try:
+                value.close()
+            except Exception:  # cleanup must go on for the other transports
+                log.exception("transport cleanup failed")
+
+    def _after_fork(self) -> None:
+        # Do not close the parent's state in the child: just forget it.
+        self._value = None
+        self._pid = -1
+        self._lock = threading.Lock()
+
+
+_hooks_pid = -1
+
+
+def close_all() -> None:
+    """Release every transport resource of this process (idempotent).
+
+    Called automatically at process end; a test or a long-lived agent may call it to
+    drop everything at once.
+    """
+    for state in list(ProcessState._all):
+        state.close()
+
+
+def _ensure_exit_hooks() -> None:
+    global _hooks_pid
+    pid = os.getpid()
+    if _hooks_pid == pid:
+        return
+    _hooks_pid = pid
+    # Worker processes end by returning from their target: multiprocessing then runs
+    # its finalizers but not atexit. The main process runs atexit. Both are wired;
+    # close_all is idempotent.
+    mp_util.Finalize(None, close_all, exitpriority=10)
+    atexit.register(close_all)
+
+
+def _after_fork_in_child() -> None:
+    global _hooks_pid
+    _hooks_pid = -1
+    for state in ProcessState._all:
+        state._after_fork()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

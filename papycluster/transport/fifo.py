@@ -1,0 +1,294 @@
+"""``fifo``: named pipes on one host, served by one thread per dumping process.
+
+PaPy forked a child per item that blocked in ``open`` until a reader came. Here the
+first ``dump_item(..., 'fifo')`` makes a private directory (0700, unguessable name)
+with a *control* fifo, and starts one thread that multiplexes every transfer with
+non-blocking writes. Each item gets its own fifo (0600, unguessable name). A loader:
+
+1. opens the item fifo (read-write, so it never sees a premature end of file and
+   never blocks in ``open``),
+2. writes ``G<remove><key>\\n`` to the control fifo (one atomic write),
+3. reads a 9-byte header (``status:u8 size:u64``) and then the item, every wait
+   bounded by a timeout, and unlinks the fifo.
+
+The server reads nothing from the control fifo but item keys, which it looks up in
+its own table; nothing is ever deserialized. Everything lives under the private
+directory, which is removed when the process ends.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import re
+import secrets
+import select
+import selectors
+import shutil
+import stat
+import struct
+import tempfile
+import threading
+import time
+from typing import Any
+
+from papycluster.transport import base, ticket
+from papycluster.transport.base import StaleTicketError, TicketError, TransportError, log
+
+DIR_RE = re.compile(r"papyc-fifo-[0-9a-f]{32}\Z")
+CTL = "ctl"
+DEFAULT_TIMEOUT = 60.0
+_HDR = struct.Struct("!BQ")
+ST_OK = 0
+ST_MISSING = 1
+_REQ_LEN = 35  # b"G" + b"1"/b"0" + 32 hex + b"\n"
+_WRITE_CHUNK = 1 << 20
+_PIPE_SIZE = 1 << 20
+
+
+class FifoServer:
+    """The private directory, its control fifo and the thread that feeds loaders."""
+
+    def __init__(self) -> None:
+        self.dir = os.path.join(tempfile.gettempdir(), "papyc-fifo-" + secrets.token_hex(16))
+        os.mkdir(self.dir, 0o700)
+        self.ctl = os.path.join(self.dir, CTL)
+        os.mkfifo(self.ctl, 0o600)
+        # Read-write: the server itself keeps a writer, so the fifo never reports EOF.
+        self.ctl_fd = os.open(self.ctl, os.O_RDWR | os.O_NONBLOCK)
+        self.items: dict[str, memoryview] = {}
+        self.lock = threading.Lock()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        self._closed = False
+        self._thread = threading.Thread(target=self._loop, daemon=True,
+                                        name="papycluster-fifo")
+        self._thread.start()
+
+    def put(self, data: memoryview) -> str:
+        key = secrets.token_hex(16)
+        path = os.path.join(self.dir, key)
+        os.mkfifo(path, 0o600)
+        with self.lock:
+            self.items[key] = data
+        return key
+
+    def _loop(self) -> None:
+        sel = selectors.DefaultSelector()
+        sel.register(self.ctl_fd, selectors.EVENT_READ, "ctl")
+        sel.register(self._wake_r, selectors.EVENT_READ, "wake")
+        pending = b""
+        # fd -> [memoryview to write, position]
+        active: dict[int, list] = {}
+        try:
+            while True:
+                for key, _ in sel.select():
+                    if key.data == "wake":
+                        return
+                    if key.data == "ctl":
+                        try:
+                            pending += os.read(self.ctl_fd, 65536)
+                        except BlockingIOError:
+                            continue
+                        while b"\n" in pending:
+                            line, pending = pending.split(b"\n", 1)
+                            self._start(line, sel, active)
+                        if len(pending) > _REQ_LEN:
+                            log.warning("fifo: garbage on control fifo %s; dropped", self.ctl)
+                            pending = b""
+                    else:
+                        self._feed(key.fd, sel, active)
+        finally:
+            for fd in active:
+                os.close(fd)
+            sel.close()
+
+    def _start(self, line: bytes, sel: selectors.BaseSelector, active: dict) -> None:
+        if len(line) != _REQ_LEN - 1 or line[:1] != b"G" or line[1:2] not in (b"0", b"1"):
+            log.warning("fifo: malformed request %r on %s; dropped", line[:64], self.ctl)
+            return
+        key = line[2:].decode("ascii", "replace")
+        if not ticket.TOKEN_RE.match(key):
+            log.warning("fifo: malformed key %r on %s; dropped", key, self.ctl)
+            return
+        with self.lock:
+            item = self.items.pop(key, None) if line[1:2] == b"1" else self.items.get(key)
+        path = os.path.join(self.dir, key)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError as exc:  # the loader gave up, or the fifo was never ours
+            log.warning("fifo: cannot open %s for the loader: %s", path, exc)
+            return
+        if item is None:
+            header = _HDR.pack(ST_MISSING, 0)
+            item = memoryview(b"")
+        else:
+            header = _HDR.pack(ST_OK, item.nbytes)
+        active[fd] = [[memoryview(header), item], 0]
+        sel.register(fd, selectors.EVENT_WRITE, "item")
+        self._feed(fd, sel, active)
+
+    def _feed(self, fd: int, sel: selectors.BaseSelector, active: dict) -> None:
+        parts, _ = active[fd]
+        try:
+            while parts:
+                view = parts[0]
+                if view.nbytes == 0:
+                    parts.pop(0)
+                    continue
+                n = os.write(fd, view[:_WRITE_CHUNK])
+                parts[0] = view[n:]
+        except BlockingIOError:
+            return
+        except OSError as exc:  # the loader went away (EPIPE)
+            if exc.errno != errno.EPIPE:
+                log.warning("fifo: writing to a loader failed: %s", exc)
+        sel.unregister(fd)
+        os.close(fd)
+        del active[fd]
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            os.write(self._wake_w, b"x")
+        except OSError:
+            pass
+        self._thread.join(2.0)
+        for fd in (self.ctl_fd, self._wake_r, self._wake_w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        with self.lock:
+            self.items.clear()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class _State:
+    def __init__(self) -> None:
+        self.server: FifoServer | None = None
+        self.lock = threading.Lock()
+
+    def get_server(self) -> FifoServer:
+        with self.lock:
+            if self.server is None:
+                self.server = FifoServer()
+            return self.server
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+
+
+def _wait(fd: int, events: int, deadline: float, what: str, tk: tuple) -> None:
+    poller = select.poll()
+    poller.register(fd, events)
+    left = deadline - time.monotonic()
+    if left <= 0 or not poller.poll(left * 1000):
+        raise TransportError(f"fifo ticket {tk!r}: timed out {what}")
+
+
+def _read_exact(fd: int, view: memoryview, deadline: float, tk: tuple) -> None:
+    got = 0
+    while got < view.nbytes:
+        try:
+            k = os.readv(fd, [view[got:]])
+        except BlockingIOError:
+            _wait(fd, select.POLLIN, deadline, f"after {got} of {view.nbytes} bytes", tk)
+            continue
+        if k == 0:  # cannot happen while we hold a writer ourselves
+            raise TransportError(f"fifo ticket {tk!r}: end of file after {got} bytes")
+        got += k
+
+
+class FifoTransport(base.Transport):
+    name = "fifo"
+    fields = ("dir", "key", "size")
+
+    def __init__(self) -> None:
+        self.state = base.ProcessState(_State)
+
+    def dump(self, data: memoryview, **options: Any) -> tuple:
+        if options:
+            raise TypeError(f"fifo dump_item takes no options {sorted(options)}")
+        if not hasattr(os, "mkfifo"):
+            raise TransportError("fifo: this host has no named pipes (use file or tcp)")
+        server = self.state.get().get_server()
+        return (server.dir, server.put(data), data.nbytes)
+
+    def validate(self, fields: tuple, tk: tuple) -> None:
+        directory, key, size = fields
+        ticket.check(tk, self.name, directory, str, "dir")
+        if not os.path.isabs(directory) or not DIR_RE.match(os.path.basename(directory)):
+            raise TicketError(tk, f"directory {directory!r} is not one papycluster makes",
+                              self.name)
+        ticket.check_token(tk, self.name, key)
+        ticket.check_int(tk, self.name, size, "size", 0, 2**48)
+
+    def load(self, fields: tuple, tk: tuple, remove: bool = True,
+             timeout: float | None = None) -> Any:
+        directory, key, size = fields
+        deadline = time.monotonic() + (DEFAULT_TIMEOUT if timeout is None else timeout)
+        path = os.path.join(directory, key)
+        ctl = os.path.join(directory, CTL)
+        try:
+            info = os.lstat(path)
+        except FileNotFoundError:
+            raise StaleTicketError(tk, f"no fifo {path} (already loaded, its process ended, "
+                                   "or it is on another host)", self.name) from None
+        if not stat.S_ISFIFO(info.st_mode) or info.st_uid != os.geteuid():
+            raise TicketError(tk, f"{path} is not a fifo of this user", self.name)
+        fd = os.open(path, os.O_RDWR | os.O_NONBLOCK)
+        try:
+            if size > 65536 and hasattr(fcntl, "F_SETPIPE_SZ"):
+                try:
+                    fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, _PIPE_SIZE)
+                except OSError:
+                    pass
+            try:
+                cfd = os.open(ctl, os.O_WRONLY | os.O_NONBLOCK)
+            except OSError as exc:
+                if exc.errno in (errno.ENXIO, errno.ENOENT):
+                    raise StaleTicketError(tk, f"no fifo server behind {ctl} (the process "
+                                           "that dumped the item has ended)", self.name) \
+                        from None
+                raise TransportError(f"fifo ticket {tk!r}: cannot open {ctl}: {exc}") \
+                    from None
+            try:
+                request = b"G" + (b"1" if remove else b"0") + key.encode("ascii") + b"\n"
+                while True:
+                    try:
+                        os.write(cfd, request)
+                        break
+                    except BlockingIOError:
+                        _wait(cfd, select.POLLOUT, deadline, "sending the request", tk)
+            finally:
+                os.close(cfd)
+            header = bytearray(_HDR.size)
+            _read_exact(fd, memoryview(header), deadline, tk)
+            status, length = _HDR.unpack(header)
+            if status != ST_OK:
+                raise StaleTicketError(tk, f"the fifo server in {directory} has no item {key}",
+                                       self.name)
+            if length != size:
+                raise TicketError(tk, f"the fifo server offers {length} bytes, the ticket "
+                                  f"says {size}", self.name)
+            out = bytearray(size)
+            _read_exact(fd, memoryview(out), deadline, tk)
+        finally:
+            os.close(fd)
+        if remove:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+        return out
+
+    def cleanup(self) -> None:
+        self.state.close()
+
+
+TRANSPORT = base.register(FifoTransport())

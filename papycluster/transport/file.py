@@ -1,0 +1,153 @@
+"""``file``: one file per item in a named share that both sides can see.
+
+The ticket carries the share's *name* and the file's name, never a path, so a
+Windows host and a Linux host reading the same NFS/Samba export each find the file
+under their own mount point (see :mod:`~papycluster.transport.shares`). Files are
+created ``O_EXCL`` with mode 0600 and an unguessable name, written, and renamed into
+place only when complete, so a loader never sees half an item. The loader reads it
+into a preallocated buffer and deletes it; files this process wrote and nobody
+loaded are deleted when the process ends.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import threading
+from typing import Any
+
+from papycluster.transport import base, shares, ticket
+from papycluster.transport.base import StaleTicketError, TicketError, TransportError
+
+PREFIX = "papyc-"
+SUFFIX = ".item"
+NAME_RE = re.compile(r"papyc-[0-9a-f]{32}\.item\Z")
+PRUNE_AT = 4096
+_BINARY = getattr(os, "O_BINARY", 0)
+_CHUNK = 1 << 24
+
+
+class _State:
+    def __init__(self) -> None:
+        self.created: set[str] = set()
+        self.lock = threading.Lock()
+
+    def close(self) -> None:
+        with self.lock:
+            paths, self.created = self.created, set()
+        for path in paths:
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+
+
+def _write_all(fd: int, data: memoryview) -> None:
+    pos = 0
+    while pos < data.nbytes:
+        pos += os.write(fd, data[pos:pos + _CHUNK])
+
+
+class FileTransport(base.Transport):
+    name = "file"
+    fields = ("share", "name", "size")
+
+    def __init__(self) -> None:
+        self.state = base.ProcessState(_State)
+
+    def dump(self, data: memoryview, share: str = shares.DEFAULT, **options: Any) -> tuple:
+        if options:
+            raise TypeError(f"file dump_item takes only share=, not {sorted(options)}")
+        root = shares.resolve(share)
+        name = PREFIX + secrets.token_hex(16) + SUFFIX
+        path = os.path.join(root, name)
+        partial = path + ".part"
+        try:
+            fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _BINARY, 0o600)
+        except OSError as exc:
+            raise TransportError(f"file: cannot create an item in share {share!r} "
+                                 f"({root}): {exc}") from None
+        state = self.state.get()
+        with state.lock:
+            if len(state.created) >= PRUNE_AT:
+                state.created = {p for p in state.created if os.path.exists(p)}
+            state.created.add(path)
+            state.created.add(partial)
+        try:
+            try:
+                _write_all(fd, data)
+            finally:
+                os.close(fd)
+            os.replace(partial, path)
+        except OSError as exc:
+            try:
+                os.unlink(partial)
+            except OSError:
+                pass
+            raise TransportError(f"file: writing {path} failed: {exc}") from None
+        finally:
+            with state.lock:
+                state.created.discard(partial)
+        return (share, name, data.nbytes)
+
+    def validate(self, fields: tuple, tk: tuple) -> None:
+        share, name, size = fields
+        ticket.check(tk, self.name, share, str, "share")
+        if not shares.NAME_RE.match(share):
+            raise TicketError(tk, f"share name {share!r} is invalid", self.name)
+        ticket.check(tk, self.name, name, str, "name")
+        if not NAME_RE.match(name):
+            raise TicketError(tk, f"file name {name!r} is not one papycluster makes",
+                              self.name)
+        ticket.check_int(tk, self.name, size, "size", 0, 2**48)
+
+    def load(self, fields: tuple, tk: tuple, remove: bool = True,
+             timeout: float | None = None) -> Any:
+        share, name, size = fields
+        try:
+            root = shares.resolve(share)
+        except shares.ShareError as exc:
+            raise TicketError(tk, str(exc), self.name) from None
+        path = os.path.join(root, name)
+        try:
+            fd = os.open(path, os.O_RDONLY | _BINARY)
+        except FileNotFoundError:
+            raise StaleTicketError(tk, f"no file {path} (already loaded, its process ended, "
+                                   f"or share {share!r} is not the same directory here)",
+                                   self.name) from None
+        except OSError as exc:
+            raise TransportError(f"file ticket {tk!r}: cannot open {path}: {exc}") from None
+        try:
+            actual = os.fstat(fd).st_size
+            if actual != size:
+                raise TicketError(tk, f"{path} has {actual} bytes, the ticket says {size}",
+                                  self.name)
+            out = bytearray(size)
+            view = memoryview(out)
+            got = 0
+            with os.fdopen(fd, "rb", buffering=0, closefd=False) as handle:
+                while got < size:
+                    k = handle.readinto(view[got:])
+                    if not k:
+                        raise TransportError(f"file ticket {tk!r}: {path} ended after "
+                                             f"{got} of {size} bytes")
+                    got += k
+        finally:
+            os.close(fd)
+        if remove:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+            state = self.state.peek()
+            if state is not None:
+                with state.lock:
+                    state.created.discard(path)
+        return out
+
+    def cleanup(self) -> None:
+        self.state.close()
+
+
+TRANSPORT = base.register(FileTransport())

@@ -1,0 +1,204 @@
+"""``sqlite``: items as rows of a database file that several processes write at once.
+
+The file is opened in WAL mode with a busy timeout, so concurrent writers queue
+inside SQLite (sleeping, not spinning) instead of failing with "database is locked"
+or retrying forever as PaPy did. Each process keeps one connection per file.
+Consuming reads use ``DELETE ... RETURNING`` so a row is read and removed in one
+statement. SQLite files must not be shared over NFS; for hosts that do not share a
+disk use ``mysql``.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+import time
+from typing import Any
+
+from papycluster.transport import base, db, shares, ticket
+from papycluster.transport.base import StaleTicketError, TicketError, TransportError, log
+
+DEFAULT_DB = "papycluster.sqlite"
+BUSY_TIMEOUT = 60.0
+_RETURNING = sqlite3.sqlite_version_info >= (3, 35)
+
+
+def default_path() -> str:
+    return os.path.join(shares.resolve(shares.DEFAULT), DEFAULT_DB)
+
+
+class _Conn:
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.lock = threading.Lock()
+        self.tables: set[str] = set()
+        self.conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT, isolation_level=None,
+                                    check_same_thread=False)
+        deadline = time.monotonic() + BUSY_TIMEOUT
+        while True:
+            try:
+                self.conn.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT * 1000)}")
+                mode = self.conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+                self.conn.execute("PRAGMA synchronous=NORMAL")
+                break
+            except sqlite3.OperationalError as exc:
+                # Switching to WAL needs a moment of exclusive access; the busy handler
+                # covers most races, this bounded wait covers the rest.
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        if str(mode).lower() != "wal":
+            log.warning("sqlite: %s is in %s mode, not WAL (a network file system?)", path,
+                        mode)
+
+    def ensure(self, table: str) -> None:
+        if table in self.tables:
+            return
+        self.conn.execute(f'CREATE TABLE IF NOT EXISTS "{table}" (id INTEGER PRIMARY KEY '
+                          "AUTOINCREMENT, item_key TEXT, value BLOB NOT NULL, "
+                          "created REAL NOT NULL)")
+        self.conn.execute(f'CREATE INDEX IF NOT EXISTS "{table}_item_key" ON "{table}" '
+                          "(item_key)")
+        self.tables.add(table)
+
+
+class _State:
+    def __init__(self) -> None:
+        self.conns: dict[str, _Conn] = {}
+        self.lock = threading.Lock()
+        self.unloaded = db.Unloaded()
+
+    def conn(self, path: str) -> _Conn:
+        with self.lock:
+            conn = self.conns.get(path)
+            if conn is None:
+                conn = self.conns[path] = _Conn(path)
+            return conn
+
+    def close(self) -> None:
+        for (path, table), ids in self.unloaded.take_all().items():
+            try:
+                conn = self.conn(path)
+                with conn.lock:
+                    for batch in db.batches(ids):
+                        marks = ",".join("?" * len(batch))
+                        conn.conn.execute(f'DELETE FROM "{table}" WHERE id IN ({marks})',
+                                          batch)
+            except sqlite3.Error as exc:
+                log.warning("sqlite: could not delete %d unloaded rows of %s/%s: %s",
+                            len(ids), path, table, exc)
+        with self.lock:
+            conns, self.conns = self.conns, {}
+        for conn in conns.values():
+            conn.conn.close()
+
+
+class SqliteTransport(base.Transport):
+    name = "sqlite"
+    fields = ("db", "table", "rowid", "key")
+
+    def __init__(self) -> None:
+        self.state = base.ProcessState(_State)
+
+    def dump(self, data: memoryview, table: str = db.DEFAULT_TABLE, db_path: str | None = None,
+             key: str | None = None, keep: bool = False, **options: Any) -> tuple:
+        if options:
+            raise TypeError(f"sqlite dump_db_item takes table=, db=, key=, keep=; not "
+                            f"{sorted(options)}")
+        db.check_table(table)
+        path = os.path.abspath(db_path) if db_path else default_path()
+        state = self.state.get()
+        try:
+            conn = state.conn(path)
+            with conn.lock:
+                conn.ensure(table)
+                cursor = conn.conn.execute(
+                    f'INSERT INTO "{table}" (item_key, value, created) VALUES (?, ?, ?)',
+                    (key, data, time.time()))
+                rowid = cursor.lastrowid
+        except sqlite3.Error as exc:
+            raise TransportError(f"sqlite: cannot store an item in {path} table {table}: "
+                                 f"{exc}") from None
+        if not keep:
+            rows = state.unloaded.add((path, table), rowid)
+            if rows is not None:
+                self._prune(state, path, table, rows)
+        return (path, table, rowid, key or "")
+
+    def _prune(self, state: _State, path: str, table: str, rows: set[int]) -> None:
+        conn = state.conn(path)
+        alive: set[int] = set()
+        with conn.lock:
+            for batch in db.batches(set(rows)):
+                marks = ",".join("?" * len(batch))
+                alive.update(r[0] for r in conn.conn.execute(
+                    f'SELECT id FROM "{table}" WHERE id IN ({marks})', batch))
+        state.unloaded.replace((path, table), alive)
+
+    def validate(self, fields: tuple, tk: tuple) -> None:
+        path, table, rowid, key = fields
+        ticket.check(tk, self.name, path, str, "db")
+        if not os.path.isabs(path):
+            raise TicketError(tk, f"db path {path!r} is not absolute", self.name)
+        db.validate_table_field(tk, self.name, table)
+        ticket.check_int(tk, self.name, rowid, "rowid", 1, 2**63 - 1)
+        ticket.check(tk, self.name, key, str, "key")
+
+    def load(self, fields: tuple, tk: tuple, remove: bool = True,
+             timeout: float | None = None) -> Any:
+        path, table, rowid, _ = fields
+        if not os.path.isfile(path):
+            raise StaleTicketError(tk, f"no database file {path}", self.name)
+        state = self.state.get()
+        try:
+            conn = state.conn(path)
+            with conn.lock:
+                if remove and _RETURNING:
+                    row = conn.conn.execute(f'DELETE FROM "{table}" WHERE id = ? '
+                                            "RETURNING value", (rowid,)).fetchone()
+                elif remove:
+                    conn.conn.execute("BEGIN IMMEDIATE")
+                    try:
+                        row = conn.conn.execute(f'SELECT value FROM "{table}" WHERE id = ?',
+                                                (rowid,)).fetchone()
+                        conn.conn.execute(f'DELETE FROM "{table}" WHERE id = ?', (rowid,))
+                    finally:
+                        conn.conn.execute("COMMIT")
+                else:
+                    row = conn.conn.execute(f'SELECT value FROM "{table}" WHERE id = ?',
+                                            (rowid,)).fetchone()
+        except sqlite3.OperationalError as exc:
+            if "no such table" in str(exc):
+                raise StaleTicketError(tk, f"no table {table} in {path}", self.name) from None
+            raise TransportError(f"sqlite ticket {tk!r}: {exc}") from None
+        if row is None:
+            raise StaleTicketError(tk, f"no row {rowid} in {path} table {table} (already "
+                                   "loaded?)", self.name)
+        if remove:
+            state.unloaded.discard((path, table), rowid)
+        return row[0]
+
+    def find(self, key: str, table: str = db.DEFAULT_TABLE, db_path: str | None = None
+             ) -> tuple | None:
+        """Fields of the newest row with ``key``, or None."""
+        db.check_table(table)
+        path = os.path.abspath(db_path) if db_path else default_path()
+        if not os.path.isfile(path):
+            return None
+        conn = self.state.get().conn(path)
+        with conn.lock:
+            try:
+                row = conn.conn.execute(f'SELECT id FROM "{table}" WHERE item_key = ? '
+                                        "ORDER BY id DESC LIMIT 1", (key,)).fetchone()
+            except sqlite3.OperationalError as exc:
+                if "no such table" in str(exc):
+                    return None
+                raise
+        return None if row is None else (path, table, row[0], key)
+
+    def cleanup(self) -> None:
+        self.state.close()
+
+
+TRANSPORT = base.register(SqliteTransport())

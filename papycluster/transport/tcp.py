@@ -1,0 +1,335 @@
+"""``tcp``: the dumping process serves its items from one long-lived server thread.
+
+PaPy forked a process per item that accepted one connection. Here the first
+``dump_item(..., 'tcp')`` in a process starts a listening socket and an accept
+thread; items wait in memory (the very object the previous worker function returned,
+not a copy) until a loader fetches them. Loaders keep their authenticated
+connections in a per-process pool, so a stream of items costs one request and one
+reply each, no handshake and no fork. Nothing forks, so it works under ``spawn``
+and ``forkserver`` too.
+
+Wire protocol, after :mod:`~papycluster.transport.auth`'s handshake::
+
+    client: op:u8 key:32 ascii remove:u8          (op 1 = get)
+    server: status:u8 size:u64 then size bytes     (status 0 ok, 1 no such item)
+
+Large items go out with ``sendall`` from a memoryview and come in with
+``recv_into`` a preallocated bytearray; ``TCP_NODELAY`` is on.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import selectors
+import socket
+import struct
+import threading
+from typing import Any
+
+from papycluster.transport import auth, base, ticket
+from papycluster.transport.base import StaleTicketError, TicketError, TransportError, log
+
+ADVERTISE_ENV = "PAPYCLUSTER_ADVERTISE_HOST"
+BIND_ENV = "PAPYCLUSTER_BIND_HOST"
+DEFAULT_TIMEOUT = 60.0
+#: An idle pooled connection is dropped by the server after this long.
+IDLE_TIMEOUT = 600.0
+HANDSHAKE_TIMEOUT = 10.0
+
+_REQ = struct.Struct("!B32sB")
+_REP = struct.Struct("!BQ")
+OP_GET = 1
+ST_OK = 0
+ST_MISSING = 1
+SMALL = 64 * 1024
+
+
+def advertise_host() -> str:
+    """The address other hosts use to reach this one (set per host by the cluster)."""
+    return os.environ.get(ADVERTISE_ENV) or "127.0.0.1"
+
+
+def bind_host() -> str:
+    return os.environ.get(BIND_ENV) or advertise_host()
+
+
+def _family(host: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+def recv_into_exact(sock: socket.socket, view: memoryview) -> None:
+    """Fill ``view`` from ``sock`` or raise ``ConnectionError`` on a short read."""
+    got = 0
+    n = view.nbytes
+    while got < n:
+        k = sock.recv_into(view[got:])
+        if k == 0:
+            raise ConnectionError(f"connection closed after {got} of {n} bytes")
+        got += k
+
+
+class ItemStore:
+    """The items this process dumped and nobody fetched yet, by key."""
+
+    def __init__(self) -> None:
+        self._items: dict[str, memoryview] = {}
+        self._lock = threading.Lock()
+
+    def put(self, view: memoryview) -> str:
+        key = secrets.token_hex(16)
+        with self._lock:
+            self._items[key] = view
+        return key
+
+    def take(self, key: str, remove: bool) -> memoryview | None:
+        with self._lock:
+            return self._items.pop(key, None) if remove else self._items.get(key)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+
+
+class TcpServer:
+    """One listening socket and its threads, serving this process's items."""
+
+    def __init__(self) -> None:
+        self.secret = auth.get_secret()
+        self.store = ItemStore()
+        self.host = advertise_host()
+        bind = bind_host()
+        self.sock = socket.socket(_family(bind), socket.SOCK_STREAM)
+        try:
+            self.sock.bind((bind, 0))
+            self.sock.listen(128)
+        except OSError as exc:
+            self.sock.close()
+            raise TransportError(f"tcp: cannot listen on {bind!r} ({BIND_ENV}): {exc}") \
+                from None
+        self.port = self.sock.getsockname()[1]
+        self.sock.setblocking(False)
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._closed = threading.Event()
+        self._conns: set[socket.socket] = set()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._accept_loop, daemon=True,
+                                        name=f"papycluster-tcp-{self.port}")
+        self._thread.start()
+
+    def _accept_loop(self) -> None:
+        sel = selectors.DefaultSelector()
+        sel.register(self.sock, selectors.EVENT_READ)
+        sel.register(self._wake_r, selectors.EVENT_READ)
+        try:
+            while not self._closed.is_set():
+                for key, _ in sel.select():
+                    if key.fileobj is self._wake_r or self._closed.is_set():
+                        return
+                    try:
+                        conn, peer = self.sock.accept()
+                    except (BlockingIOError, InterruptedError):
+                        continue
+                    except OSError:
+                        if self._closed.is_set():
+                            return
+                        raise
+                    conn.setblocking(True)
+                    with self._lock:
+                        self._conns.add(conn)
+                    threading.Thread(target=self._serve, args=(conn, peer), daemon=True,
+                                     name=f"papycluster-tcp-conn-{peer}").start()
+        finally:
+            sel.close()
+
+    def _serve(self, conn: socket.socket, peer: Any) -> None:
+        try:
+            conn.settimeout(HANDSHAKE_TIMEOUT)
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if not auth.server_handshake(conn, self.secret, peer):
+                return
+            conn.settimeout(IDLE_TIMEOUT)
+            request = bytearray(_REQ.size)
+            view = memoryview(request)
+            while not self._closed.is_set():
+                try:
+                    recv_into_exact(conn, view)
+                except ConnectionError:
+                    return
+                op, key, remove = _REQ.unpack(request)
+                if op != OP_GET:
+                    log.warning("tcp: %s sent unknown op %d; closing", peer, op)
+                    return
+                item = self.store.take(key.decode("ascii", "replace"), bool(remove))
+                if item is None:
+                    conn.sendall(_REP.pack(ST_MISSING, 0))
+                    continue
+                header = _REP.pack(ST_OK, item.nbytes)
+                if item.nbytes < SMALL:
+                    conn.sendall(header + item)
+                else:
+                    conn.sendall(header)
+                    conn.sendall(item)
+        except OSError:
+            return  # peer gone or idle too long; its loader reconnects
+        finally:
+            with self._lock:
+                self._conns.discard(conn)
+            conn.close()
+
+    def close(self) -> None:
+        self._closed.set()
+        try:
+            self._wake_w.send(b"x")
+        except OSError:
+            pass
+        self._thread.join(2.0)
+        self.sock.close()
+        with self._lock:
+            conns = list(self._conns)
+        for conn in conns:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        self.store.clear()
+        self._wake_r.close()
+        self._wake_w.close()
+
+
+class ConnectionPool:
+    """Authenticated client connections of this process, reused across items."""
+
+    def __init__(self) -> None:
+        self._idle: dict[tuple[str, int], list[socket.socket]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, host: str, port: int, timeout: float) -> tuple[socket.socket, bool]:
+        with self._lock:
+            idle = self._idle.get((host, port))
+            if idle:
+                sock = idle.pop()
+                sock.settimeout(timeout)
+                return sock, True
+        sock = socket.create_connection((host, port), timeout=timeout)
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            auth.client_handshake(sock, auth.get_secret(), f"tcp server {host}:{port}")
+        except BaseException:
+            sock.close()
+            raise
+        return sock, False
+
+    def put(self, host: str, port: int, sock: socket.socket) -> None:
+        with self._lock:
+            self._idle.setdefault((host, port), []).append(sock)
+
+    def close(self) -> None:
+        with self._lock:
+            idle, self._idle = self._idle, {}
+        for socks in idle.values():
+            for sock in socks:
+                sock.close()
+
+
+class _State:
+    def __init__(self) -> None:
+        self.server: TcpServer | None = None
+        self.pool = ConnectionPool()
+        self.lock = threading.Lock()
+
+    def get_server(self) -> TcpServer:
+        with self.lock:
+            if self.server is None:
+                self.server = TcpServer()
+            return self.server
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+        self.pool.close()
+
+
+class TcpTransport(base.Transport):
+    name = "tcp"
+    fields = ("host", "port", "key", "size")
+
+    def __init__(self) -> None:
+        self.state = base.ProcessState(_State)
+
+    def dump(self, data: memoryview, **options: Any) -> tuple:
+        if options:
+            raise TypeError(f"tcp dump_item takes no options {sorted(options)}")
+        server = self.state.get().get_server()
+        key = server.store.put(data)
+        return (server.host, server.port, key, data.nbytes)
+
+    def validate(self, fields: tuple, tk: tuple) -> None:
+        host, port, key, size = fields
+        ticket.check(tk, self.name, host, str, "host")
+        if not host or len(host) > 255:
+            raise TicketError(tk, f"field host {host!r} is not a host name", self.name)
+        ticket.check_int(tk, self.name, port, "port", 1, 65535)
+        ticket.check_token(tk, self.name, key)
+        ticket.check_int(tk, self.name, size, "size", 0, 2**48)
+
+    def load(self, fields: tuple, tk: tuple, remove: bool = True,
+             timeout: float | None = None) -> Any:
+        host, port, key, size = fields
+        timeout = DEFAULT_TIMEOUT if timeout is None else timeout
+        pool = self.state.get().pool
+        where = f"{host}:{port}"
+        for attempt in (0, 1):
+            try:
+                sock, reused = pool.get(host, port, timeout)
+            except ConnectionRefusedError:
+                raise StaleTicketError(tk, f"no tcp server at {where} any more (the process "
+                                       "that dumped the item has ended)", self.name) from None
+            except TimeoutError:
+                raise TransportError(f"tcp ticket {tk!r}: connecting to {where} timed out "
+                                     f"after {timeout}s") from None
+            except OSError as exc:
+                raise TransportError(f"tcp ticket {tk!r}: cannot connect to {where}: "
+                                     f"{exc}") from None
+            try:
+                sock.sendall(_REQ.pack(OP_GET, key.encode("ascii"), 1 if remove else 0))
+                header = bytearray(_REP.size)
+                recv_into_exact(sock, memoryview(header))
+            except (ConnectionError, OSError) as exc:
+                sock.close()
+                if reused and attempt == 0 and not isinstance(exc, TimeoutError):
+                    continue  # a pooled connection the server had dropped: once more
+                raise TransportError(f"tcp ticket {tk!r}: {where} failed: {exc}") from None
+            status, length = _REP.unpack(header)
+            if status != ST_OK:
+                pool.put(host, port, sock)
+                raise StaleTicketError(tk, f"tcp server {where} has no item {key} (already "
+                                       "loaded, or never dumped there)", self.name)
+            if length != size:
+                sock.close()
+                raise TicketError(tk, f"tcp server {where} offers {length} bytes, the ticket "
+                                  f"says {size}", self.name)
+            out = bytearray(length)
+            try:
+                recv_into_exact(sock, memoryview(out))
+            except (ConnectionError, OSError) as exc:
+                sock.close()
+                raise TransportError(f"tcp ticket {tk!r}: {where} failed mid-item: {exc}") \
+                    from None
+            pool.put(host, port, sock)
+            return out
+        raise AssertionError("unreachable")
+
+    def cleanup(self) -> None:
+        self.state.close()
+
+    def pending(self) -> int:
+        """How many items this process still holds for loaders (for tests and status)."""
+        state = self.state.peek()
+        return len(state.server.store) if state is not None and state.server else 0
+
+
+TRANSPORT = base.register(TcpTransport())

@@ -1,0 +1,452 @@
+"""``udp``: items cut into numbered, checksummed datagrams, pulled window by window.
+
+One server thread per dumping process answers on one UDP socket. A loader:
+
+1. ``HELLO cnonce`` -> ``CHALLENGE cnonce snonce proof``: the server proves it knows
+   the cluster secret (HMAC over both nonces);
+2. ``GET snonce key remove proof``: the loader proves it too; only then does the
+   server look at the key. The session is bound to the loader's address.
+   The server answers ``INFO status size count`` and the first window;
+3. ``WINDOW first count proof`` for each following window of datagrams, sized to fit
+   the loader's receive buffer, so a fast sender does not overrun a slow reader;
+4. ``DONE``.
+
+Each data datagram carries the session tag, its sequence number and a CRC-32 of its
+payload. A datagram that is missing when its window times out, or that fails its
+checksum, makes the whole item an error (``retries=N`` asks for the missing ones
+again up to N times first); a loader never returns wrong data and never waits
+without a timeout. Control messages (HELLO, GET) are resent a few times, since
+they are idempotent.
+"""
+
+from __future__ import annotations
+
+import hmac
+import secrets
+import selectors
+import socket
+import struct
+import threading
+import time
+import zlib
+from typing import Any
+
+from papycluster.transport import auth, base, ticket
+from papycluster.transport.base import StaleTicketError, TicketError, TransportError, log
+from papycluster.transport.tcp import ItemStore, advertise_host, bind_host
+
+MAGIC = b"PU"
+VERSION = 1
+T_HELLO, T_CHALLENGE, T_GET, T_INFO, T_WINDOW, T_DATA, T_DONE = range(1, 8)
+NONCE = 16
+MACLEN = 32
+DEFAULT_CHUNK = 60000
+MAX_CHUNK = 65000
+DEFAULT_TIMEOUT = 60.0
+#: How long one window may stay incomplete before its datagrams count as lost.
+WINDOW_TIMEOUT = 1.0
+CONTROL_TRIES = 4
+SESSION_IDLE = 60.0
+MAX_PENDING = 4096
+RCVBUF = 8 << 20
+
+_HEAD = struct.Struct("!2sBB")  # magic, version, type
+_HELLO = struct.Struct("!2sBB16s")
+_CHALLENGE = struct.Struct("!2sBB16s16s32s")
+_GET = struct.Struct("!2sBB16s32sBII32s")  # snonce key remove first count mac
+_INFO = struct.Struct("!2sBB16sBQII")  # snonce status size count chunk
+_WINDOW = struct.Struct("!2sBB16sII32s")
+_DONE = struct.Struct("!2sBB16s32s")
+_DATA = struct.Struct("!2sBB8sII")  # tag seq crc
+ST_OK, ST_MISSING = 0, 1
+
+
+def _u32(n: int) -> bytes:
+    return n.to_bytes(4, "big")
+
+
+class _Session:
+    __slots__ = ("addr", "cnonce", "view", "chunk", "count", "seen", "info")
+
+    def __init__(self, addr: Any, cnonce: bytes, view: memoryview | None, chunk: int) -> None:
+        self.addr = addr
+        self.cnonce = cnonce
+        self.view = view
+        self.chunk = chunk
+        self.count = 0 if view is None else max(1, -(-view.nbytes // chunk))
+        self.seen = time.monotonic()
+        self.info = b""
+
+
+class UdpServer:
+    def __init__(self) -> None:
+        self.secret = auth.get_secret()
+        self.store = ItemStore()
+        self.chunks: dict[str, int] = {}
+        self.host = advertise_host()
+        bind = bind_host()
+        family = socket.AF_INET6 if ":" in bind else socket.AF_INET
+        self.sock = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            self.sock.bind((bind, 0))
+        except OSError as exc:
+            self.sock.close()
+            raise TransportError(f"udp: cannot bind {bind!r}: {exc}") from None
+        self.sock.settimeout(5.0)  # bounds a blocked send; reads go through select
+        self.port = self.sock.getsockname()[1]
+        self._challenges: dict[bytes, tuple[Any, bytes, float]] = {}
+        self._sessions: dict[bytes, _Session] = {}
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._closed = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True,
+                                        name=f"papycluster-udp-{self.port}")
+        self._thread.start()
+
+    def _loop(self) -> None:
+        sel = selectors.DefaultSelector()
+        sel.register(self.sock, selectors.EVENT_READ)
+        sel.register(self._wake_r, selectors.EVENT_READ)
+        buf = bytearray(2048)
+        try:
+            while not self._closed.is_set():
+                events = sel.select(5.0)
+                if self._closed.is_set():
+                    return
+                self._expire()
+                for key, _ in events:
+                    if key.fileobj is self._wake_r:
+                        return
+                    try:
+                        n, addr = self.sock.recvfrom_into(buf)
+                    except (BlockingIOError, TimeoutError):
+                        continue
+                    except OSError:
+                        if self._closed.is_set():
+                            return
+                        continue
+                    try:
+                        self._handle(memoryview(buf)[:n], addr)
+                    except OSError as exc:
+                        log.warning("udp: answering %s failed: %s", addr, exc)
+        finally:
+            sel.close()
+
+    def _expire(self) -> None:
+        now = time.monotonic()
+        for snonce in [k for k, v in self._challenges.items() if v[2] < now]:
+            del self._challenges[snonce]
+        for snonce in [k for k, s in self._sessions.items() if s.seen + SESSION_IDLE < now]:
+            del self._sessions[snonce]
+
+    def _handle(self, msg: memoryview, addr: Any) -> None:
+        if msg.nbytes < _HEAD.size:
+            return
+        magic, version, kind = _HEAD.unpack_from(msg)
+        if magic != MAGIC or version != VERSION:
+            log.warning("udp: refused %s: not a papycluster datagram", addr)
+            return
+        if kind == T_HELLO and msg.nbytes == _HELLO.size:
+            cnonce = _HELLO.unpack(msg)[3]
+            snonce = secrets.token_bytes(NONCE)
+            if len(self._challenges) >= MAX_PENDING:
+                self._challenges.pop(next(iter(self._challenges)))
+            self._challenges[snonce] = (addr, cnonce, time.monotonic() + 30.0)
+            proof = auth.mac(self.secret, b"papyc-udp-server", cnonce, snonce)
+            self.sock.sendto(_CHALLENGE.pack(MAGIC, VERSION, T_CHALLENGE, cnonce, snonce,
+                                             proof), addr)
+        elif kind == T_GET and msg.nbytes == _GET.size:
+            self._get(msg, addr)
+        elif kind == T_WINDOW and msg.nbytes == _WINDOW.size:
+            _, _, _, snonce, first, count, proof = _WINDOW.unpack(msg)
+            session = self._sessions.get(snonce)
+            if session is None or session.addr != addr or not hmac.compare_digest(
+                    proof, auth.mac(self.secret, b"papyc-udp-window", snonce, session.cnonce,
+                                    _u32(first), _u32(count))):
+                log.warning("udp: refused window request from %s: no such session or "
+                            "bad proof", addr)
+                return
+            session.seen = time.monotonic()
+            self._send(snonce, session, first, count)
+        elif kind == T_DONE and msg.nbytes == _DONE.size:
+            _, _, _, snonce, proof = _DONE.unpack(msg)
+            session = self._sessions.get(snonce)
+            if session is not None and session.addr == addr and hmac.compare_digest(
+                    proof, auth.mac(self.secret, b"papyc-udp-done", snonce, session.cnonce)):
+                del self._sessions[snonce]
+        else:
+            log.warning("udp: refused %s: unexpected message type %d of %d bytes", addr,
+                        kind, msg.nbytes)
+
+    def _get(self, msg: memoryview, addr: Any) -> None:
+        _, _, _, snonce, key, remove, first, count, proof = _GET.unpack(msg)
+        session = self._sessions.get(snonce)
+        if session is not None:  # our INFO was lost and the loader asks again
+            if session.addr == addr:
+                self.sock.sendto(session.info, addr)
+                self._send(snonce, session, first, count)
+            return
+        challenge = self._challenges.get(snonce)
+        if challenge is None or challenge[0] != addr:
+            log.warning("udp: refused %s: GET without a valid challenge", addr)
+            return
+        cnonce = challenge[1]
+        if not hmac.compare_digest(proof, auth.mac(self.secret, b"papyc-udp-client", snonce,
+                                                   cnonce, key, bytes([remove]),
+                                                   _u32(first), _u32(count))):
+            log.warning("udp: refused %s: it does not know the cluster secret", addr)
+            return
+        del self._challenges[snonce]
+        name = key.decode("ascii", "replace")
+        view = self.store.take(name, bool(remove))
+        chunk = self.chunks.pop(name, DEFAULT_CHUNK) if remove else \
+            self.chunks.get(name, DEFAULT_CHUNK)
+        session = _Session(addr, cnonce, view, chunk)
+        if view is None:
+            session.info = _INFO.pack(MAGIC, VERSION, T_INFO, snonce, ST_MISSING, 0, 0, 0)
+        else:
+            session.info = _INFO.pack(MAGIC, VERSION, T_INFO, snonce, ST_OK, view.nbytes,
+                                      session.count, chunk)
+            self._sessions[snonce] = session
+        self.sock.sendto(session.info, addr)
+        if view is not None:
+            self._send(snonce, session, first, count)
+
+    def _send(self, snonce: bytes, session: _Session, first: int, count: int) -> None:
+        view = session.view
+        if view is None:
+            return
+        tag = snonce[:8]
+        chunk = session.chunk
+        last = min(session.count, first + count)
+        for seq in range(first, last):
+            payload = view[seq * chunk:(seq + 1) * chunk]
+            head = _DATA.pack(MAGIC, VERSION, T_DATA, tag, seq, zlib.crc32(payload))
+            self.sock.sendmsg([head, payload], [], 0, session.addr)
+
+    def close(self) -> None:
+        self._closed.set()
+        try:
+            self._wake_w.send(b"x")
+        except OSError:
+            pass
+        self._thread.join(2.0)
+        self.sock.close()
+        self._wake_r.close()
+        self._wake_w.close()
+        self.store.clear()
+        self._sessions.clear()
+
+
+class _State:
+    def __init__(self) -> None:
+        self.server: UdpServer | None = None
+        self.lock = threading.Lock()
+
+    def get_server(self) -> UdpServer:
+        with self.lock:
+            if self.server is None:
+                self.server = UdpServer()
+            return self.server
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+
+
+def _client_socket(host: str, port: int) -> tuple[socket.socket, int]:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    for option in (getattr(socket, "SO_RCVBUFFORCE", None), socket.SO_RCVBUF):
+        if option is None:
+            continue
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, option, RCVBUF)
+            break
+        except OSError:
+            continue
+    sock.connect((host, port))
+    # Linux reports twice the usable size; half of it leaves room for overhead.
+    return sock, sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) // 2
+
+
+class UdpTransport(base.Transport):
+    name = "udp"
+    fields = ("host", "port", "key", "size", "chunk")
+
+    def __init__(self) -> None:
+        self.state = base.ProcessState(_State)
+
+    def dump(self, data: memoryview, chunk: int = DEFAULT_CHUNK, **options: Any) -> tuple:
+        if options:
+            raise TypeError(f"udp dump_item takes only chunk=, not {sorted(options)}")
+        if not 512 <= chunk <= MAX_CHUNK:
+            raise ValueError(f"udp chunk {chunk} must be between 512 and {MAX_CHUNK} bytes")
+        server = self.state.get().get_server()
+        key = server.store.put(data)
+        if chunk != DEFAULT_CHUNK:
+            server.chunks[key] = chunk
+        return (server.host, server.port, key, data.nbytes, chunk)
+
+    def validate(self, fields: tuple, tk: tuple) -> None:
+        host, port, key, size, chunk = fields
+        ticket.check(tk, self.name, host, str, "host")
+        if not host or len(host) > 255:
+            raise TicketError(tk, f"field host {host!r} is not a host name", self.name)
+        ticket.check_int(tk, self.name, port, "port", 1, 65535)
+        ticket.check_token(tk, self.name, key)
+        ticket.check_int(tk, self.name, size, "size", 0, 2**40)
+        ticket.check_int(tk, self.name, chunk, "chunk", 512, MAX_CHUNK)
+
+    def load(self, fields: tuple, tk: tuple, remove: bool = True,
+             timeout: float | None = None, retries: int = 0) -> Any:
+        host, port, key, size, chunk = fields
+        timeout = DEFAULT_TIMEOUT if timeout is None else timeout
+        deadline = time.monotonic() + timeout
+        secret = auth.get_secret()
+        where = f"udp server {host}:{port}"
+        try:
+            sock, rcvbuf = _client_socket(host, port)
+        except OSError as exc:
+            raise TransportError(f"udp ticket {tk!r}: cannot reach {host}:{port}: {exc}") \
+                from None
+        try:
+            return self._load(sock, rcvbuf, secret, tk, where, key.encode("ascii"), size,
+                              chunk, remove, deadline, retries)
+        finally:
+            sock.close()
+
+    def _load(self, sock: socket.socket, rcvbuf: int, secret: bytes, tk: tuple, where: str,
+              key: bytes, size: int, chunk: int, remove: bool, deadline: float,
+              retries: int) -> bytearray:
+        count = max(1, -(-size // chunk))
+        window = max(1, min(256, rcvbuf // (chunk + 1024)))
+        scratch = bytearray(chunk + 64)
+        sview = memoryview(scratch)
+
+        def recv(wait: float) -> int:
+            left = min(wait, deadline - time.monotonic())
+            if left <= 0:
+                raise TransportError(f"udp ticket {tk!r}: {where} timed out")
+            sock.settimeout(left)
+            try:
+                return sock.recv_into(scratch)
+            except TimeoutError:
+                return -1
+            except ConnectionRefusedError:
+                raise StaleTicketError(tk, f"no {where} any more (the process that dumped "
+                                       "the item has ended)", self.name) from None
+
+        # 1. challenge
+        cnonce = secrets.token_bytes(NONCE)
+        snonce = b""
+        for _ in range(CONTROL_TRIES):
+            sock.send(_HELLO.pack(MAGIC, VERSION, T_HELLO, cnonce))
+            n = recv(WINDOW_TIMEOUT)
+            if n == _CHALLENGE.size:
+                _, _, kind, echo, snonce, proof = _CHALLENGE.unpack(sview[:n])
+                if kind == T_CHALLENGE and echo == cnonce:
+                    if not hmac.compare_digest(proof, auth.mac(
+                            secret, b"papyc-udp-server", cnonce, snonce)):
+                        raise TransportError(f"udp ticket {tk!r}: {where} does not know the "
+                                             "cluster secret; refusing its data")
+                    break
+            snonce = b""
+        if not snonce:
+            raise TransportError(f"udp ticket {tk!r}: {where} did not answer "
+                                 f"{CONTROL_TRIES} greetings")
+        # 2. get, with the first window
+        first_count = min(window, count)
+        get = _GET.pack(MAGIC, VERSION, T_GET, snonce, key, int(remove), 0, first_count,
+                        auth.mac(secret, b"papyc-udp-client", snonce, cnonce, key,
+                                 bytes([int(remove)]), _u32(0), _u32(first_count)))
+        out = bytearray(size)
+        oview = memoryview(out)
+        got = bytearray(count)
+        tag = snonce[:8]
+        info = None
+        for _ in range(CONTROL_TRIES):
+            sock.send(get)
+            while True:
+                n = recv(WINDOW_TIMEOUT)
+                if n < 0:
+                    break
+                if n == _INFO.size:
+                    _, _, kind, echo, status, isize, icount, ichunk = _INFO.unpack(sview[:n])
+                    if kind == T_INFO and echo == snonce:
+                        info = (status, isize, icount, ichunk)
+                        break
+                elif n >= _DATA.size:  # data overtook a lost INFO; keep it
+                    self._take(sview, n, tag, chunk, count, size, oview, got)
+            if info is not None:
+                break
+        if info is None:
+            raise TransportError(f"udp ticket {tk!r}: {where} did not answer the request")
+        status, isize, icount, ichunk = info
+        if status != ST_OK:
+            raise StaleTicketError(tk, f"{where} has no item {key.decode()} (already loaded, "
+                                   "or never dumped there)", self.name)
+        if isize != size or ichunk != chunk or icount != count:
+            raise TicketError(tk, f"{where} offers {isize} bytes in {icount} datagrams of "
+                              f"{ichunk}, the ticket says {size} in {count} of {chunk}",
+                              self.name)
+        # 3. windows
+        first = 0
+        end = first_count
+        tries = retries
+        while True:
+            while got.find(0, first, end) != -1:
+                n = recv(WINDOW_TIMEOUT)
+                if n < 0:
+                    break
+                self._take(sview, n, tag, chunk, count, size, oview, got)
+            missing = got.find(0, first, end)
+            if missing != -1:
+                if tries <= 0:
+                    lost = got.count(0, first, end)
+                    raise TransportError(f"udp ticket {tk!r}: {lost} datagram(s) of item "
+                                         f"{key.decode()} from {where} were lost or corrupt "
+                                         f"(window {first}..{end - 1}); the item is an error")
+                tries -= 1
+                self._window(sock, secret, snonce, cnonce, missing, end - missing)
+                first = missing
+                continue
+            if end >= count:
+                break
+            first, end = end, min(count, end + window)
+            self._window(sock, secret, snonce, cnonce, first, end - first)
+        done = auth.mac(secret, b"papyc-udp-done", snonce, cnonce)
+        try:
+            sock.send(_DONE.pack(MAGIC, VERSION, T_DONE, snonce, done))
+        except OSError:
+            pass
+        return out
+
+    @staticmethod
+    def _window(sock: socket.socket, secret: bytes, snonce: bytes, cnonce: bytes, first: int,
+                count: int) -> None:
+        proof = auth.mac(secret, b"papyc-udp-window", snonce, cnonce, _u32(first),
+                         _u32(count))
+        sock.send(_WINDOW.pack(MAGIC, VERSION, T_WINDOW, snonce, first, count, proof))
+
+    @staticmethod
+    def _take(sview: memoryview, n: int, tag: bytes, chunk: int, count: int, size: int,
+              oview: memoryview, got: bytearray) -> None:
+        """Check one datagram and put its payload in place; drop anything else."""
+        if n < _DATA.size:
+            return
+        magic, version, kind, dtag, seq, crc = _DATA.unpack_from(sview)
+        if magic != MAGIC or kind != T_DATA or dtag != tag or seq >= count or got[seq]:
+            return
+        payload = sview[_DATA.size:n]
+        start = seq * chunk
+        expected = min(chunk, size - start)
+        if payload.nbytes != expected or zlib.crc32(payload) != crc:
+            return  # corrupt: stays missing, so the item fails (or is asked again)
+        oview[start:start + expected] = payload
+        got[seq] = 1
+
+    def cleanup(self) -> None:
+        self.state.close()
+
+
+TRANSPORT = base.register(UdpTransport())
