@@ -1,0 +1,159 @@
+#!/usr/bin/env bash
+# Builds the images of the docker harness, once per set of build inputs:
+#   papycluster-base:<tag>     a bare node: Debian bookworm, python3 and openssh-server,
+#                              no papycluster (`papycluster up` must deploy it)
+#   papycluster-mariadb:<tag>  the MariaDB server of the mysql transport
+# <tag> is a hash of this script and of everything under docker/node and
+# docker/mariadb: when both images with that tag exist, nothing is done, so this is
+# cheap to call from .ci/install and again from the test session.
+#
+# Where no registry is reachable (no image can be pulled), the images are made from
+# Debian packages: `debootstrap --variant=minbase` with every package the image needs
+# in --include (no network needed inside docker), then `tar | docker import`.
+# Where $SLIM_BASE is present or can be pulled, they are built from it with
+# `docker build` instead. PAPYCLUSTER_IMAGE_SOURCE=auto|debootstrap|registry forces
+# one (default auto); PAPYCLUSTER_DEBIAN_MIRROR picks the Debian mirror.
+#
+# Usage: docker/build-images.sh [--print-tag] [--force]
+set -euo pipefail
+
+HERE="$(cd "$(dirname "$0")" && pwd)"
+SUITE=bookworm
+MIRROR="${PAPYCLUSTER_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
+SOURCE="${PAPYCLUSTER_IMAGE_SOURCE:-auto}"
+SLIM_BASE=python:3.11-slim-bookworm
+# What a bare node needs: Python, an SSH server, and the tools a host usually has to
+# show its processes and addresses.
+NODE_PACKAGES=python3,openssh-server,procps,iproute2,iputils-ping,netbase,ca-certificates
+DB_PACKAGES=mariadb-server,procps,iproute2,netbase
+NODE_REPO=papycluster-base
+DB_REPO=papycluster-mariadb
+CACHE_DIR=/var/cache/papycluster-debootstrap
+LOCK_WAIT=1200 # seconds to wait for a concurrent build of the same images
+
+die() { echo "build-images: $*" >&2; exit 1; }
+log() { echo "build-images: $*" >&2; }
+
+# A hash of the build inputs: file names, contents and executable bits (not the
+# other mode bits, which follow the umask of the checkout).
+inputs_tag() {
+    cd "$HERE"
+    find build-images.sh node mariadb -type f | LC_ALL=C sort | while IFS= read -r f; do
+        if [ -x "$f" ]; then echo "== $f x"; else echo "== $f -"; fi
+        cat "$f"
+    done | sha256sum | cut -c1-12
+}
+
+TAG="$(inputs_tag)"
+FORCE=0
+for arg in "$@"; do
+    case "$arg" in
+        --print-tag) echo "$TAG"; exit 0 ;;
+        --force) FORCE=1 ;;
+        *) die "unknown argument: $arg (usage: $0 [--print-tag] [--force])" ;;
+    esac
+done
+
+command -v docker >/dev/null || die "the docker client is not installed"
+docker info >/dev/null 2>&1 \
+    || die "the docker engine is not reachable ('docker info' fails): start it, or run as a user in the docker group"
+
+images_exist() {
+    docker image inspect "$NODE_REPO:$TAG" "$DB_REPO:$TAG" >/dev/null 2>&1
+}
+
+# One build at a time on this machine; whoever waited finds the images made.
+LOCK="${TMPDIR:-/tmp}/papycluster-images.lock"
+exec 9>>"$LOCK"
+flock -w "$LOCK_WAIT" 9 || die "another build still holds $LOCK after ${LOCK_WAIT}s"
+
+if [ "$FORCE" -eq 0 ] && images_exist; then
+    log "$NODE_REPO:$TAG and $DB_REPO:$TAG are current"
+    exit 0
+fi
+
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo -n"
+WORK=""
+cleanup() {
+    if [ -n "$WORK" ] && [ -d "$WORK" ]; then $SUDO rm -rf --one-file-system "$WORK"; fi
+}
+trap cleanup EXIT
+
+# debootstrap a minbase Debian with $2 (comma-separated) into $WORK/$1.
+bootstrap() {
+    local name="$1" packages="$2" dir="$WORK/$1"
+    log "debootstrap $SUITE ($name: $packages) from $MIRROR"
+    if ! $SUDO debootstrap --variant=minbase --cache-dir="$CACHE_DIR" \
+            --include="$packages" "$SUITE" "$dir" "$MIRROR" >"$WORK/$name.log" 2>&1; then
+        tail -n 30 "$WORK/$name.log" >&2
+        die "debootstrap of $name failed (full log above, last lines)"
+    fi
+    # Smaller images: no downloaded packages, package lists or documentation.
+    $SUDO rm -rf "$dir"/var/cache/apt/archives/*.deb "$dir"/var/lib/apt/lists/* \
+        "$dir"/usr/share/doc/* "$dir"/usr/share/man/* "$dir"/usr/share/info/*
+}
+
+# tar the folder $WORK/$1 into the image $2 with the entry point $3.
+import_rootfs() {
+    local dir="$WORK/$1" image="$2" cmd="$3"
+    log "docker import $image"
+    $SUDO tar --numeric-owner -C "$dir" -c . | docker import \
+        --change "CMD [\"$cmd\"]" \
+        --change "ENV LANG=C.UTF-8" \
+        --change "LABEL org.papycluster.inputs=$TAG" \
+        --message "papycluster harness image, debootstrap $SUITE" \
+        - "$image" >/dev/null
+}
+
+build_with_debootstrap() {
+    command -v debootstrap >/dev/null || [ -x /usr/sbin/debootstrap ] \
+        || die "debootstrap is not installed (bash .ci/install installs it)"
+    PATH="$PATH:/usr/sbin:/sbin"
+    $SUDO mkdir -p "$CACHE_DIR"
+    WORK="$(mktemp -d "${TMPDIR:-/var/tmp}/papycluster-images.XXXXXX")"
+
+    bootstrap node "$NODE_PACKAGES"
+    $SUDO rm -f "$WORK"/node/etc/ssh/ssh_host_*   # made per container at start
+    $SUDO cp -a "$HERE/node/rootfs/." "$WORK/node/"
+    import_rootfs node "$NODE_REPO:$TAG" /usr/local/sbin/papy-node-entrypoint
+
+    bootstrap mariadb "$DB_PACKAGES"
+    $SUDO cp -a "$HERE/mariadb/rootfs/." "$WORK/mariadb/"
+    import_rootfs mariadb "$DB_REPO:$TAG" /usr/local/sbin/papy-mariadb-entrypoint
+}
+
+build_from_registry() {
+    log "docker build from $SLIM_BASE"
+    docker build -q -t "$NODE_REPO:$TAG" --label "org.papycluster.inputs=$TAG" \
+        --build-arg "BASE=$SLIM_BASE" --build-arg "PACKAGES=${NODE_PACKAGES//,/ }" \
+        "$HERE/node" >/dev/null
+    docker build -q -t "$DB_REPO:$TAG" --label "org.papycluster.inputs=$TAG" \
+        --build-arg "BASE=$NODE_REPO:$TAG" --build-arg "PACKAGES=${DB_PACKAGES//,/ }" \
+        "$HERE/mariadb" >/dev/null
+}
+
+registry_reachable() {
+    docker image inspect "$SLIM_BASE" >/dev/null 2>&1 \
+        || timeout 120 docker pull -q "$SLIM_BASE" >/dev/null 2>&1
+}
+
+case "$SOURCE" in
+    debootstrap) build_with_debootstrap ;;
+    registry) registry_reachable || die "cannot pull $SLIM_BASE"; build_from_registry ;;
+    auto)
+        if registry_reachable; then build_from_registry
+        else log "$SLIM_BASE cannot be pulled: building from Debian packages"; build_with_debootstrap
+        fi ;;
+    *) die "PAPYCLUSTER_IMAGE_SOURCE must be auto, debootstrap or registry, not $SOURCE" ;;
+esac
+
+images_exist || die "the images are still missing after the build"
+
+# Older builds are dropped unless a container still uses them (rmi refuses then).
+for repo in "$NODE_REPO" "$DB_REPO"; do
+    docker images --format '{{.Repository}}:{{.Tag}}' "$repo" | while IFS= read -r old; do
+        [ "$old" = "$repo:$TAG" ] || docker rmi "$old" >/dev/null 2>&1 || true
+    done
+done
+log "built $NODE_REPO:$TAG and $DB_REPO:$TAG in ${SECONDS}s"
