@@ -7,6 +7,7 @@ typo costs one clear message (file, line, key, fix) instead of a half-started cl
 
 from __future__ import annotations
 
+import difflib
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -129,6 +130,8 @@ class _Locator:
             if sub == "" and subt == "" and re.match(
                     r"^\s*\[\[?\s*[\w.]*\.?" + re.escape(key) + r"\s*\]", line):
                 return n + 1
+        if sub:  # an inline table: point at its key
+            return self.line(section, sub, index)
         return header_line
 
     def where(self, section: str, key: str, index: int = -1, sub: str = "") -> str:
@@ -151,7 +154,7 @@ def _check_table(path: str, loc: _Locator, section: str, index: int, table: Any,
                              f"write it as [{section}] with key = value lines")
     for key, value in table.items():
         if key not in schema:
-            close = [k for k in schema if k[:2] == key[:2]]
+            close = difflib.get_close_matches(key, list(schema), n=1)
             hint = f"did you mean {close[0]!r}? " if close else ""
             raise HostsFileError(path, loc.where(section, key, index), "unknown key",
                                  f"{hint}known keys are: {', '.join(schema)}")
@@ -185,7 +188,7 @@ def _check_table(path: str, loc: _Locator, section: str, index: int, table: Any,
                     raise HostsFileError(
                         path, loc.where(section, share, index, "shares"),
                         f"share path must be a string, not {type(local).__name__}",
-                        'write it as data = "/mnt/data" (or "\\\\\\\\filer\\\\data")')
+                        "write it as data = \"/mnt/data\" (or data = '\\\\filer\\data')")
 
 
 def parse_hosts(text: str, path: str = "<hosts>") -> ClusterConfig:

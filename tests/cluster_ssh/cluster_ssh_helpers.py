@@ -33,8 +33,8 @@ def keygen(path: Path) -> str:
     return path.with_suffix(".pub").read_text().strip()
 
 
-def agent_pids(cluster: str) -> list[int]:
-    """Live processes whose command line names this cluster's agents or run dirs."""
+def agent_pids(cluster: str, children: bool = True) -> list[int]:
+    """Live agents of ``cluster`` and their children (forkserver, workers)."""
     out = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -46,7 +46,10 @@ def agent_pids(cluster: str) -> list[int]:
             continue
         if stat.rsplit(")", 1)[1].split()[0] == "Z":
             continue
-        if b"papycluster.cluster.agent" in cmd and f"--cluster {cluster} ".encode() in cmd:
+        agent = b"papycluster.cluster.agent" in cmd and f"--cluster {cluster} ".encode() in cmd
+        # forkserver and worker processes carry the agent's run dir in their sys.path
+        child = b"papycluster-" in cmd and f"-{cluster}-".encode() in cmd
+        if agent or (children and child):
             out.append(int(entry))
     return out
 

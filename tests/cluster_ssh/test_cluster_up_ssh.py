@@ -41,7 +41,7 @@ def test_up_status_worker_down(sshd, cluster_name, remote_cache, tmp_path):
     assert rows["alpha"]["executable"] != sys.executable
     assert rows["alpha"]["profile"] == "native" and rows["alpha"]["fork"] is True
     assert list(remote_cache.glob("*/papycluster/__init__.py"))  # shipped and cached
-    pids = agent_pids(cluster_name)
+    pids = agent_pids(cluster_name, children=False)
     assert len(pids) == 2
     # the secret is on no command line and in no environment of the agent
     for pid in pids:

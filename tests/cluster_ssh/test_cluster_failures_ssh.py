@@ -1,0 +1,117 @@
+"""Each way a host can fail is named, in bounded time, without holding up the others."""
+
+from __future__ import annotations
+
+import os
+import signal
+import stat
+import time
+from pathlib import Path
+
+import pytest
+from cluster_ssh_helpers import agent_pids, free_port, hosts_toml, run_dirs
+
+from papycluster.cluster import controller
+from papycluster.cluster.errors import ClusterError
+from papycluster.cluster.hosts import parse_hosts
+from papycluster.cluster.state import load_state, state_path
+
+OLD_PYTHON = """#!/bin/sh
+# pretends to be Python 3.6: knows --version, chokes on the probe's syntax
+if [ "$1" = "--version" ]; then echo "Python 3.6.15"; exit 0; fi
+cat >/dev/null
+echo '  File "<stdin>", line 20' >&2
+echo 'SyntaxError: invalid syntax' >&2
+exit 1
+"""
+
+
+def _fake_python(tmp_path: Path) -> Path:
+    p = tmp_path / "python3.6"
+    p.write_text(OLD_PYTHON)
+    p.chmod(p.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+    return p
+
+
+def test_failures_are_named_and_others_come_up(sshd, cluster_name, remote_cache, tmp_path):
+    hosts = [
+        {"name": "good"},
+        {"name": "closed", "port": free_port()},
+        {"name": "nowhere", "address": "no-such-host.invalid"},
+        {"name": "badkey", "key": str(sshd.other_key)},
+        {"name": "nopython", "python": "/nonexistent/bin/python3"},
+        {"name": "oldpython", "python": str(_fake_python(tmp_path))},
+    ]
+    config = parse_hosts(hosts_toml(sshd, cluster_name, hosts, remote_cache), "h.toml")
+    started = time.monotonic()
+    result = controller.up(config)
+    elapsed = time.monotonic() - started
+    causes = {r.name: r.cause for r in result.results}
+    assert causes == {"good": "", "closed": "refused", "nowhere": "unreachable",
+                      "badkey": "auth failed", "nopython": "no Python",
+                      "oldpython": "Python too old"}
+    assert result.up == ["good"]
+    details = {r.name: r.detail for r in result.failed}
+    assert "3.6.15" in details["oldpython"]
+    assert "/nonexistent/bin/python3" in details["nopython"]
+    assert elapsed < 120  # bounded (a generous bound, not a timing assertion)
+    state = load_state()
+    assert list(state.hosts) == ["good"]
+    assert all(d.ok for d in controller.down())
+    assert agent_pids(cluster_name) == [] and run_dirs(cluster_name) == []
+
+
+def test_host_key_mismatch_and_unknown_key(sshd, cluster_name, remote_cache, tmp_path):
+    wrong = tmp_path / "known_hosts_wrong"
+    other_pub = Path(str(sshd.other_key) + ".pub").read_text().split()
+    wrong.write_text(f"[127.0.0.1]:{sshd.port} {other_pub[0]} {other_pub[1]}\n")
+    text = hosts_toml(sshd, cluster_name, [{"name": "a"}], remote_cache).replace(
+        str(sshd.known_hosts), str(wrong))
+    result = controller.up(parse_hosts(text, "h.toml"))
+    assert [(r.name, r.cause) for r in result.results] == [("a", "host key mismatch")]
+    assert "ssh-keygen -R" in result.results[0].detail
+
+    empty = tmp_path / "known_hosts_empty"
+    empty.write_text("")
+    text = hosts_toml(sshd, cluster_name, [{"name": "a"}], remote_cache).replace(
+        str(sshd.known_hosts), str(empty))
+    result = controller.up(parse_hosts(text, "h.toml"))
+    assert [(r.name, r.cause) for r in result.results] == [("a", "unknown host key")]
+    assert "accept-new" in result.results[0].detail
+    assert not state_path().exists()
+
+
+def test_accept_new_records_the_key(sshd, cluster_name, remote_cache, tmp_path):
+    known = tmp_path / "kh" / "known_hosts"
+    text = hosts_toml(sshd, cluster_name, [{"name": "a"}], remote_cache,
+                      host_key_policy="accept-new").replace(str(sshd.known_hosts), str(known))
+    result = controller.up(parse_hosts(text, "h.toml"))
+    assert result.up == ["a"], result.failed
+    assert sshd.host_pub.split()[1] in known.read_text()
+    assert all(d.ok for d in controller.down())
+
+
+def test_down_after_a_crash_sweeps_with_the_hosts_file(sshd, cluster_name, remote_cache):
+    config = parse_hosts(hosts_toml(sshd, cluster_name, [{"name": "a"}, {"name": "b"}],
+                                    remote_cache), "h.toml")
+    assert sorted(controller.up(config).up) == ["a", "b"]
+    assert len(agent_pids(cluster_name, children=False)) == 2
+    # crash: one agent dies hard (its run dir stays), and the controller loses its state
+    os.kill(load_state().hosts["a"]["pid"], signal.SIGKILL)
+    state_path().unlink()
+    assert len(run_dirs(cluster_name)) == 2
+    results = controller.down(config)
+    assert all(r.ok for r in results), results
+    assert agent_pids(cluster_name) == []
+    assert run_dirs(cluster_name) == []
+
+
+def test_up_twice_is_refused_while_agents_answer(sshd, cluster_name, remote_cache):
+    config = parse_hosts(hosts_toml(sshd, cluster_name, [{"name": "a"}], remote_cache),
+                         "h.toml")
+    assert controller.up(config).up == ["a"]
+    try:
+        with pytest.raises(ClusterError, match="already up"):
+            controller.up(config)
+    finally:
+        assert all(d.ok for d in controller.down())
