@@ -204,12 +204,14 @@ class ConnectionPool:
     """Authenticated client connections of this process, reused across items."""
 
     def __init__(self) -> None:
-        self._idle: dict[tuple[str, int], list[socket.socket]] = {}
+        # Keyed by the secret too: a connection made with an old secret is not reused.
+        self._idle: dict[tuple[str, int, bytes], list[socket.socket]] = {}
         self._lock = threading.Lock()
 
     def get(self, host: str, port: int, timeout: float) -> tuple[socket.socket, bool]:
+        secret = auth.get_secret()
         with self._lock:
-            idle = self._idle.get((host, port))
+            idle = self._idle.get((host, port, secret))
             if idle:
                 sock = idle.pop()
                 sock.settimeout(timeout)
@@ -217,15 +219,16 @@ class ConnectionPool:
         sock = socket.create_connection((host, port), timeout=timeout)
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            auth.client_handshake(sock, auth.get_secret(), f"tcp server {host}:{port}")
+            auth.client_handshake(sock, secret, f"tcp server {host}:{port}")
         except BaseException:
             sock.close()
             raise
         return sock, False
 
     def put(self, host: str, port: int, sock: socket.socket) -> None:
+        secret = auth.get_secret()
         with self._lock:
-            self._idle.setdefault((host, port), []).append(sock)
+            self._idle.setdefault((host, port, secret), []).append(sock)
 
     def close(self) -> None:
         with self._lock:

@@ -1,0 +1,260 @@
+"""The stream transports (tcp, udp, fifo, shm, file) between real processes."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+from papycluster import transport
+from papycluster.transport import auth, tcp, ticket
+from papycluster.workers import io
+from tests.transport.peer import Peer, PeerError, digest, make_data
+
+STREAM = ["tcp", "udp", "fifo", "shm", "file"]
+SIZES = [0, 1, 100_000, 3_000_001]
+
+
+def leftovers(share: Path) -> dict[str, list[str]]:
+    """Everything papycluster transports may leave on this host."""
+    tmp = Path(os.environ.get("TMPDIR", "/tmp"))
+    import tempfile
+
+    tmp = Path(tempfile.gettempdir())
+    return {
+        "files": sorted(p.name for p in share.iterdir() if p.name.startswith("papyc-")),
+        "fifo dirs": sorted(p.name for p in tmp.iterdir() if p.name.startswith("papyc-fifo-")),
+        "shm": sorted(p for p in os.listdir("/dev/shm") if p.startswith("papyc_")),
+    }
+
+
+@pytest.mark.parametrize("kind", STREAM)
+@pytest.mark.parametrize("size", SIZES)
+def test_peer_dumps_we_load(module_peer: Peer, kind: str, size: int) -> None:
+    tk = module_peer.call("dump", kind, size, size, {})
+    assert isinstance(tk, tuple) and tk[:3] == ("papyc", ticket.VERSION, kind)
+    assert all(type(f) in (str, int) for f in tk)
+    data = io.load_item([tk])
+    assert isinstance(data, (bytes, bytearray))
+    assert len(data) == size and digest(data) == digest(make_data(size, size))
+
+
+@pytest.mark.parametrize("kind", STREAM)
+def test_we_dump_peer_loads(module_peer: Peer, kind: str) -> None:
+    data = make_data(200_000, 7)
+    tk = io.dump_item([data], kind)
+    assert module_peer.call("load", tk, {}) == (len(data), digest(data))
+
+
+@pytest.mark.parametrize("kind", STREAM)
+def test_ticket_is_small(kind: str) -> None:
+    import pickle
+
+    tk = io.dump_item([bytes(5_000_000)], kind)
+    try:
+        assert len(pickle.dumps(tk)) < 300
+    finally:
+        io.load_item([tk])
+
+
+@pytest.mark.parametrize("kind", STREAM)
+def test_str_bytearray_and_memoryview(module_peer: Peer, kind: str) -> None:
+    tk = module_peer.call("dump_value", kind, "héllo wörld", {})
+    assert io.load_item([tk]) == "héllo wörld"
+    import numpy as np
+
+    array = np.arange(1000, dtype=np.int32)
+    tk = io.dump_item([array], kind)
+    back = io.load_item([tk])
+    assert np.frombuffer(back, dtype=np.int32).tolist() == list(range(1000))
+
+
+@pytest.mark.parametrize("kind", STREAM)
+def test_keep_then_remove_then_stale(module_peer: Peer, kind: str) -> None:
+    tk = module_peer.call("dump", kind, 70_000, 3, {})
+    want = digest(make_data(70_000, 3))
+    assert digest(io.load_item([tk], remove=False)) == want
+    assert digest(io.load_item([tk])) == want
+    with pytest.raises(transport.StaleTicketError) as err:
+        io.load_item([tk], timeout=10)
+    assert kind in str(err.value) and repr(tk)[:20] in str(err.value)
+
+
+@pytest.mark.parametrize("kind", STREAM)
+def test_not_bytes_is_a_clear_error(kind: str) -> None:
+    with pytest.raises(TypeError, match="pickle_dumps"):
+        io.dump_item([{"a": 1}], kind)
+
+
+@pytest.mark.parametrize("kind", STREAM)
+def test_peer_that_ended_gives_stale_ticket(kind: str) -> None:
+    peer = Peer()
+    try:
+        tk = peer.call("dump", kind, 1000, 1, {})
+    finally:
+        peer.close()
+    start = time.monotonic()
+    with pytest.raises(transport.StaleTicketError) as err:
+        io.load_item([tk], timeout=5)
+    assert kind in str(err.value)
+    assert time.monotonic() - start < 30
+
+
+def test_unloaded_items_are_cleaned_when_the_process_ends(share: Path) -> None:
+    before = leftovers(share)
+    peer = Peer()
+    tickets = [peer.call("dump", kind, 100_000, i, {}) for i, kind in enumerate(STREAM * 3)]
+    during = leftovers(share)
+    assert len(during["files"]) == len(before["files"]) + 3
+    assert len(during["shm"]) == len(before["shm"]) + 3
+    assert len(during["fifo dirs"]) == len(before["fifo dirs"]) + 1
+    tcp_port = next(t[5] for t in tickets if t[2] == "tcp")
+    peer.close()
+    assert peer.process.exitcode == 0  # it returned from its loop, as engine workers do
+    assert leftovers(share) == before
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", tcp_port), timeout=5).close()
+
+
+def test_many_items_concurrently_from_one_server(module_peer: Peer) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    tickets = [module_peer.call("dump", kind, 50_000 + i, i, {})
+               for i in range(12) for kind in ("tcp", "udp", "fifo")]
+    with ThreadPoolExecutor(6) as pool:
+        results = list(pool.map(lambda t: digest(io.load_item([t])), tickets))
+    assert results == [digest(make_data(50_000 + i, i)) for i in range(12) for _ in range(3)]
+
+
+def test_file_share_names_resolve_per_host(tmp_path: Path, module_peer: Peer) -> None:
+    # The peer writes into share "data"; here, "data" is mounted somewhere else that
+    # holds the same files (a bind mount stands in for NFS: a symlink).
+    tk = module_peer.call("dump", "file", 1234, 5, {"share": "data"})
+    assert tk[4] == "data" and "/" not in tk[5]
+    elsewhere = tmp_path / "mnt"
+    elsewhere.symlink_to(transport.shares.resolve("data"))
+    transport.set_share("data", str(elsewhere))
+    try:
+        assert digest(io.load_item([tk])) == digest(make_data(1234, 5))
+    finally:
+        transport.set_share("data", None)
+
+
+def test_unknown_share_is_named(module_peer: Peer) -> None:
+    with pytest.raises(PeerError, match="share 'nowhere' is not configured"):
+        module_peer.call("dump", "file", 10, 1, {"share": "nowhere"})
+
+
+def test_files_and_shm_are_private(share: Path) -> None:
+    import stat
+
+    tk = io.dump_item([b"secret data"], "file")
+    mode = (share / tk[5]).stat().st_mode
+    assert stat.S_IMODE(mode) == 0o600
+    io.load_item([tk])
+    tk = io.dump_item([b"secret data"], "shm")
+    assert stat.S_IMODE(os.stat(f"/dev/shm/{tk[4]}").st_mode) == 0o600
+    io.load_item([tk])
+    tk = io.dump_item([b"secret data"], "fifo")
+    assert stat.S_IMODE(os.stat(tk[4]).st_mode) == 0o700
+    assert stat.S_IMODE(os.stat(os.path.join(tk[4], tk[5])).st_mode) == 0o600
+    io.load_item([tk])
+
+
+def test_missing_secret_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PAPYCLUSTER_SECRET")
+    monkeypatch.delenv("PAPYCLUSTER_SECRET_FILE", raising=False)
+    with pytest.raises(transport.SecretError, match="PAPYCLUSTER_SECRET"):
+        auth.get_secret()
+    monkeypatch.setenv("PAPYCLUSTER_SECRET", "short")
+    with pytest.raises(transport.SecretError, match="too short"):
+        auth.get_secret()
+
+
+def test_secret_from_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                          module_peer: Peer) -> None:
+    from tests.transport.conftest import SECRET
+
+    path = tmp_path / "secret"
+    path.write_text(SECRET + "\n")
+    monkeypatch.delenv("PAPYCLUSTER_SECRET")
+    monkeypatch.setenv("PAPYCLUSTER_SECRET_FILE", str(path))
+    tk = module_peer.call("dump", "tcp", 10, 1, {})
+    assert digest(io.load_item([tk])) == digest(make_data(10, 1))
+
+
+def test_wrong_secret_is_refused_and_logged(module_peer: Peer, monkeypatch: pytest.MonkeyPatch,
+                                            caplog: pytest.LogCaptureFixture) -> None:
+    tk = module_peer.call("dump", "tcp", 10, 1, {})
+    monkeypatch.setenv("PAPYCLUSTER_SECRET", "x" * 40)
+    with pytest.raises(transport.TransportError, match="refused|secret"):
+        io.load_item([tk], timeout=5)
+    monkeypatch.undo()
+    # The server gave nothing away: the item is still there.
+    assert digest(io.load_item([tk])) == digest(make_data(10, 1))
+    # And in-process, the server logs the refusal.
+    mine = io.dump_item([b"abc"], "tcp")
+    with socket.create_connection(("127.0.0.1", mine[5]), timeout=5) as sock, \
+            caplog.at_level("WARNING", logger="papycluster.transport"):
+        hello = auth.recv_exact(sock, len(auth.HELLO) + auth.NONCE)
+        assert hello.startswith(auth.HELLO)
+        sock.sendall(os.urandom(auth.NONCE + auth.DIGEST))
+        sock.settimeout(5)
+        assert sock.recv(100) == b""  # closed without a word
+    for _ in range(50):
+        if "refused" in caplog.text:
+            break
+        time.sleep(0.1)
+    assert "does not know the cluster secret" in caplog.text
+    assert tcp.TRANSPORT.pending() >= 1
+    assert io.load_item([mine]) == b"abc"
+
+
+def test_client_refuses_a_server_without_the_secret() -> None:
+    """A fake server that cannot prove the secret never gets to send data we'd read."""
+    import threading
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def fake() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.sendall(auth.HELLO + os.urandom(auth.NONCE))
+            auth.recv_exact(conn, auth.NONCE + auth.DIGEST)
+            conn.sendall(os.urandom(auth.DIGEST))
+            conn.sendall(b"\x00" + (5).to_bytes(8, "big") + b"evil!")
+
+    thread = threading.Thread(target=fake, daemon=True)
+    thread.start()
+    tk = ticket.make("tcp", 0, "127.0.0.1", port, "0" * 32, 5)
+    with pytest.raises(transport.TransportError, match="does not know the cluster secret"):
+        io.load_item([tk], timeout=5)
+    thread.join(5)
+    listener.close()
+
+
+def test_timeouts_bound_a_silent_server() -> None:
+    listener = socket.create_server(("127.0.0.1", 0))
+    try:
+        tk = ticket.make("tcp", 0, "127.0.0.1", listener.getsockname()[1], "0" * 32, 5)
+        start = time.monotonic()
+        with pytest.raises(transport.TransportError, match="tcp ticket"):
+            io.load_item([tk], timeout=1)
+        assert time.monotonic() - start < 20
+    finally:
+        listener.close()
+
+
+def test_load_item_refuses_db_tickets_and_the_other_way_round() -> None:
+    tk = io.dump_item([b"x"], "file")
+    with pytest.raises(transport.TicketError, match="load_item|reads"):
+        io.load_db_item([tk])
+    io.load_item([tk])
+    with pytest.raises(ValueError, match="dump_db_item"):
+        io.dump_item([b"x"], "sqlite")
+    with pytest.raises(ValueError, match="unknown transport"):
+        io.dump_item([b"x"], "carrier-pigeon")
