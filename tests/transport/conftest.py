@@ -22,9 +22,8 @@ from typing import Any
 
 import pytest
 
-from tests.transport import peer as peer_mod
-
-SECRET = "test-secret-" + "0123456789abcdef" * 2
+from . import peer as peer_mod
+from .peer import SECRET
 
 
 @pytest.fixture(scope="package", autouse=True)

@@ -13,6 +13,8 @@ import random
 import traceback
 from typing import Any
 
+SECRET = "test-secret-" + "0123456789abcdef" * 2
+
 
 def make_data(size: int, seed: int = 0) -> bytes:
     return random.Random(seed).randbytes(size)

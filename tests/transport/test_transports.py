@@ -12,7 +12,8 @@ import pytest
 from papycluster import transport
 from papycluster.transport import auth, tcp, ticket
 from papycluster.workers import io
-from tests.transport.peer import Peer, PeerError, digest, make_data
+
+from .peer import Peer, PeerError, digest, make_data
 
 STREAM = ["tcp", "udp", "fifo", "shm", "file"]
 SIZES = [0, 1, 100_000, 3_000_001]
@@ -176,7 +177,7 @@ def test_missing_secret_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> Non
 
 def test_secret_from_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
                           module_peer: Peer) -> None:
-    from tests.transport.conftest import SECRET
+    from .peer import SECRET
 
     path = tmp_path / "secret"
     path.write_text(SECRET + "\n")
