@@ -58,7 +58,7 @@ class _State:
         if conn is not None:
             try:
                 with lock:
-                    conn.ping(reconnect=True)
+                    conn.ping(reconnect=False)
                 return conn, lock
             except Exception:
                 with self.lock:
@@ -82,6 +82,8 @@ class _State:
 
     def close(self) -> None:
         for (where, table), ids in self.unloaded.take_all().items():
+            if not ids:
+                continue
             try:
                 conn, lock = self.connect(where, None, DEFAULT_TIMEOUT)
                 with lock, conn.cursor() as cur:

@@ -78,6 +78,8 @@ class _State:
 
     def close(self) -> None:
         for (path, table), ids in self.unloaded.take_all().items():
+            if not ids:
+                continue
             try:
                 conn = self.conn(path)
                 with conn.lock:

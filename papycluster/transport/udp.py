@@ -26,6 +26,7 @@ import secrets
 import selectors
 import socket
 import struct
+import sys
 import threading
 import time
 import zlib
@@ -49,6 +50,8 @@ CONTROL_TRIES = 4
 SESSION_IDLE = 60.0
 MAX_PENDING = 4096
 RCVBUF = 8 << 20
+#: Lets a privileged process go past net.core.rmem_max (Python does not name it).
+SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33 if sys.platform == "linux" else None)
 
 _HEAD = struct.Struct("!2sBB")  # magic, version, type
 _HELLO = struct.Struct("!2sBB16s")
@@ -256,7 +259,7 @@ class _State:
 def _client_socket(host: str, port: int) -> tuple[socket.socket, int]:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_DGRAM)
-    for option in (getattr(socket, "SO_RCVBUFFORCE", None), socket.SO_RCVBUF):
+    for option in (SO_RCVBUFFORCE, socket.SO_RCVBUF):
         if option is None:
             continue
         try:
