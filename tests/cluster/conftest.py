@@ -28,6 +28,7 @@ import secrets
 import shutil
 import socket
 import subprocess
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -134,6 +135,52 @@ class Harness:
                + " ".join(args))
         return run(cmd, timeout=timeout + 30, check=True, shell=True)
 
+    @property
+    def network(self) -> str:
+        return f"{self.project}_papynet"  # compose names it <project>_<network>
+
+    def kill(self, node: Node) -> None:
+        """``docker kill``: the host dies at once, as on a power cut."""
+        self.docker("kill", node.container)
+
+    def disconnect(self, node: Node) -> None:
+        """Cut the node off the private network (it keeps running)."""
+        self.docker("network", "disconnect", "--force", self.network, node.container)
+
+    def restore(self) -> None:
+        """Every node running and on the network at its address again, sshd answering."""
+        for node in self.nodes.values():
+            info = json.loads(self.docker("inspect", node.container).stdout)[0]
+            if not info["State"]["Running"]:
+                # The container keeps its files, so its host keys stay the same.
+                self.docker("start", node.container)
+            if self.network not in (info["NetworkSettings"]["Networks"] or {}):
+                self.docker("network", "connect", "--ip", node.ip, self.network,
+                            node.container)
+        deadline = time.monotonic() + SSH_WAIT
+        for node in self.nodes.values():
+            while not sshd_answers(node.ip):
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{node.name} ({node.ip}) did not come back")
+                time.sleep(0.5)
+
+    def processes(self, node: Node, needle: str) -> list[str]:
+        """Live (not zombie) processes of ``node`` whose command line holds ``needle``."""
+        out = self.docker_exec(node, "ps -eo pid=,stat=,args=", check=True).stdout
+        rows = []
+        for line in out.splitlines():
+            pid, stat, args = (line.split(None, 2) + ["", ""])[:3]
+            if needle in args and not stat.startswith("Z") and "ps -eo" not in args:
+                rows.append(f"{pid} {args}")
+        return rows
+
+    def temp_files(self, node: Node) -> list[str]:
+        """Files and folders the node's user left in its temp places."""
+        out = self.docker_exec(
+            node, f"find /tmp /var/tmp /dev/shm -mindepth 1 -user {node.user} 2>/dev/null",
+            check=False).stdout
+        return out.split()
+
     # -- ssh -------------------------------------------------------------------------
     def ssh_client(self, node: Node, *, key_path: Path | None = None,
                    timeout: float = 10) -> paramiko.SSHClient:
@@ -181,6 +228,7 @@ class Harness:
             f"connect_timeout = {connect_timeout}",
             f"start_timeout = {start_timeout}",
             f'known_hosts = "{self.known_hosts}"',
+            f'ssh_config = "{self.workdir / "no_ssh_config"}"',  # not the user's
             'host_key_policy = "strict"',
             "",
             "[defaults]",
