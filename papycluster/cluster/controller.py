@@ -232,12 +232,14 @@ def down(config: ClusterConfig | None = None, progress: Progress = _quiet,
 
     def stop(name: str, entry: dict[str, Any]) -> DownResult:
         progress(name, "stopping")
+        wait_exit = 0.0
         if state is not None and "agent_port" in entry:
             try:
                 conn = AgentConnection(entry["connect"], int(entry["agent_port"]),
                                        state.secret, name, timeout=5.0)
                 try:
                     conn.root.shutdown()
+                    wait_exit = 5.0
                 finally:
                     conn.close()
             except Exception as exc:
@@ -248,11 +250,11 @@ def down(config: ClusterConfig | None = None, progress: Progress = _quiet,
                 res = run_local_script("stop", {
                     "cluster": cluster, "run_dirs": [entry.get("run_dir") or
                                                      default_run_dir(cluster, name)],
-                    "scan": False, "grace": 5.0}, timeout)
+                    "scan": False, "grace": 5.0, "wait_exit": wait_exit}, timeout)
             else:
                 host_cfg = entry.get("config") or _host_from_state(name, entry, config)
                 res = stop_host(config, host_cfg, cluster, entry.get("run_dir"),
-                                purge_cache, timeout)
+                                purge_cache, timeout, wait_exit)
         except HostError as exc:
             progress(name, f"FAILED: {exc.cause}: {exc.detail}")
             return DownResult(name, False, f"{exc.cause}: {exc.detail}")

@@ -238,7 +238,8 @@ def _mkdirs(client: Any, host: HostConfig, shell: str, path: str, timeout: float
 
 
 def stop_host(config: ClusterConfig | None, host: HostConfig, cluster: str,
-              run_dir: str | None, purge_cache: bool, timeout: float) -> dict[str, Any]:
+              run_dir: str | None, purge_cache: bool, timeout: float,
+              wait_exit: float = 0.0) -> dict[str, Any]:
     """Sweep ``host``: kill any agent of ``cluster`` and remove its run directories."""
     target = ssh.resolve_target(config, host)
     client = ssh.connect(target)
@@ -246,7 +247,7 @@ def stop_host(config: ClusterConfig | None, host: HostConfig, cluster: str,
         shell = _shell(host, host.os)
         return _run_script(client, host, shell, "stop", {
             "cluster": cluster, "run_dirs": [run_dir] if run_dir else [], "scan": True,
-            "grace": 5.0, "purge_cache": purge_cache,
+            "grace": 5.0, "wait_exit": wait_exit, "purge_cache": purge_cache,
             "cache_dir": host.cache_dir or DEFAULT_CACHE_DIR}, timeout, "check failed")
     finally:
         client.close()

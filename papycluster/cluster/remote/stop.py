@@ -93,6 +93,9 @@ def main():
                 pid = int(json.load(f)["pid"])
         except (OSError, ValueError, KeyError):
             pid = None
+        end = time.time() + float(CONFIG.get("wait_exit", 0))
+        while pid and time.time() < end and alive(pid):  # asked to shut down: let it
+            time.sleep(0.05)
         if pid and alive(pid) and ours(pid):
             kill_tree(pid, float(CONFIG.get("grace", 5.0)))
             killed.append(pid)

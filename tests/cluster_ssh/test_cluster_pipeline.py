@@ -1,0 +1,100 @@
+"""Whole pipelines whose pipers run on agents: local (Windows profile) and over SSH."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+from cluster_ssh_helpers import agent_pids, hosts_toml, run_dirs
+
+from papycluster import NuMap, Piper, PiperError, Plumber, Worker, workers
+from papycluster.cluster import controller
+from papycluster.cluster.hosts import parse_hosts
+from papycluster.errors import WorkerLostError
+
+
+def _pipeline(up_host: str, down_host: str, transport: str, n: int = 30):
+    out: list = []
+
+    def square(inbox):
+        if inbox[0] == 13:
+            raise ValueError("unlucky 13")
+        return inbox[0] ** 2
+
+    def collect(inbox):
+        out.append(inbox[0])
+        return inbox[0]
+
+    up = Piper(Worker((square, workers.io.pickle_dumps, workers.io.dump_item),
+                      ((), (), (transport,))),
+               parallel=NuMap(worker_num=0, worker_remote=[(up_host, 2)]), name="square")
+    down = Piper(Worker((workers.io.load_item, workers.io.pickle_loads,
+                         lambda inbox: inbox[0] + 1)),
+                 parallel=NuMap(worker_num=0, worker_remote=[(down_host, 1)]), name="plus1")
+    last = Piper(Worker(collect), parallel=False, name="collect")
+    plumber = Plumber()
+    plumber.add_pipe((up, down, last))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        plumber.start([range(n)])
+    try:
+        plumber.run()
+        assert plumber.wait(120)
+    finally:
+        plumber.pause()
+        plumber.stop()
+    assert not any(isinstance(x, PiperError) for x in out)  # errors skip the collector
+    assert plumber.stats["items_out"] == n
+    return sorted(out), plumber.stats["errors_out"], [str(w.message) for w in caught], up
+
+
+def test_windows_profile_falls_back_to_file(cluster_name):
+    result = controller.up_local(2, cluster=cluster_name, profiles=["native", "windows"])
+    assert result.failed == []
+    try:
+        good, errors, warns, up = _pipeline("local1", "local2", "shm")
+        assert good == sorted(i * i + 1 for i in range(30) if i != 13)
+        assert errors == 1  # item 13 raised on local1: an error item, not a crash
+        assert up.worker.args[2] == ("file",)
+        [warning] = [w for w in warns if "shm" in w]
+        assert "local1" in warning and "local2" in warning and "windows" in warning
+    finally:
+        assert all(d.ok for d in controller.down())
+    assert agent_pids(cluster_name) == [] and run_dirs(cluster_name) == []
+
+
+def test_pipeline_over_ssh_hosts_with_tcp(sshd, cluster_name, remote_cache):
+    config = parse_hosts(hosts_toml(sshd, cluster_name, [{"name": "alpha"}, {"name": "beta"}],
+                                    remote_cache), "h.toml")
+    assert sorted(controller.up(config).up) == ["alpha", "beta"]
+    try:
+        good, errors, warns, up = _pipeline("alpha", "beta", "tcp", n=40)
+        assert good == sorted(i * i + 1 for i in range(40) if i != 13)
+        assert errors == 1
+        assert up.worker.args[2] == ("tcp",) and warns == []
+        rows = {r["name"]: r for r in controller.status()}
+        assert rows["alpha"]["items_done"] > 0 and rows["beta"]["items_done"] > 0
+    finally:
+        assert all(d.ok for d in controller.down())
+    assert agent_pids(cluster_name) == [] and run_dirs(cluster_name) == []
+
+
+def test_unknown_remote_host_is_an_error_not_a_hang(cluster_name, caplog):
+    result = controller.up_local(1, cluster=cluster_name)
+    assert result.up == ["local1"]
+    try:
+        numap = NuMap(worker_num=0, worker_remote=[("nosuchhost", 1)])
+        numap.add_task(abs, [-1, -2])
+        numap.start()
+        try:
+            with pytest.raises(WorkerLostError):
+                for _ in range(2):
+                    value = numap.next(timeout=30)
+                    if isinstance(value, Exception):
+                        raise value
+        finally:
+            numap.stop()
+        assert "unknown host 'nosuchhost'" in caplog.text
+        assert "has local1" in caplog.text
+    finally:
+        controller.down()
