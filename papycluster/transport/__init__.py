@@ -115,7 +115,11 @@ def load(tk: Any, remove: bool | None = None, timeout: float | None = None,
         remove = not flags & ticket.FLAG_KEEP
     data = transport.load(fields, tk, remove=remove, timeout=timeout, **options)
     if flags & ticket.FLAG_STR:
-        return bytes(data).decode("utf-8")
+        try:
+            return bytes(data).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise TicketError(tk, f"the ticket says text, but the item is not UTF-8 ({exc})",
+                              transport.name) from None
     return data
 
 

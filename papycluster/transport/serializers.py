@@ -6,8 +6,9 @@ and the buffers are laid out once, side by side, in one frame::
 
     b"PPYF" ver:u8 nbuf:u32 plen:u64 (blen:u64 tag:u8)*nbuf  pad  pickle  pad  buf0 ...
 
-Buffers start on 64-byte boundaries, so the arrays that ``pickle_loads`` makes
-point straight into the frame (no copy, properly aligned). A value with nothing big
+Buffers start on 64-byte boundaries of the frame (whose own start the allocator
+aligns to 16 bytes), so the arrays that ``pickle_loads`` makes point straight into
+the frame: no copy, and aligned for every numpy dtype. A value with nothing big
 in it gives a plain protocol-5 pickle, which ``pickle_loads`` also reads.
 
 Which objects are scanned for large ``bytes``: the standard pickler cannot be asked

@@ -150,8 +150,16 @@ class SqliteTransport(base.Transport):
     def load(self, fields: tuple, tk: tuple, remove: bool = True,
              timeout: float | None = None) -> Any:
         path, table, rowid, _ = fields
-        if not os.path.isfile(path):
-            raise StaleTicketError(tk, f"no database file {path}", self.name)
+        try:
+            with open(path, "rb") as handle:
+                header = handle.read(16)
+        except OSError as exc:
+            raise StaleTicketError(tk, f"cannot open database file {path}: {exc}",
+                                   self.name) from None
+        if header != b"SQLite format 3\x00":
+            # Never let a forged ticket make SQLite open (and add -wal files beside)
+            # something that is not a database.
+            raise TicketError(tk, f"{path} is not an SQLite database", self.name)
         state = self.state.get()
         try:
             conn = state.conn(path)
@@ -170,7 +178,7 @@ class SqliteTransport(base.Transport):
                 else:
                     row = conn.conn.execute(f'SELECT value FROM "{table}" WHERE id = ?',
                                             (rowid,)).fetchone()
-        except sqlite3.OperationalError as exc:
+        except sqlite3.Error as exc:
             if "no such table" in str(exc):
                 raise StaleTicketError(tk, f"no table {table} in {path}", self.name) from None
             raise TransportError(f"sqlite ticket {tk!r}: {exc}") from None

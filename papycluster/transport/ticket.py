@@ -46,11 +46,14 @@ def parse(ticket: Any, family: tuple[str, ...] | None = None) -> tuple[base.Tran
     if not isinstance(ticket, tuple):
         raise base.TicketError(ticket, f"not a papycluster ticket: a {type(ticket).__name__}, "
                                "expected the tuple that dump_item returned")
+    if not ticket:
+        raise base.TicketError(ticket, "empty: not a ticket")
+    if ticket[0] != MAGIC:
+        raise base.TicketError(ticket, f"foreign ticket: header {ticket[0]!r:.40} is not "
+                               f"{MAGIC!r} (a PaPy ticket, or not a ticket at all)")
     if len(ticket) < 4:
         raise base.TicketError(ticket, "truncated: fewer than 4 header fields")
     magic, version, name, flags = ticket[:4]
-    if magic != MAGIC:
-        raise base.TicketError(ticket, f"foreign ticket: header {magic!r} is not {MAGIC!r}")
     if type(version) is not int:
         raise base.TicketError(ticket, f"version {version!r} is not an int")
     if version != VERSION:
