@@ -321,6 +321,10 @@ def main(argv: list | None = None) -> None:
     os.environ["PAPYCLUSTER_HOST_NAME"] = args.name
     os.environ["PAPYCLUSTER_PROFILE"] = args.profile
 
+    # multiprocessing's own temp dirs (the forkserver's socket) go in the run dir, so
+    # that removing the run dir leaves nothing behind, even after a kill -9. Only this
+    # process: the workers keep the host's temp dir (the file transport's default share).
+    tempfile.tempdir = run_dir
     agent = Agent(args.name, args.cluster, args.profile, shares, args.workers, run_dir,
                   advertise)
     server = ThreadedServer(make_service(agent), hostname=args.bind, port=args.port,

@@ -147,7 +147,8 @@ def up_local(n: int = 2, cluster: str = "local", workers: int = 2,
             "address": "127.0.0.1", "connect": "127.0.0.1", "agent_port": res["port"],
             "pid": res["pid"], "run_dir": res["run_dir"], "local": True,
             "os": info["os"], "profile": profile, "workers": workers, "shares": {},
-            "python": info["python"], "ssh": None, "caps": _caps(info)}
+            "python": info["python"], "ssh": None, "caps": _caps(info),
+            "controller_address": "127.0.0.1"}
         progress(name, f"up (pid {res['pid']}, port {res['port']})")
         return HostResult(name, True, info=info)
 

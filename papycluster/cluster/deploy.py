@@ -22,7 +22,6 @@ import io
 import os
 import re
 import secrets
-import tempfile
 import threading
 import zipfile
 from pathlib import Path
@@ -81,7 +80,14 @@ def _build_bundle(packages: tuple[str, ...]) -> tuple[Path, str]:
             digest.update(arcname.encode() + b"\0" + data)
             z.writestr(arcname, data)
     h = digest.hexdigest()[:16]
-    out = Path(tempfile.gettempdir()) / f"papycluster-bundle-{os.getuid()}-{h}.zip"
+    # a cache, not a temp file: one bundle per papycluster version, older ones removed
+    where = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / \
+        "papycluster-controller"
+    where.mkdir(parents=True, exist_ok=True)
+    out = where / f"bundle-{h}.zip"
+    for old in where.glob("bundle-*.zip"):
+        if old != out:
+            old.unlink(missing_ok=True)
     if not out.exists():
         tmp = out.with_suffix(f".tmp{os.getpid()}")
         tmp.write_bytes(buf.getvalue())
@@ -165,6 +171,12 @@ def start_host(config: ClusterConfig, host: HostConfig, secret: str,
     progress(host.name, f"connecting to {target.hostname}:{target.port}")
     client = ssh.connect(target)
     try:
+        # how this host reaches the controller (for transports served by local pipers)
+        sock = client.get_transport().sock  # type: ignore[union-attr]
+        try:
+            controller_address = sock.getsockname()[0]
+        except (AttributeError, OSError):
+            controller_address = None
         shell = _shell(host, host.os)
         bundle, digest = build_bundle()
         cache_dir = host.cache_dir or DEFAULT_CACHE_DIR
@@ -224,7 +236,7 @@ def start_host(config: ClusterConfig, host: HostConfig, secret: str,
         "shares": host.shares, "python": agent_info["python"], "python_cmd": host.python,
         "ssh": {"user": host.user, "port": host.port, "key": host.key, "shell": host.shell,
                 "cache_dir": host.cache_dir},
-        "caps": _caps(agent_info)}
+        "caps": _caps(agent_info), "controller_address": controller_address}
     return entry, agent_info
 
 

@@ -218,6 +218,33 @@ def local_caps() -> dict[str, Any]:
     return caps
 
 
+def prepare_controller_env(state: Any = None) -> None:
+    """Let pipers that run on the controller use the direct transports too.
+
+    They need the cluster secret (``PAPYCLUSTER_SECRET_FILE``: the 0600 file that ``up``
+    wrote beside the state) and an address the hosts can reach
+    (``PAPYCLUSTER_ADVERTISE_HOST``: the controller's end of its SSH connections).
+    Values already set by the user win. Local worker processes inherit them.
+    """
+    import os
+
+    from papycluster.cluster.state import load_state, secret_path
+
+    if state is None:
+        state = load_state(missing_ok=True)
+    if state is None:
+        return
+    if not os.environ.get("PAPYCLUSTER_SECRET") and not os.environ.get(
+            "PAPYCLUSTER_SECRET_FILE") and secret_path().exists():
+        os.environ["PAPYCLUSTER_SECRET_FILE"] = str(secret_path())
+    if not os.environ.get("PAPYCLUSTER_ADVERTISE_HOST"):
+        for entry in state.hosts.values():
+            if entry.get("controller_address"):
+                os.environ["PAPYCLUSTER_ADVERTISE_HOST"] = entry["controller_address"]
+                break
+    os.environ.setdefault("PAPYCLUSTER_HOST_NAME", "controller")
+
+
 class _CapsCache:
     def __init__(self) -> None:
         self.cache: dict[str, dict[str, Any]] = {}
@@ -283,6 +310,7 @@ def negotiate_dagger(plumber: Any) -> list[str]:
     """
     caps = _CapsCache()
     messages: list[str] = []
+    prepare_controller_env()
     for up in plumber.postorder():
         worker = getattr(up, "worker", None)
         task = list(getattr(worker, "task", ()) or ())

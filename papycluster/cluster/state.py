@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from papycluster.cluster.auth import write_secret_file
 from papycluster.cluster.errors import ClusterError
 
 STATE_ENV = "PAPYCLUSTER_STATE"
@@ -58,7 +59,15 @@ def save_state(state: ClusterState, path: Path | None = None) -> Path:
     finally:
         os.close(fd)
     os.replace(tmp, path)
+    # the bare secret too, for processes of the controller that read
+    # PAPYCLUSTER_SECRET_FILE (the tcp/udp transports of local pipers)
+    write_secret_file(str(secret_path(path)), state.secret)
     return path
+
+
+def secret_path(path: Path | None = None) -> Path:
+    path = path or state_path()
+    return path.with_name(path.name + ".secret")
 
 
 def load_state(path: Path | None = None, missing_ok: bool = False) -> ClusterState | None:
@@ -79,7 +88,8 @@ def load_state(path: Path | None = None, missing_ok: bool = False) -> ClusterSta
 
 def remove_state(path: Path | None = None) -> None:
     path = path or state_path()
-    try:
-        path.unlink()
-    except FileNotFoundError:
-        pass
+    for p in (path, secret_path(path)):
+        try:
+            p.unlink()
+        except FileNotFoundError:
+            pass

@@ -7,6 +7,7 @@ import pickle
 import signal
 import socket
 import time
+from pathlib import Path
 
 import cloudpickle
 import pytest
@@ -93,6 +94,9 @@ def test_status_and_windows_profile(local_cluster):
 
 def test_worker_env_for_transports(local_cluster):
     w = open_remote_worker("local1")
+    # multiprocessing's temp dir (forkserver socket) lives in the run dir, not in /tmp
+    run_dir = local_cluster.hosts["local1"]["run_dir"]
+    assert list(Path(run_dir).glob("pymp-*"))
     keys = ("PAPYCLUSTER_SECRET_FILE", "PAPYCLUSTER_ADVERTISE_HOST", "PAPYCLUSTER_SHARES",
             "PAPYCLUSTER_HOST_NAME")
     try:

@@ -1,0 +1,226 @@
+"""The ``papycluster`` command: up, status, check, down, demo.
+
+Thin on purpose: each command parses options, calls :mod:`papycluster.cluster` and
+prints with rich. Exit codes: 0 all well, 1 some host failed, 2 a usage or
+configuration error (a wrong hosts file is reported before any connection).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+console = Console(highlight=False)
+err_console = Console(stderr=True, highlight=False)
+
+HOSTS_ENV = "PAPYCLUSTER_HOSTS"
+
+
+def _progress(host: str, message: str) -> None:
+    style = "red" if message.startswith("FAILED") else (
+        "green" if message.startswith(("up", "down")) else "dim")
+    console.print(f"[bold]{escape(host):>12}[/bold]  [{style}]{escape(message)}[/{style}]",
+                  soft_wrap=True)
+
+
+def _hosts_file(path: str | None) -> Path | None:
+    """``-f``, else ``$PAPYCLUSTER_HOSTS``, else ``./hosts.toml`` if there is one."""
+    if path:
+        return Path(path)
+    if os.environ.get(HOSTS_ENV):
+        return Path(os.environ[HOSTS_ENV])
+    if Path("hosts.toml").is_file():
+        return Path("hosts.toml")
+    return None
+
+
+def _fail(message: str, code: int = 2) -> None:
+    err_console.print(f"[red]error:[/red] {escape(message)}", soft_wrap=True)
+    sys.exit(code)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="papycluster")
+def main() -> None:
+    """PaPy pipelines across a handful of machines over SSH."""
+
+
+@main.command()
+@click.option("-f", "--file", "hosts_file", type=click.Path(dir_okay=False),
+              help="hosts file (default: $PAPYCLUSTER_HOSTS or ./hosts.toml)")
+@click.option("--local", "local", type=int, default=None, metavar="N",
+              help="start N agents on this machine, without SSH")
+@click.option("--workers", type=int, default=2, show_default=True,
+              help="workers per local agent")
+@click.option("--windows-profile", type=int, default=0, metavar="K",
+              help="give the last K local agents the Windows profile (for testing)")
+def up(hosts_file: str | None, local: int | None, workers: int,
+       windows_profile: int) -> None:
+    """Start one agent per host (or N local agents) and write the cluster state."""
+    from papycluster.cluster import controller
+    from papycluster.cluster.errors import ClusterError, HostsFileError
+    from papycluster.cluster.hosts import load_hosts
+
+    path = None if local is not None else _hosts_file(hosts_file)
+    started = time.monotonic()
+    try:
+        if path is None:
+            n = local if local is not None else 2
+            if n < 1:
+                _fail("--local needs at least 1 agent")
+            profiles = ["native"] * (n - windows_profile) + ["windows"] * windows_profile
+            console.print(f"starting {n} local agent(s) (no hosts file)")
+            result = controller.up_local(n, workers=workers, profiles=profiles,
+                                         progress=_progress)
+        else:
+            config = load_hosts(path)
+            console.print(f"cluster [bold]{config.name}[/bold] from {path}: "
+                          f"{len(config.hosts)} host(s)")
+            result = controller.up(config, progress=_progress)
+    except HostsFileError as exc:
+        _fail(str(exc))
+    except ClusterError as exc:
+        _fail(str(exc))
+    table = Table(title=f"cluster {result.cluster}: {len(result.up)}/{len(result.results)} "
+                        f"up in {time.monotonic() - started:.1f} s")
+    for col in ("host", "status", "detail"):
+        table.add_column(col)
+    for r in result.results:
+        if r.ok:
+            table.add_row(r.name, "[green]up[/green]",
+                          f"{r.info.get('os')} Python {r.info.get('python')} "
+                          f"pid {r.info.get('pid')} port {r.info.get('port')}")
+        else:
+            table.add_row(r.name, f"[red]{escape(r.cause)}[/red]", escape(r.detail))
+    console.print(table)
+    if result.state_file:
+        console.print(f"state: {result.state_file}")
+    sys.exit(0 if not result.failed else 1)
+
+
+def _uptime(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    s = int(seconds)
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+@main.command()
+def status() -> None:
+    """A table per host: address, OS, Python, agent pid, uptime, workers, load, items."""
+    from papycluster.cluster import controller
+    from papycluster.cluster.errors import ClusterError
+
+    try:
+        rows = controller.status()
+    except ClusterError as exc:
+        _fail(str(exc))
+    table = Table(title="papycluster status")
+    for col in ("host", "address", "OS", "Python", "agent pid", "uptime", "workers",
+                "load", "items done"):
+        table.add_column(col)
+    for r in rows:
+        address = f"{r['address']}:{r['agent_port']}"
+        if not r["ok"]:
+            table.add_row(r["name"], address, "[red]down[/red]", escape(r.get("error", "")),
+                          "-", "-", "-", "-", "-")
+            continue
+        load = r.get("load")
+        table.add_row(r["name"], address,
+                      r["os"] + (" (profile)" if r.get("profile") == "windows" else ""),
+                      r["python"], str(r["pid"]), _uptime(r.get("uptime")),
+                      f"{r.get('workers_running', 0)}/{r.get('workers')}",
+                      f"{load[0]:.2f}" if load else "-", str(r.get("items_done", 0)))
+    console.print(table)
+    sys.exit(0 if all(r["ok"] for r in rows) else 1)
+
+
+@main.command()
+@click.option("--size", type=int, default=1 << 20, show_default=True,
+              help="bytes per test item")
+@click.option("--transport", "transports", multiple=True,
+              help="transport(s) to try (default: all)")
+@click.option("--timeout", type=float, default=30.0, show_default=True)
+def check(size: int, transports: tuple[str, ...], timeout: float) -> None:
+    """Move a test item between every pair of hosts with every transport they can use."""
+    from papycluster.cluster.check import TRANSPORTS, run_check
+    from papycluster.cluster.errors import ClusterError
+
+    chosen = transports or TRANSPORTS
+    try:
+        cells = run_check(transports=chosen, size=size, timeout=timeout, progress=_progress)
+    except ClusterError as exc:
+        _fail(str(exc))
+    table = Table(title=f"transport matrix ({size} bytes per item)")
+    table.add_column("sender -> receiver")
+    for t in chosen:
+        table.add_column(t)
+    pairs: dict[tuple[str, str], dict[str, Any]] = {}
+    for c in cells:
+        pairs.setdefault((c.sender, c.receiver), {})[c.transport] = c
+    for (a, b), row in pairs.items():
+        out = []
+        for t in chosen:
+            c = row[t]
+            if c.status == "ok":
+                out.append(f"[green]ok[/green] {c.mb_per_s:.0f} MB/s"
+                           + (f" ({c.detail})" if c.detail else ""))
+            elif c.status == "n/a":
+                out.append("[dim]-[/dim]")
+            else:
+                out.append(f"[red]failed[/red] {escape(c.detail[:60])}")
+        table.add_row(f"{a} -> {b}", *out)
+    console.print(table)
+    failed = [c for c in cells if c.status == "failed"]
+    for c in failed:
+        err_console.print(f"[red]{c.sender} -> {c.receiver} {c.transport}:[/red] "
+                          f"{escape(c.detail)}", soft_wrap=True)
+    sys.exit(1 if failed else 0)
+
+
+@main.command()
+@click.option("-f", "--file", "hosts_file", type=click.Path(dir_okay=False),
+              help="hosts file, to sweep hosts when the state is lost")
+@click.option("--purge-cache", is_flag=True, help="also remove the shipped code on hosts")
+def down(hosts_file: str | None, purge_cache: bool) -> None:
+    """Stop every agent; leave no process and no temporary file on any host."""
+    from papycluster.cluster import controller
+    from papycluster.cluster.errors import ClusterError, HostsFileError
+    from papycluster.cluster.hosts import load_hosts
+
+    config = None
+    path = _hosts_file(hosts_file)
+    try:
+        if path is not None:
+            config = load_hosts(path)
+        results = controller.down(config, progress=_progress, purge_cache=purge_cache)
+    except (ClusterError, HostsFileError) as exc:
+        _fail(str(exc))
+    bad = [r for r in results if not r.ok]
+    console.print(f"{len(results) - len(bad)}/{len(results)} host(s) clean")
+    for r in bad:
+        err_console.print(f"[red]{r.name}:[/red] {escape(r.detail)}", soft_wrap=True)
+    sys.exit(1 if bad else 0)
+
+
+@main.command()
+@click.option("--agents", type=int, default=2, show_default=True,
+              help="local agents to start")
+@click.option("--items", type=int, default=100, show_default=True)
+def demo(agents: int, items: int) -> None:
+    """Bring up a local cluster, run an example pipeline across it, take it down."""
+    from papycluster.demo import run_demo
+
+    sys.exit(run_demo(agents=agents, items=items, console=console))
+
+
+if __name__ == "__main__":
+    main()
