@@ -35,7 +35,10 @@ from papycluster.cluster.remote import parse_result, render
 
 MIN_PYTHON = (3, 9)
 #: Packages the agent and its workers import; all pure Python.
-BUNDLE_PACKAGES = ("papycluster", "rpyc", "cloudpickle", "plumbum")
+BUNDLE_PACKAGES = ("papycluster", "rpyc", "cloudpickle")
+#: Pure-Python packages shipped too when the controller has them (plumbum: rpyc's
+#: optional helper; PyMySQL: the mysql transport).
+OPTIONAL_PACKAGES = ("plumbum", "pymysql")
 DEFAULT_CACHE_DIR = "~/.cache/papycluster"
 
 _bundle_lock = threading.Lock()
@@ -50,12 +53,19 @@ def _package_dir(name: str) -> Path:
     return Path(next(iter(spec.submodule_search_locations)))
 
 
-def build_bundle(packages: tuple[str, ...] = BUNDLE_PACKAGES) -> tuple[Path, str]:
+def bundle_packages() -> tuple[str, ...]:
+    """The required packages plus the optional ones this controller has."""
+    return BUNDLE_PACKAGES + tuple(
+        p for p in OPTIONAL_PACKAGES if importlib.util.find_spec(p) is not None)
+
+
+def build_bundle(packages: tuple[str, ...] | None = None) -> tuple[Path, str]:
     """Zip ``packages`` from this interpreter's installation; return (path, hash).
 
     The hash covers every file's path and bytes, so an edited papycluster is shipped
     again while an unchanged one is reused from the host's cache.
     """
+    packages = packages or bundle_packages()
     with _bundle_lock:
         if packages in _bundle_cache and _bundle_cache[packages][0].exists():
             return _bundle_cache[packages]

@@ -68,6 +68,13 @@ def test_up_status_worker_down(sshd, cluster_name, remote_cache, tmp_path):
         assert isinstance(err, ValueError)
         assert "three is bad" in err.remote_traceback
         assert "beta" in str(err.__notes__)
+        # the bare host runs the shipped packages, PyMySQL (mysql transport) included
+        w.send(pickle.dumps(("def", "m", cloudpickle.dumps(
+            (lambda _: [m.__file__ for m in (__import__("pymysql"), __import__("rpyc"))],
+             (), {})))))
+        w.send(pickle.dumps(("run", [("m", 0, None)])))
+        [(_, _, ok, files)] = _results(w, 1)
+        assert ok and all(str(remote_cache) in f for f in files), files
     finally:
         w.close()
 
