@@ -115,6 +115,53 @@ def _python_cmd(host: HostConfig, shell: str, *args: str) -> str:
     return ssh.quote_command([host.python, *args], shell)
 
 
+def _via_file(shell: str) -> bool:
+    """Whether scripts go through a file instead of stdin.
+
+    Windows PowerShell does not reliably hand its stdin to a native program, so there a
+    script is copied by SFTP into the home directory (private to the user) and run from
+    there; it deletes itself first thing. sh and cmd pass stdin through unchanged.
+    """
+    return shell == "powershell"
+
+
+_SELF_DELETE = "import os as _os, sys as _sys\n_os.remove(_sys.argv[0])\n"
+
+
+def run_python(client: Any, host: HostConfig, shell: str, script: str,
+               timeout: float) -> ssh.RunResult:
+    """Run ``script`` with the host's Python: on stdin, or from a private file."""
+    if not _via_file(shell):
+        return ssh.run(client, _python_cmd(host, shell, "-"), script, timeout, host.name)
+    name = f".papycluster-{secrets.token_hex(8)}.py"  # relative: the SFTP home dir
+    try:
+        sftp = client.open_sftp()
+    except Exception as exc:
+        raise HostError(host.name, "deploy failed", f"cannot open SFTP: {exc}")
+    try:
+        channel = sftp.get_channel()
+        if channel is not None:
+            channel.settimeout(timeout)
+        with sftp.open(name, "w") as f:
+            f.chmod(0o600)
+            f.write((_SELF_DELETE + script).encode("utf-8"))
+    except Exception as exc:
+        raise HostError(host.name, "deploy failed", f"cannot write a script by SFTP: {exc}")
+    finally:
+        sftp.close()
+    try:
+        return ssh.run(client, _python_cmd(host, shell, name), None, timeout, host.name)
+    finally:  # the script removes itself; if Python never ran, we do
+        try:
+            sftp = client.open_sftp()
+            try:
+                sftp.remove(name)
+            finally:
+                sftp.close()
+        except Exception:
+            pass
+
+
 def _no_python(host: HostConfig, res: ssh.RunResult) -> bool:
     text = (res.stdout + res.stderr).lower()
     return res.code in (127, 9009) or any(s in text for s in (
@@ -131,8 +178,7 @@ def _parse_version(text: str) -> tuple[int, ...] | None:
 def probe(client: Any, host: HostConfig, shell: str, config: dict[str, Any],
           timeout: float) -> dict[str, Any]:
     """Run the probe script; turn every way it can fail into a named cause."""
-    res = ssh.run(client, _python_cmd(host, shell, "-"), render("probe", config), timeout,
-                  host.name)
+    res = run_python(client, host, shell, render("probe", config), timeout)
     result = parse_result(res.stdout)
     if result is None:
         if _no_python(host, res):
@@ -162,8 +208,7 @@ def probe(client: Any, host: HostConfig, shell: str, config: dict[str, Any],
 
 def _run_script(client: Any, host: HostConfig, shell: str, name: str,
                 config: dict[str, Any], timeout: float, cause: str) -> dict[str, Any]:
-    res = ssh.run(client, _python_cmd(host, shell, "-"), render(name, config), timeout,
-                  host.name)
+    res = run_python(client, host, shell, render(name, config), timeout)
     result = parse_result(res.stdout)
     if result is None:
         raise HostError(host.name, cause, f"{name} script failed (exit {res.code}): "
@@ -254,7 +299,7 @@ def _mkdirs(client: Any, host: HostConfig, shell: str, path: str, timeout: float
     script = ("import os,json\nCONFIG = {}  # unused\n"
               f"os.makedirs({path!r}, exist_ok=True)\n"
               "print('PAPYCLUSTER-RESULT ' + json.dumps({'ok': True}))\n")
-    res = ssh.run(client, _python_cmd(host, shell, "-"), script, timeout, host.name)
+    res = run_python(client, host, shell, script, timeout)
     if parse_result(res.stdout) is None:
         raise HostError(host.name, "deploy failed", f"cannot create {path}: {res.stderr}")
 

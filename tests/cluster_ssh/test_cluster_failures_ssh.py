@@ -115,3 +115,21 @@ def test_up_twice_is_refused_while_agents_answer(sshd, cluster_name, remote_cach
             controller.up(config)
     finally:
         assert all(d.ok for d in controller.down())
+
+
+def test_scripts_through_a_file_as_for_powershell(sshd, cluster_name, remote_cache,
+                                                  monkeypatch):
+    """The PowerShell path (script copied by SFTP, run, removed), exercised with sh."""
+    from papycluster.cluster import deploy
+
+    monkeypatch.setattr(deploy, "_via_file", lambda shell: True)
+    home = Path.home()
+    before = set(home.glob(".papycluster-*.py"))
+    config = parse_hosts(hosts_toml(sshd, cluster_name, [
+        {"name": "a"}, {"name": "nopython", "python": "/nonexistent/python3"}],
+        remote_cache), "h.toml")
+    result = controller.up(config)
+    assert {r.name: r.cause for r in result.results} == {"a": "", "nopython": "no Python"}
+    assert all(d.ok for d in controller.down())
+    assert set(home.glob(".papycluster-*.py")) == before
+    assert agent_pids(cluster_name) == [] and run_dirs(cluster_name) == []
