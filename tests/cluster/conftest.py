@@ -164,6 +164,10 @@ class Harness:
                     raise RuntimeError(f"{node.name} ({node.ip}) did not come back")
                 time.sleep(0.5)
 
+    def make_bare(self, node: Node) -> None:
+        """Forget what an earlier ``up`` shipped (the node's papycluster cache)."""
+        self.docker_exec(node, f"rm -rf ~{node.user}/.cache/papycluster", check=True)
+
     def processes(self, node: Node, needle: str) -> list[str]:
         """Live (not zombie) processes of ``node`` whose command line holds ``needle``."""
         out = self.docker_exec(node, "ps -eo pid=,stat=,args=", check=True).stdout

@@ -50,6 +50,7 @@ def config_for(cluster: Harness, name: str, tmp_path: Path, nodes=None, **kw):
 
 def test_up_status_down_on_all_four_nodes(cluster: Harness, papy: str, tmp_path: Path):
     for node in cluster.nodes.values():
+        cluster.make_bare(node)  # earlier tests of the session may have shipped it
         assert cluster.processes(node, AGENT) == [], node.name
     config = config_for(cluster, papy, tmp_path)
     messages: list[tuple[str, str]] = []
@@ -87,10 +88,6 @@ def test_up_status_down_on_all_four_nodes(cluster: Harness, papy: str, tmp_path:
     assert load_state(missing_ok=True) is None
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "known bug, fix in progress in cluster/agent.py: the forkserver of a Linux node's "
-    "agent leaves its /tmp/pymp-*/listener-* behind after `down`. Remove this mark when "
-    "the fix is committed."))
 def test_down_leaves_no_temp_file(cluster: Harness, papy: str, tmp_path: Path):
     for node in cluster.nodes.values():
         assert cluster.temp_files(node) == [], f"{node.name} was not clean before `up`"

@@ -153,10 +153,6 @@ def test_three_linux_nodes_stream_transport(cluster: Harness, papy_up: str, tran
     assert [_dump_type(s)[0] for s in stages[:2]] == [transport, transport]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "known bug: `up` does not ship PyMySQL (deploy.BUNDLE_PACKAGES), so dump_db_item "
-    "on a bare node fails with 'the mysql transport needs PyMySQL'. Remove this mark "
-    "when it is shipped."))
 def test_three_linux_nodes_mysql(cluster: Harness, papy_up: str):
     hosts = ("node1", "node2", "node3")
     db = cluster.db
