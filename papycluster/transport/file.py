@@ -123,16 +123,17 @@ class FileTransport(base.Transport):
             if actual != size:
                 raise TicketError(tk, f"{path} has {actual} bytes, the ticket says {size}",
                                   self.name)
-            out = bytearray(size)
-            view = memoryview(out)
+            # One read into a new object: no zero-filled buffer to copy into first.
+            parts = []
             got = 0
-            with os.fdopen(fd, "rb", buffering=0, closefd=False) as handle:
-                while got < size:
-                    k = handle.readinto(view[got:])
-                    if not k:
-                        raise TransportError(f"file ticket {tk!r}: {path} ended after "
-                                             f"{got} of {size} bytes")
-                    got += k
+            while got < size:
+                part = os.read(fd, size - got)
+                if not part:
+                    raise TransportError(f"file ticket {tk!r}: {path} ended after "
+                                         f"{got} of {size} bytes")
+                parts.append(part)
+                got += len(part)
+            out = parts[0] if len(parts) == 1 else b"".join(parts)  # b"" for size 0
         finally:
             os.close(fd)
         if remove:

@@ -1,77 +1,166 @@
-"""``shm``: one POSIX shared-memory segment per item, on the same host.
+"""``shm``: POSIX shared-memory segments on one host, reused from a per-process pool.
 
-The dumper creates a segment with an unguessable name (mode 0600), copies the item in
-and unmaps it; the loader maps it, copies the item out and unlinks it. Python's
-``resource_tracker`` would otherwise unlink a segment when the process that created
-*or attached* it ends, and warn about "leaked" segments another process already
-removed; both sides therefore unregister right away and this module keeps its own
-account: the segments this process created and nobody loaded yet are unlinked when
-the process ends.
+Creating, sizing, mapping and faulting in a fresh segment for every item costs more
+than copying the item, so each dumping process keeps a pool of segments (sizes in
+powers of two) and reuses the ones loaders have released. A segment starts with a
+64-byte header::
+
+    state:u64 (0 free, 1 full)  generation:u64  size:u64
+
+The dumper writes the item, then the generation and size, then ``state = full``; the
+ticket names the segment and the generation. A loader maps the segment (and keeps
+the mapping for the next item through it), checks state and generation, copies the
+item out, checks the generation again (a seqlock: a reused segment is never read as
+this item), and sets ``state = free`` so the dumper can reuse it.
+
+Segments are created ``O_EXCL`` with mode 0600 and unguessable names. They are opened
+with ``_posixshmem`` (what :mod:`multiprocessing.shared_memory` uses) and mapped
+with :mod:`mmap`, which keeps Python's ``resource_tracker`` out of it: it would
+unlink a segment when *any* process that attached it ends, and warn about segments
+that another process already removed. Instead the dumping process owns its segments
+and unlinks them all when it ends; a loaded-or-not item does not outlive its pool.
 """
 
 from __future__ import annotations
 
+import itertools
+import mmap
 import os
 import re
 import secrets
+import struct
 import threading
-from multiprocessing import resource_tracker, shared_memory
+from collections import OrderedDict
 from typing import Any
 
 from papycluster.transport import base, ticket
 from papycluster.transport.base import StaleTicketError, TicketError, TransportError
 
-PREFIX = "papyc_"
-#: Above this many names, forget the segments that loaders already unlinked.
-PRUNE_AT = 4096
-NAME_RE = re.compile(r"papyc_[0-9a-f]{32}\Z")
-
-
-def _shm_unlink(segment: shared_memory.SharedMemory) -> None:
-    """Unlink without telling the resource tracker (we untracked the segment already;
-    ``SharedMemory.unlink`` would unregister it a second time)."""
+try:
     import _posixshmem
+except ImportError:  # Windows: no POSIX shared memory
+    _posixshmem = None
 
-    _posixshmem.shm_unlink(segment._name)  # type: ignore[attr-defined]
+PREFIX = "papyc_"
+NAME_RE = re.compile(r"papyc_[0-9a-f]{32}\Z")
+HEADER = 64
+FREE, FULL = 0, 1
+MIN_CAPACITY = 1 << 16
+#: How many mappings a loading process keeps open for reuse.
+READER_CACHE = 64
+_HDR = struct.Struct("<QQQ")
+_STATE = struct.Struct("<Q")
 
 
-def _untrack(segment: shared_memory.SharedMemory) -> None:
+def _capacity(size: int) -> int:
+    need = size + HEADER
+    return max(MIN_CAPACITY, 1 << (need - 1).bit_length())
+
+
+def _open(name: str, create: int = 0) -> mmap.mmap:
+    if _posixshmem is None:
+        raise TransportError("shm: this host has no POSIX shared memory (use file or tcp)")
+    flags = os.O_RDWR | (os.O_CREAT | os.O_EXCL if create else 0)
+    fd = _posixshmem.shm_open("/" + name, flags, mode=0o600)
     try:
-        resource_tracker.unregister(segment._name, "shared_memory")  # type: ignore[attr-defined]
-    except Exception:
+        if create:
+            os.ftruncate(fd, create)
+            size = create
+        else:
+            size = os.fstat(fd).st_size
+        return mmap.mmap(fd, size)
+    finally:
+        os.close(fd)
+
+
+def _unlink(name: str) -> None:
+    try:
+        _posixshmem.shm_unlink("/" + name)
+    except (FileNotFoundError, AttributeError):
         pass
+
+
+def _exists(name: str) -> bool:
+    """Whether the segment is still there (Linux shows it in /dev/shm; else assume so)."""
+    return not os.path.isdir("/dev/shm") or os.path.exists("/dev/shm/" + name)
+
+
+class _Segment:
+    __slots__ = ("name", "map", "capacity")
+
+    def __init__(self, name: str, mapping: mmap.mmap, capacity: int) -> None:
+        self.name = name
+        self.map = mapping
+        self.capacity = capacity
 
 
 class _State:
     def __init__(self) -> None:
-        self.created: set[str] = set()
+        self.pool: dict[int, list[_Segment]] = {}
         self.lock = threading.Lock()
+        self.generation = itertools.count(secrets.randbits(32) + 1)
+        self.mapped: OrderedDict[str, mmap.mmap] = OrderedDict()  # loader side
+        self.map_lock = threading.Lock()
+
+    def acquire(self, size: int) -> _Segment:
+        """A free segment of this process big enough for ``size`` bytes (held: FULL)."""
+        capacity = _capacity(size)
+        with self.lock:
+            segments = self.pool.setdefault(capacity, [])
+            for segment in segments:
+                if _STATE.unpack_from(segment.map, 0)[0] == FREE:
+                    _STATE.pack_into(segment.map, 0, FULL)  # ours until the loader frees it
+                    return segment
+            name = PREFIX + secrets.token_hex(16)
+            try:
+                mapping = _open(name, create=capacity)
+            except OSError as exc:
+                raise TransportError(f"shm: cannot create a segment of {capacity} bytes: "
+                                     f"{exc}") from None
+            segment = _Segment(name, mapping, capacity)
+            _STATE.pack_into(mapping, 0, FULL)
+            segments.append(segment)
+            return segment
+
+    def mapping(self, name: str) -> mmap.mmap | None:
+        with self.map_lock:
+            mapping = self.mapped.get(name)
+            if mapping is not None:
+                if _exists(name):
+                    self.mapped.move_to_end(name)
+                    return mapping
+                del self.mapped[name]
+                mapping.close()
+        try:
+            mapping = _open(name)
+        except FileNotFoundError:
+            return None
+        with self.map_lock:
+            self.mapped[name] = mapping
+            while len(self.mapped) > READER_CACHE:
+                _, old = self.mapped.popitem(last=False)
+                old.close()
+        return mapping
 
     def close(self) -> None:
         with self.lock:
-            names, self.created = self.created, set()
-        for name in names:
-            unlink(name)
-
-
-def unlink(name: str) -> bool:
-    """Unlink segment ``name`` if it still exists; True if it did."""
-    try:
-        segment = shared_memory.SharedMemory(name=name)
-    except FileNotFoundError:
-        return False
-    _untrack(segment)
-    segment.close()
-    try:
-        _shm_unlink(segment)
-    except FileNotFoundError:
-        return False
-    return True
+            pool, self.pool = self.pool, {}
+        for segments in pool.values():
+            for segment in segments:
+                _unlink(segment.name)
+                segment.map.close()
+        with self.map_lock:
+            mapped, self.mapped = self.mapped, OrderedDict()
+        for mapping in mapped.values():
+            try:
+                mapping.close()
+            except BufferError:
+                pass
 
 
 class ShmTransport(base.Transport):
     name = "shm"
-    fields = ("segment", "size")
+    fields = ("segment", "generation", "size")
 
     def __init__(self) -> None:
         self.state = base.ProcessState(_State)
@@ -79,67 +168,55 @@ class ShmTransport(base.Transport):
     def dump(self, data: memoryview, **options: Any) -> tuple:
         if options:
             raise TypeError(f"shm dump_item takes no options {sorted(options)}")
-        name = PREFIX + secrets.token_hex(16)
-        size = data.nbytes
-        try:
-            # A zero-size segment is not allowed; one byte stands for an empty item.
-            segment = shared_memory.SharedMemory(name=name, create=True, size=max(size, 1))
-        except OSError as exc:
-            raise TransportError(f"shm: cannot create a segment of {size} bytes: {exc}") \
-                from None
-        _untrack(segment)
         state = self.state.get()
-        with state.lock:
-            if len(state.created) >= PRUNE_AT and os.path.isdir("/dev/shm"):
-                state.created = {n for n in state.created
-                                 if os.path.exists("/dev/shm/" + n)}
-            state.created.add(name)
+        size = data.nbytes
+        segment = state.acquire(size)
         try:
-            segment.buf[:size] = data
+            segment.map[HEADER:HEADER + size] = data
         except BaseException:
-            segment.close()
-            _shm_unlink(segment)
-            with state.lock:
-                state.created.discard(name)
+            _STATE.pack_into(segment.map, 0, FREE)
             raise
-        segment.close()
-        return (name, size)
+        generation = next(state.generation)
+        struct.pack_into("<QQ", segment.map, 8, generation, size)
+        return (segment.name, generation, size)
 
     def validate(self, fields: tuple, tk: tuple) -> None:
-        name, size = fields
+        name, generation, size = fields
         ticket.check(tk, self.name, name, str, "segment")
         if not NAME_RE.match(name):
             raise TicketError(tk, f"segment name {name!r} is not one papycluster makes",
                               self.name)
+        ticket.check_int(tk, self.name, generation, "generation", 1, 2**64 - 1)
         ticket.check_int(tk, self.name, size, "size", 0, 2**48)
 
     def load(self, fields: tuple, tk: tuple, remove: bool = True,
              timeout: float | None = None) -> Any:
-        name, size = fields
-        try:
-            segment = shared_memory.SharedMemory(name=name)
-        except FileNotFoundError:
-            raise StaleTicketError(tk, f"no shared-memory segment {name} (already loaded, "
-                                   "or its process ended, or it is on another host)",
-                                   self.name) from None
-        _untrack(segment)
-        try:
-            if segment.size < size:
-                raise TicketError(tk, f"segment {name} has {segment.size} bytes, the ticket "
-                                  f"says {size}", self.name)
-            out = bytearray(size)
-            out[:] = segment.buf[:size]
-        finally:
-            segment.close()
+        name, generation, size = fields
+        state = self.state.get()
+        mapping = state.mapping(name)
+        if mapping is None:
+            raise StaleTicketError(tk, f"no shared-memory segment {name} (its process ended, "
+                                   "or it is on another host)", self.name)
+        if len(mapping) < HEADER + size:
+            raise TicketError(tk, f"segment {name} has {len(mapping)} bytes, the ticket says "
+                              f"{size}", self.name)
+        full, gen, stored = _HDR.unpack_from(mapping, 0)
+        if full != FULL or gen != generation:
+            raise StaleTicketError(tk, f"segment {name} no longer holds this item (already "
+                                   "loaded)", self.name)
+        if stored != size:
+            raise TicketError(tk, f"segment {name} holds {stored} bytes, the ticket says "
+                              f"{size}", self.name)
+        # bytearray(view) is malloc + one memcpy; bytearray(n) would zero-fill (calloc)
+        # first, which costs as much as the copy again for big items.
+        with memoryview(mapping) as view:
+            out = bytearray(view[HEADER:HEADER + size])
+        full, gen, _ = _HDR.unpack_from(mapping, 0)
+        if full != FULL or gen != generation:  # reused while we copied: not this item
+            raise StaleTicketError(tk, f"segment {name} was reused while loading (was the "
+                                   "ticket loaded twice at once?)", self.name)
         if remove:
-            try:
-                _shm_unlink(segment)
-            except FileNotFoundError:
-                pass
-            state = self.state.peek()
-            if state is not None:
-                with state.lock:
-                    state.created.discard(name)
+            _STATE.pack_into(mapping, 0, FREE)
         return out
 
     def cleanup(self) -> None:

@@ -1,0 +1,291 @@
+"""Benchmark: moving items between two pipers, per transport and item size.
+
+A two-piper pipeline (two process NuMaps, one worker each) moves bytes items of
+100 B, 10 KB, 1 MB and 16 MB (and a 16 MB numpy array, pickled out of band, if numpy
+is installed). Each transport is compared with:
+
+* the default *manager* path (the item goes back to the manager and out again),
+* a *raw* baseline measured in the same run between two plain processes: a plain TCP
+  socket (for tcp and udp) or a plain shared-memory copy into a reused segment (for
+  shm, fifo and file).
+
+Throughput is measured between the first and the last result, so pool start-up does
+not count. Every configuration runs ``--reps`` times, interleaved (each repetition
+goes through all configurations in a rotated order), and the median is printed.
+
+    python bench/transports.py [--reps 3] [--quick] [--only tcp,shm]
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import os
+import random
+import secrets
+import shutil
+import socket
+import statistics
+import struct
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from typing import Any
+
+from papycluster import NuMap, Piper, Worker, workers
+from papycluster.engine import Dagger
+
+SIZES = [("100 B", 100), ("10 KB", 10_000), ("1 MB", 1 << 20), ("16 MB", 16 << 20)]
+STREAM = ["tcp", "udp", "fifo", "shm", "file"]
+RAW_FOR = {"tcp": "socket", "udp": "socket", "fifo": "shm copy", "shm": "shm copy",
+           "file": "shm copy", "sqlite": "shm copy"}
+#: Roughly how many bytes (and at most how many items) one measurement moves.
+BUDGET = 160 << 20
+MAX_ITEMS = 1500
+MIN_ITEMS = 8
+
+_BLOCKS: dict[int, bytes] = {}
+#: A fresh database file for the run (set in main; the workers get it as an argument).
+SQLITE_DB = ""
+
+
+def count_for(size: int, quick: bool) -> int:
+    n = max(MIN_ITEMS, min(MAX_ITEMS, BUDGET // size))
+    return max(MIN_ITEMS, n // 4) if quick else n
+
+
+# -- worker functions (top level, so they travel by reference) -----------------------
+
+def make_item(inbox: Any, size: int) -> bytes:
+    """The same random block every time: no generation cost inside the measurement."""
+    block = _BLOCKS.get(size)
+    if block is None:
+        block = _BLOCKS[size] = random.Random(size).randbytes(size)
+    return block
+
+
+def make_array(inbox: Any, size: int) -> Any:
+    import numpy as np
+
+    block = _BLOCKS.get(-size)
+    if block is None:
+        block = _BLOCKS[-size] = np.random.default_rng(size).random(size // 8)
+    return block
+
+
+def nbytes(inbox: Any) -> int:
+    item = inbox[0]
+    return item.nbytes if hasattr(item, "nbytes") else len(item)
+
+
+# -- pipelines -------------------------------------------------------------------
+
+def run_pipeline(kind: str, size: int, n: int, array: bool = False) -> float:
+    """Items per second through two process NuMaps with transport ``kind``."""
+    make = make_array if array else make_item
+    up_funcs: list[Callable] = [make]
+    up_args: list[tuple] = [(size,)]
+    down_funcs: list[Callable] = []
+    down_args: list[tuple] = []
+    if array and kind != "manager":
+        up_funcs.append(workers.io.pickle_dumps)
+        up_args.append(())
+    if kind in STREAM:
+        up_funcs.append(workers.io.dump_item)
+        up_args.append((kind,))
+        down_funcs.append(workers.io.load_item)
+        down_args.append(())
+    elif kind == "sqlite":
+        up_funcs.append(workers.io.dump_db_item)
+        up_args.append((kind, "temp", None, False, SQLITE_DB))
+        down_funcs.append(workers.io.load_db_item)
+        down_args.append(())
+    if array and kind != "manager":
+        down_funcs.append(workers.io.pickle_loads)
+        down_args.append(())
+    down_funcs.append(nbytes)
+    down_args.append(())
+    up = Piper(Worker(tuple(up_funcs), tuple(up_args)), parallel=NuMap(worker_num=1))
+    down = Piper(Worker(tuple(down_funcs), tuple(down_args)), parallel=NuMap(worker_num=1))
+    dagger = Dagger()
+    dagger.add_pipe((up, down))
+    dagger.connect([range(n + 1)])
+    dagger.start()
+    try:
+        first = next(down)
+        t0 = time.perf_counter()
+        count = 0
+        for result in down:
+            if result != size:
+                raise RuntimeError(f"{kind}: got {result!r}, expected {size} bytes")
+            count += 1
+        elapsed = time.perf_counter() - t0
+    finally:
+        dagger.stop()
+        dagger.disconnect(forced=True)
+    if first != size or count != n:
+        raise RuntimeError(f"{kind}: {count} of {n} items, first {first!r}")
+    return n / elapsed
+
+
+# -- raw baselines ---------------------------------------------------------------
+
+def _raw_sender(port: int, size: int, n: int) -> None:
+    """Streams the items back to back: the best a plain socket can do."""
+    data = memoryview(make_item(None, size))
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for _ in range(n + 1):
+            sock.sendall(struct.pack("!Q", size))
+            sock.sendall(data)
+        sock.recv(1)
+
+
+def raw_socket(size: int, n: int) -> float:
+    ctx = multiprocessing.get_context("spawn")
+    listener = socket.create_server(("127.0.0.1", 0))
+    sender = ctx.Process(target=_raw_sender, args=(listener.getsockname()[1], size, n))
+    sender.start()
+    conn, _ = listener.accept()
+    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    header = bytearray(8)
+    t0 = 0.0
+    with conn:
+        for i in range(n + 1):
+            _recv_into(conn, memoryview(header))
+            buf = bytearray(struct.unpack("!Q", header)[0])
+            _recv_into(conn, memoryview(buf))
+            if i == 0:
+                t0 = time.perf_counter()
+        elapsed = time.perf_counter() - t0
+        conn.sendall(b"k")
+    listener.close()
+    sender.join(30)
+    return n / elapsed
+
+
+def _recv_into(sock: socket.socket, view: memoryview) -> None:
+    got = 0
+    while got < view.nbytes:
+        k = sock.recv_into(view[got:])
+        if not k:
+            raise ConnectionError("raw sender went away")
+        got += k
+
+
+def _shm_writer(name: str, size: int, n: int, conn: Any) -> None:
+    from multiprocessing import resource_tracker, shared_memory
+
+    segment = shared_memory.SharedMemory(name=name)
+    resource_tracker.unregister(segment._name, "shared_memory")
+    data = make_item(None, size)
+    for _ in range(n + 1):
+        segment.buf[:size] = data
+        conn.send_bytes(b"w")
+        conn.recv_bytes()
+    segment.close()
+
+
+def raw_shm_copy(size: int, n: int) -> float:
+    from multiprocessing import shared_memory
+
+    ctx = multiprocessing.get_context("spawn")
+    segment = shared_memory.SharedMemory(create=True, size=size)
+    here, there = ctx.Pipe()
+    writer = ctx.Process(target=_shm_writer, args=(segment.name, size, n, there))
+    writer.start()
+    t0 = 0.0
+    try:
+        for i in range(n + 1):
+            here.recv_bytes()
+            out = bytearray(size)
+            out[:] = segment.buf[:size]
+            here.send_bytes(b"r")
+            if i == 0:
+                t0 = time.perf_counter()
+        elapsed = time.perf_counter() - t0
+        writer.join(30)
+    finally:
+        segment.close()
+        segment.unlink()
+    return n / elapsed
+
+
+# -- the table -------------------------------------------------------------------
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="a quarter of the items")
+    parser.add_argument("--only", default="", help="comma-separated transports")
+    parser.add_argument("--sizes", default="", help="comma-separated labels, e.g. '1 MB'")
+    args = parser.parse_args()
+    os.environ.setdefault("PAPYCLUSTER_SECRET", secrets.token_hex(32))
+    global SQLITE_DB
+    workdir = tempfile.mkdtemp(prefix="papyc-bench-")
+    SQLITE_DB = os.path.join(workdir, "bench.sqlite")
+    try:
+        _run(args)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _run(args: argparse.Namespace) -> None:
+    kinds = ["manager", *STREAM, "sqlite"]
+    if args.only:
+        kinds = ["manager"] + [k for k in args.only.split(",") if k != "manager"]
+    sizes = [s for s in SIZES if not args.sizes or s[0] in args.sizes.split(",")]
+    cases: list[tuple[str, str, int, bool]] = [(label, kind, size, False)
+                                               for label, size in sizes for kind in kinds]
+    raws = [(label, raw, size) for label, size in sizes for raw in ("socket", "shm copy")]
+    try:
+        import numpy  # noqa: F401
+
+        cases += [("16 MB numpy", kind, 16 << 20, True) for kind in kinds if kind != "sqlite"]
+    except ImportError:
+        pass
+    rates: dict[tuple[str, str], list[float]] = {}
+    started = time.perf_counter()
+    for rep in range(args.reps):
+        order = cases[rep % len(cases):] + cases[:rep % len(cases)]
+        for label, kind, size, array in order:
+            n = count_for(size, args.quick)
+            rates.setdefault((label, kind), []).append(run_pipeline(kind, size, n, array))
+        for label, raw, size in raws:
+            n = count_for(size, args.quick)
+            fn = raw_socket if raw == "socket" else raw_shm_copy
+            rates.setdefault((label, raw), []).append(fn(size, n))
+        print(f"  repetition {rep + 1}/{args.reps} done at "
+              f"{time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
+    med = {k: statistics.median(v) for k, v in rates.items()}
+    print(f"\npapycluster transports: two process NuMaps (1 worker each), median of "
+          f"{args.reps} interleaved repetitions, {os.cpu_count()} CPUs\n")
+    head = (f"{'size':<12} {'path':<9} {'items/s':>10} {'MB/s':>9} {'x manager':>10} "
+            f"{'x raw':>7}  raw baseline")
+    print(head)
+    print("-" * len(head))
+    labels = [label for label, _ in sizes] + (["16 MB numpy"] if any(c[3] for c in cases)
+                                               else [])
+    for label in labels:
+        size = 16 << 20 if label == "16 MB numpy" else dict(sizes)[label]
+        base = med.get((label, "manager"))
+        raw_label = "16 MB" if label == "16 MB numpy" else label
+        for kind in kinds + ["socket", "shm copy"]:
+            rate = med.get((label, kind)) if kind not in ("socket", "shm copy") else \
+                med.get((raw_label, kind)) if label != "16 MB numpy" else None
+            if rate is None:
+                continue
+            mbs = rate * size / 1e6
+            xman = f"{rate / base:.2f}" if base and kind != "manager" else ""
+            raw_name = RAW_FOR.get(kind)
+            raw = med.get((raw_label, raw_name)) if raw_name else None
+            xraw = f"{rate / raw:.2f}" if raw else ""
+            print(f"{label:<12} {kind:<9} {rate:>10.1f} {mbs:>9.1f} {xman:>10} {xraw:>7}  "
+                  f"{raw_name or ''}")
+        print()
+    print(f"total {time.perf_counter() - started:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
