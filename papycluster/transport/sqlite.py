@@ -3,8 +3,8 @@
 The file is opened in WAL mode with a busy timeout, so concurrent writers queue
 inside SQLite (sleeping, not spinning) instead of failing with "database is locked"
 or retrying forever as PaPy did. Each process keeps one connection per file.
-Consuming reads use ``DELETE ... RETURNING`` so a row is read and removed in one
-statement. SQLite files must not be shared over NFS; for hosts that do not share a
+A consuming read selects the row (WAL readers take no lock) and then deletes it in
+a short write transaction. SQLite files must not be shared over NFS; for hosts that do not share a
 disk use ``mysql``.
 """
 
@@ -21,7 +21,6 @@ from papycluster.transport.base import StaleTicketError, TicketError, TransportE
 
 DEFAULT_DB = "papycluster.sqlite"
 BUSY_TIMEOUT = 60.0
-_RETURNING = sqlite3.sqlite_version_info >= (3, 35)
 
 
 def default_path() -> str:
@@ -169,20 +168,13 @@ class SqliteTransport(base.Transport):
         try:
             conn = state.conn(path)
             with conn.lock:
-                if remove and _RETURNING:
-                    row = conn.conn.execute(f'DELETE FROM "{table}" WHERE id = ? '
-                                            "RETURNING value", (rowid,)).fetchone()
-                elif remove:
-                    conn.conn.execute("BEGIN IMMEDIATE")
-                    try:
-                        row = conn.conn.execute(f'SELECT value FROM "{table}" WHERE id = ?',
-                                                (rowid,)).fetchone()
-                        conn.conn.execute(f'DELETE FROM "{table}" WHERE id = ?', (rowid,))
-                    finally:
-                        conn.conn.execute("COMMIT")
-                else:
-                    row = conn.conn.execute(f'SELECT value FROM "{table}" WHERE id = ?',
-                                            (rowid,)).fetchone()
+                # Read first (a WAL reader takes no lock), then delete in a short write
+                # transaction: holding the write lock while copying a big blob out
+                # would make the dumpers wait in SQLite's coarse busy sleeps.
+                row = conn.conn.execute(f'SELECT value FROM "{table}" WHERE id = ?',
+                                        (rowid,)).fetchone()
+                if remove and row is not None:
+                    conn.conn.execute(f'DELETE FROM "{table}" WHERE id = ?', (rowid,))
         except sqlite3.Error as exc:
             if "no such table" in str(exc):
                 raise StaleTicketError(tk, f"no table {table} in {path}", self.name) from None
