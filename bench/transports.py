@@ -175,10 +175,11 @@ def _recv_into(sock: socket.socket, view: memoryview) -> None:
 
 
 def _shm_writer(name: str, size: int, n: int, conn: Any) -> None:
-    from multiprocessing import resource_tracker, shared_memory
+    from multiprocessing import shared_memory
 
+    # Attaching registers the name with the (shared) resource tracker again; the
+    # parent's unlink unregisters it once for both.
     segment = shared_memory.SharedMemory(name=name)
-    resource_tracker.unregister(segment._name, "shared_memory")
     data = make_item(None, size)
     for _ in range(n + 1):
         segment.buf[:size] = data
