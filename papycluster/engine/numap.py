@@ -197,7 +197,8 @@ class NuMap:
         self._tasks_tracked: dict[int, dict[int, Any]] = {}
         self._cond = threading.Condition(threading.Lock())
         self._started = False
-        self._stopping = threading.Event()
+        self._stopping = threading.Event()  # stop feeding
+        self._closing = threading.Event()  # stop collecting too: the workers are ending
         self._threads: list[threading.Thread] = []
         self._slots: list[_ProcessSlot] = []
         self._lanes: list[_SharedLane] = []
@@ -288,6 +289,7 @@ class NuMap:
 
     def _start_workers(self) -> None:
         self._stopping.clear()
+        self._closing.clear()
         if self.worker_type == "process" and self.worker_num:
             context = self._context()
             self._wake_r, self._wake_w = context.Pipe(duplex=False)
@@ -356,6 +358,7 @@ class NuMap:
 
     def _stop(self, timeout: float = 5.0) -> None:
         self._stopping.set()
+        self._closing.set()
         with self._cond:
             self._generation += 1
             self._close_tasks()
@@ -602,9 +605,9 @@ class NuMap:
         for slot in self._slots:
             watch(slot)
         try:
-            while not self._stopping.is_set():
+            while not self._closing.is_set():
                 for key, _ in selector.select(timeout=1.0):
-                    if key.data is None or self._stopping.is_set():
+                    if key.data is None or self._closing.is_set():
                         continue
                     kind, slot = key.data
                     if slot.dead:
@@ -619,7 +622,7 @@ class NuMap:
             selector.close()
 
     def _getter_wait(self) -> None:
-        while not self._stopping.is_set():
+        while not self._closing.is_set():
             by_conn = {slot.worker.conn: slot for slot in self._slots if not slot.dead}
             by_sentinel = {slot.worker.sentinel: slot for slot in self._slots
                            if not slot.dead}
@@ -628,25 +631,27 @@ class NuMap:
                 if obj in by_conn:
                     self._receive(by_conn[obj])
             for obj in ready:
-                if obj in by_sentinel and not self._stopping.is_set():
+                if obj in by_sentinel and not self._closing.is_set():
                     self._replace(by_sentinel[obj])
 
-    def _receive(self, slot: _ProcessSlot) -> None:
+    def _receive(self, slot: _ProcessSlot) -> bool:
+        """Read one message of results; False at the end of the pipe."""
         try:
             data = slot.worker.conn.recv_bytes()
         except (EOFError, OSError):
-            return  # the sentinel reports the death
+            return False  # the sentinel reports the death
         try:
             results = proto.decode_results(data)
         except Exception as exc:  # a result that pickles but does not unpickle
             log.error("%s: undecodable result from pid %s: %r", self.name,
                       slot.worker.pid, exc)
-            return
+            return True
         with self._cond:
             for task_id, index, _, _ in results:
                 slot.inflight.pop((task_id, index), None)
         for task_id, index, ok, value in results:
             self._deliver(task_id, index, ok, value)
+        return True
 
     def _replace(self, slot: _ProcessSlot) -> _ProcessSlot:
         """A worker process died: drain what it said, fail what it held, respawn."""
@@ -656,7 +661,8 @@ class NuMap:
                     break
             except (EOFError, OSError):
                 break
-            self._receive(slot)
+            if not self._receive(slot):
+                break
         code = slot.worker.process.exitcode
         replacement = _ProcessSlot(self._context(), slot.worker.process.name)
         with self._cond:
@@ -713,7 +719,7 @@ class NuMap:
                         reply = remote.recv(timeout=1.0)
                         break
                     except TimeoutError:
-                        if self._stopping.is_set():
+                        if self._closing.is_set():
                             return
                 [(task_id, reply_index, ok, value)] = proto.decode_results(reply)
             except Exception as exc:

@@ -28,6 +28,7 @@ items with the standard pickle protocol 5, falling back to cloudpickle.
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import pickle
 import select
@@ -36,6 +37,7 @@ import time
 import traceback
 from collections.abc import Callable
 from multiprocessing.connection import Connection
+from multiprocessing.connection import wait as mp_wait
 from typing import Any
 
 import cloudpickle
@@ -136,9 +138,13 @@ def serve(conn: Connection) -> None:
     pipe is gone, so an orphaned worker never outlives its manager.
     """
     functions: dict[Any, tuple[Callable, tuple, dict]] = {}
+    parent = multiprocessing.parent_process()
+    sentinel = parent.sentinel if parent is not None else None
     poller = select.poll() if hasattr(select, "poll") else None
     if poller is not None:
         poller.register(conn.fileno(), select.POLLIN)
+        if sentinel is not None:
+            poller.register(sentinel, select.POLLIN)
     pending: list[tuple[Any, int, bool, Any]] = []
     since = 0.0
 
@@ -146,12 +152,32 @@ def serve(conn: Connection) -> None:
         conn.send_bytes(encode_results(pending))
         pending.clear()
 
+    def input_ready(timeout: float | None) -> bool:
+        """Is a message waiting? Raises EOFError if the manager died meanwhile.
+
+        Under fork a worker inherits the manager's end of its own pipe, so the
+        manager's death does not show as EOF on it: the parent's sentinel tells.
+        """
+        if poller is None:
+            ready = mp_wait([conn] + ([sentinel] if sentinel is not None else []),
+                            timeout)
+            if conn not in ready and ready:
+                raise EOFError("the manager process is gone")
+            return conn in ready
+        events = dict(poller.poll(None if timeout is None else timeout * 1000))
+        if conn.fileno() in events:
+            return True
+        if sentinel is not None and sentinel in events:
+            raise EOFError("the manager process is gone")
+        return False
+
     try:
         while True:
-            if pending and not (poller is not None and poller.poll(0)
-                                and len(pending) < COALESCE_MAX
-                                and time.monotonic() - since < COALESCE_FOR):
+            if pending and not (len(pending) < COALESCE_MAX
+                                and time.monotonic() - since < COALESCE_FOR
+                                and input_ready(0)):
                 flush()
+            input_ready(None)
             try:
                 message = loads(conn.recv_bytes())
             except (EOFError, OSError):
