@@ -92,8 +92,10 @@ def state_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cluster_name: st
     """Each test gets its own state file; whatever it left running is stopped after."""
     path = tmp_path / "state" / "state.json"
     monkeypatch.setenv("PAPYCLUSTER_STATE", str(path))
-    monkeypatch.delenv("PAPYCLUSTER_SECRET", raising=False)
-    monkeypatch.delenv("PAPYCLUSTER_SECRET_FILE", raising=False)
+    # negotiation sets these in the controller process: undo it after each test
+    for key in ("PAPYCLUSTER_SECRET", "PAPYCLUSTER_SECRET_FILE", "PAPYCLUSTER_ADVERTISE_HOST",
+                "PAPYCLUSTER_HOST_NAME", "PAPYCLUSTER_SHARES"):
+        monkeypatch.delenv(key, raising=False)
     yield path
     for pid in agent_pids(cluster_name):
         try:
