@@ -136,7 +136,8 @@ def test_lambdas_and_closures_run_in_process_pools():
     second = numap.add_task(lambda x, k: x * k, range(5), args=(3,))
     numap.start()
     # tasks of one NuMap are read interleaved (PaPy's rule for a bounded buffer)
-    assert list(zip(first, second)) == [(10, 0), (11, 3), (12, 6), (13, 9), (14, 12)]
+    assert list(zip(first, second, strict=True)) == [(10, 0), (11, 3), (12, 6), (13, 9),
+                                                     (14, 12)]
     numap.stop()
 
 
