@@ -45,6 +45,32 @@ from papycluster.cluster.auth import SECRET_FILE_ENV, HmacAuthenticator, read_se
 
 log = logging.getLogger("papycluster.agent")
 
+
+def _compat_old_python() -> None:
+    """Let the worker code (written for 3.11) report errors on a 3.9/3.10 host.
+
+    ``traceback.format_exception(exc)`` with one argument is 3.10+. Patched here, at
+    import, so that it also holds in the worker processes: forkserver and spawn both
+    import this module (the agent's ``__main__``) before running a worker.
+    """
+    if sys.version_info >= (3, 10):  # noqa: UP036 (the agent runs on 3.9 hosts too)
+        return
+    import traceback
+
+    original = traceback.format_exception
+    missing = object()
+
+    def format_exception(exc: Any, value: Any = missing, tb: Any = missing,
+                         limit: Any = None, chain: bool = True) -> list:
+        if value is missing:
+            return original(type(exc), exc, exc.__traceback__, limit=limit, chain=chain)
+        return original(exc, value, tb, limit=limit, chain=chain)
+
+    traceback.format_exception = format_exception  # type: ignore[assignment]
+
+
+_compat_old_python()
+
 #: Seconds any single RPyC request may take before it fails (never wait forever).
 SYNC_REQUEST_TIMEOUT = 30.0
 INFO_FILE = "agent.json"
