@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-if TYPE_CHECKING:  # the fixtures come from conftest.py
-    from tests.cluster.conftest import Harness
+if TYPE_CHECKING:  # the fixture comes from conftest.py
+    from tests.cluster.harness import Harness
 
 pytestmark = pytest.mark.timeout(900)
 

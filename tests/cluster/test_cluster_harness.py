@@ -15,8 +15,8 @@ import paramiko
 import pymysql
 import pytest
 
-if TYPE_CHECKING:  # the fixtures come from conftest.py
-    from tests.cluster.conftest import Harness
+if TYPE_CHECKING:  # the fixture comes from conftest.py
+    from tests.cluster.harness import Harness
 
 BUILD_SCRIPT = Path(__file__).resolve().parents[2] / "docker" / "build-images.sh"
 

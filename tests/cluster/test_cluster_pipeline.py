@@ -14,8 +14,8 @@ from papycluster.cluster import controller
 from papycluster.cluster.hosts import parse_hosts
 from papycluster.cluster.state import load_state
 
-if TYPE_CHECKING:  # the fixtures come from conftest.py
-    from tests.cluster.conftest import Harness
+if TYPE_CHECKING:  # the fixture comes from conftest.py
+    from tests.cluster.harness import Harness
 
 pytestmark = pytest.mark.timeout(900)
 
