@@ -21,6 +21,17 @@ from papycluster.errors import PiperError, PlumberError
 
 log = logging.getLogger("papycluster.plumber")
 
+#: Error items that reach an output are logged, up to this many per run.
+LOGGED_ERRORS = 5
+
+
+def _describe(error: PiperError) -> str:
+    """The innermost cause of a (nested) error item, with the function that failed."""
+    cause: object = error
+    while isinstance(cause, PiperError) and cause.args:
+        cause = cause.args[0]
+    return str(cause)
+
 
 class Plumber(Dagger):
     """``Plumber(pipers=(), pipes=(), xtras=None)``: a runnable pipeline."""
@@ -145,6 +156,9 @@ class Plumber(Dagger):
                     self.stats["items_out"] += 1
                     if isinstance(item, PiperError):
                         self.stats["errors_out"] += 1
+                        if self.stats["errors_out"] <= LOGGED_ERRORS:
+                            log.warning("%s gave an error item: %s", piper.name,
+                                        _describe(item))
             if not outputs:
                 self._finished.set()
         except BaseException as exc:

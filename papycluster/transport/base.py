@@ -107,23 +107,33 @@ def names() -> list[str]:
 
 
 _builtin_loaded = False
+_builtin_lock = threading.Lock()
 
 
 def _load_builtin() -> None:
+    """Import the built-in transports once; threads wait until all are registered.
+
+    (Setting the flag before the imports finished let a second thread see a
+    half-filled registry: "unknown transport 'tcp'" in a thread pool.)
+    """
     global _builtin_loaded
     if _builtin_loaded:
         return
-    _builtin_loaded = True
-    # Imported for their register() side effect.
-    from papycluster.transport import (  # noqa: F401
-        fifo,
-        file,
-        mysql,
-        shm,
-        sqlite,
-        tcp,
-        udp,
-    )
+    with _builtin_lock:
+        if _builtin_loaded:
+            return
+        # Imported for their register() side effect.
+        from papycluster.transport import (  # noqa: F401
+            fifo,
+            file,
+            mysql,
+            shm,
+            sqlite,
+            tcp,
+            udp,
+        )
+
+        _builtin_loaded = True
 
 
 class ProcessState:
