@@ -120,8 +120,10 @@ def capabilities(profile: str, shares: dict[str, str]) -> dict[str, Any]:
 class _RemoteProc:
     """One worker process of one controller connection, with its relay thread."""
 
-    def __init__(self, wid: int, worker: Any, callback: Callable, on_result: Callable) -> None:
+    def __init__(self, wid: int, worker: Any, callback: Callable, on_result: Callable,
+                 on_broken: Callable) -> None:
         self.wid = wid
+        self.on_broken = on_broken
         self.worker = worker
         self.callback = callback
         self.on_result = on_result
@@ -147,9 +149,13 @@ class _RemoteProc:
                 self.on_result()
                 try:
                     self.callback(data)
-                except Exception as exc:  # controller gone: nobody to serve
-                    log.info("worker %s: controller unreachable (%s); stopping", self.wid, exc)
+                except Exception as exc:  # controller gone or stuck: the reply is lost
+                    log.warning("worker %s: cannot hand a reply to the controller (%s); "
+                                "stopping it and dropping the connection", self.wid, exc)
                     self.closed = True
+                    # the controller must learn (WorkerLostError), not wait for a reply
+                    # that will never come
+                    threading.Thread(target=self.on_broken, daemon=True).start()
                     break
             elif self.worker.sentinel in ready:
                 break
@@ -215,6 +221,7 @@ class Agent:
             "workers": self.workers, "workers_running": running,
             "items_done": self.items_done, "load": load, "cpus": os.cpu_count(),
             "version": __version__, "run_dir": self.run_dir,
+            "ports": {"agent": self.port},
             **self.caps,
         }
 
@@ -222,14 +229,19 @@ class Agent:
         with self.lock:
             self.items_done += 1
 
-    def open_worker(self, callback: Callable) -> int:
+    def open_worker(self, callback: Callable, on_broken: Callable = lambda: None) -> int:
         from papycluster.engine.process import ProcessWorker
 
         worker = ProcessWorker(self.mp, name=f"papycluster-worker-{self.name}")
         with self.lock:
             self.next_id += 1
             wid = self.next_id
-        proc = _RemoteProc(wid, worker, callback, self.count)
+
+        def broken() -> None:
+            self.close_worker(wid)
+            on_broken()
+
+        proc = _RemoteProc(wid, worker, callback, self.count, broken)
         with self.lock:
             self.procs[wid] = proc
         log.info("worker %s started (pid %s)", wid, worker.pid)
@@ -278,6 +290,7 @@ def make_service(agent: Agent) -> type:
     class AgentService(rpyc.Service):
         def on_connect(self, conn: Any) -> None:
             self._wids: set = set()
+            self._conn = conn
 
         def on_disconnect(self, conn: Any) -> None:
             for wid in list(self._wids):
@@ -290,7 +303,15 @@ def make_service(agent: Agent) -> type:
             return agent.name
 
         def exposed_open_worker(self, callback: Callable) -> int:
-            wid = agent.open_worker(callback)
+            conn = self._conn
+
+            def drop() -> None:
+                try:
+                    conn.close()
+                except Exception:
+                    pass
+
+            wid = agent.open_worker(callback, drop)
             self._wids.add(wid)
             return wid
 

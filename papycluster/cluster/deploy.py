@@ -22,6 +22,7 @@ import io
 import os
 import re
 import secrets
+import sys
 import threading
 import zipfile
 from pathlib import Path
@@ -243,6 +244,11 @@ def start_host(config: ClusterConfig, host: HostConfig, secret: str,
                                            "name": host.name, "agent_port": host.agent_port},
                      timeout)
         os_name = "windows" if info["os"] == "windows" else info["os"]
+        if tuple(info["version"][:2]) != sys.version_info[:2]:
+            progress(host.name, f"warning: Python {info['version'][0]}.{info['version'][1]} "
+                     f"there, {sys.version_info[0]}.{sys.version_info[1]} here: functions "
+                     "shipped by value (lambdas, closures, __main__) need the same version; "
+                     "set python = to a matching one")
         if host.os and host.os != "unix" and host.os != os_name:
             progress(host.name, f"warning: hosts file says os={host.os}, host reports {os_name}")
         shell = _shell(host, os_name)

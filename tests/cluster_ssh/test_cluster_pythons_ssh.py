@@ -36,8 +36,10 @@ def test_real_old_python_is_too_old(sshd, cluster_name, remote_cache, version):
 def test_python_39_host_runs_the_shipped_agent(sshd, cluster_name, remote_cache):
     config = parse_hosts(hosts_toml(sshd, cluster_name, [
         {"name": "py39", "python": _python("3.9")}], remote_cache), "h.toml")
-    result = controller.up(config)
+    messages: list[str] = []
+    result = controller.up(config, progress=lambda h, m: messages.append(m))
     assert result.up == ["py39"], result.failed
+    assert any("warning: Python 3.9 there" in m for m in messages), messages
     try:
         assert result.results[0].info["python"].startswith("3.9.")
         w = open_remote_worker("py39")
