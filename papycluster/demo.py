@@ -68,7 +68,7 @@ def run_demo(agents: int = 2, items: int = 100, console: Any = None) -> int:
             hosts = alive
     if own:
         console.print(f"bringing up a local cluster of {agents} agent(s) ...")
-        result = controller.up_local(agents, cluster="demo")
+        result = controller.up_local(agents, cluster=controller.local_cluster_name("demo"))
         if result.failed:
             for r in result.failed:
                 console.print(f"[red]{escape(f'{r.name}: {r.cause}: {r.detail}')}[/red]")

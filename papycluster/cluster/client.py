@@ -157,6 +157,23 @@ class RemoteWorker:
             raise WorkerLostError(f"worker on {self.name}: {self._lost_reason}")
         return item
 
+    def ping(self, timeout: float) -> bool:
+        """Does the agent answer within ``timeout`` s? The engine's heartbeat.
+
+        A host cut off from the network keeps its TCP connection open and just stops
+        answering; only a request that must be answered in time tells.
+        """
+        if self._conn.closed:
+            return False
+        try:
+            result = rpyc.async_(self._conn.root.ping)()
+            result.set_expiry(timeout)
+            result.wait()
+            result.value  # noqa: B018 - raises if the call failed
+            return True
+        except Exception:
+            return False
+
     def close(self) -> None:
         """Stop the remote process (and drop our connection if we own it)."""
         try:

@@ -7,6 +7,7 @@ reports progress through a callback (the CLI shows it with rich).
 
 from __future__ import annotations
 
+import hashlib
 import subprocess
 import sys
 import time
@@ -22,7 +23,13 @@ from papycluster.cluster.client import AgentConnection
 from papycluster.cluster.errors import ClusterError, HostError
 from papycluster.cluster.hosts import ClusterConfig, HostConfig
 from papycluster.cluster.remote import parse_result, render
-from papycluster.cluster.state import ClusterState, load_state, remove_state, save_state
+from papycluster.cluster.state import (
+    ClusterState,
+    load_state,
+    remove_state,
+    save_state,
+    state_path,
+)
 
 Progress = Callable[[str, str], None]  # (host, message)
 
@@ -114,7 +121,17 @@ def _check_not_up(progress: Progress) -> None:
                   "replacing it")
 
 
-def up_local(n: int = 2, cluster: str = "local", workers: int = 2,
+def local_cluster_name(prefix: str = "local") -> str:
+    """``local-<hash of the state path>``: unique per controller, stable across runs.
+
+    Several controllers (users, test sessions) may run local clusters on one machine;
+    run directories and ``down``'s sweep are per cluster name, so the names must differ.
+    """
+    digest = hashlib.sha256(str(state_path().resolve()).encode()).hexdigest()[:6]
+    return f"{prefix}-{digest}"
+
+
+def up_local(n: int = 2, cluster: str | None = None, workers: int = 2,
              profiles: list[str] | None = None, progress: Progress = _quiet,
              timeout: float = 60.0) -> UpResult:
     """Start ``n`` agents on this machine (loopback, no SSH) and write the state.
@@ -122,6 +139,7 @@ def up_local(n: int = 2, cluster: str = "local", workers: int = 2,
     ``profiles[i]`` (``native``/``windows``) lets a test give agent i the Windows profile.
     """
     _check_not_up(progress)
+    cluster = cluster or local_cluster_name()
     secret = new_secret()
     state = ClusterState(cluster=cluster, secret=secret)
     from papycluster.cluster.agent import default_run_dir

@@ -9,6 +9,7 @@ from cluster_ssh_helpers import agent_pids, free_port, hosts_toml, run_dirs
 
 from papycluster.cli import main
 from papycluster.cluster.check import run_check
+from papycluster.cluster.controller import local_cluster_name
 from papycluster.cluster.state import state_path
 
 
@@ -20,7 +21,7 @@ def _invoke(*args: str):
 def test_local_up_status_check_down(cluster_name):
     r = _invoke("up", "--local", "2", "--windows-profile", "1")
     assert r.exit_code == 0, r.output
-    assert "2/2 up" in r.output
+    assert "2/2 up" in r.output and local_cluster_name() in r.output
     try:
         r = _invoke("status")
         assert r.exit_code == 0, r.output
@@ -85,5 +86,7 @@ def test_demo_runs_across_agents_and_cleans_up():
     assert r.exit_code == 0, r.output
     assert "40/40 items" in r.output
     assert "local1:" in r.output and "local2:" in r.output  # both agents did work
-    assert agent_pids("demo") == [] and run_dirs("demo") == []
+    name = local_cluster_name("demo")
+    assert "demo-" in name
+    assert agent_pids(name) == [] and run_dirs(name) == []
     assert not state_path().exists()
