@@ -133,3 +133,19 @@ def test_scripts_through_a_file_as_for_powershell(sshd, cluster_name, remote_cac
     assert all(d.ok for d in controller.down())
     assert set(home.glob(".papycluster-*.py")) == before
     assert agent_pids(cluster_name) == [] and run_dirs(cluster_name) == []
+
+
+def test_ssh_config_alias_gives_hostname_port_user_and_key(sshd, cluster_name, remote_cache,
+                                                           tmp_path):
+    cfg = tmp_path / "ssh_config"
+    cfg.write_text(f"Host labalpha\n    HostName 127.0.0.1\n    Port {sshd.port}\n"
+                   f"    User {sshd.user}\n    IdentityFile {sshd.key}\n")
+    text = (f'[cluster]\nname = "{cluster_name}"\nconnect_timeout = 5\n'
+            f'known_hosts = "{sshd.known_hosts}"\nssh_config = "{cfg}"\n\n'
+            f'[[host]]\nname = "a"\naddress = "labalpha"\ncache_dir = "{remote_cache}"\n'
+            f"agent_port = {free_port()}\n")
+    result = controller.up(parse_hosts(text, "h.toml"))
+    assert result.up == ["a"], result.failed
+    entry = load_state().hosts["a"]
+    assert (entry["address"], entry["connect"]) == ("labalpha", "127.0.0.1")
+    assert all(d.ok for d in controller.down())
