@@ -56,13 +56,19 @@ def resolve_target(config: ClusterConfig | None, host: HostConfig) -> SSHTarget:
     if "userknownhostsfile" in looked and not (config and config.known_hosts !=
                                                "~/.ssh/known_hosts"):
         known = os.path.expanduser(looked["userknownhostsfile"].split()[0])
+    hostname = looked.get("hostname", host.address)
+    port = int(host.port or looked.get("port", 22))
+    proxy = looked.get("proxycommand")
+    if not proxy and looked.get("proxyjump", "none").lower() != "none":
+        # paramiko has no ProxyJump: let the OpenSSH client open the hop (-W)
+        proxy = f"ssh -W {shlex.quote(hostname)}:{port} {shlex.quote(looked['proxyjump'])}"
     return SSHTarget(
         name=host.name,
-        hostname=looked.get("hostname", host.address),
-        port=int(host.port or looked.get("port", 22)),
+        hostname=hostname,
+        port=port,
         user=host.user or looked.get("user"),
         key_files=key_files,
-        proxy_command=looked.get("proxycommand"),
+        proxy_command=proxy,
         known_hosts=known,
         host_key_policy=config.host_key_policy if config else "strict",
         timeout=config.connect_timeout if config else 10.0,
@@ -135,6 +141,11 @@ def connect(target: SSHTarget) -> paramiko.SSHClient:
                             f"{where} is not in {target.known_hosts}; add it with "
                             f"ssh-keyscan -p {target.port} {target.hostname} >> "
                             f"{target.known_hosts}, or set host_key_policy = \"accept-new\"")
+        if "no authentication methods" in text.lower():
+            raise HostError(target.name, "auth failed",
+                            f"{where}: no key to offer; set key = \"~/.ssh/id_ed25519\", "
+                            "load a key into the SSH agent, or give IdentityFile in "
+                            "~/.ssh/config")
         if "banner" in text.lower():
             raise HostError(target.name, "unreachable", f"{where}: no SSH banner ({text})")
         raise HostError(target.name, "unreachable", f"{where}: {text}")

@@ -149,3 +149,34 @@ def test_ssh_config_alias_gives_hostname_port_user_and_key(sshd, cluster_name, r
     entry = load_state().hosts["a"]
     assert (entry["address"], entry["connect"]) == ("labalpha", "127.0.0.1")
     assert all(d.ok for d in controller.down())
+
+
+def test_keys_from_the_ssh_agent(sshd, cluster_name, remote_cache, tmp_path, monkeypatch):
+    """No key in the hosts file and none in ~/.ssh: the SSH agent's key logs in."""
+    import subprocess
+
+    sock = tmp_path / "agent.sock"
+    agent = subprocess.Popen(["ssh-agent", "-D", "-a", str(sock)],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(100):
+            if sock.exists():
+                break
+            time.sleep(0.05)
+        monkeypatch.setenv("SSH_AUTH_SOCK", str(sock))
+        monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.ssh/id_* to fall back on
+        text = hosts_toml(sshd, cluster_name, [{"name": "a"}], remote_cache).replace(
+            f'key = "{sshd.key}"', "")
+        assert str(sshd.key) not in text
+        config = parse_hosts(text, "h.toml")
+        # an empty agent: no way in
+        assert [r.cause for r in controller.up(config).results] == ["auth failed"]
+        env = {**os.environ, "SSH_AUTH_SOCK": str(sock)}
+        subprocess.run(["ssh-add", "-q", str(sshd.key)], env=env, check=True, timeout=10,
+                       capture_output=True)
+        result = controller.up(config)
+        assert result.up == ["a"], result.failed
+        assert all(d.ok for d in controller.down())
+    finally:
+        agent.terminate()
+        agent.wait(10)
