@@ -286,8 +286,20 @@ def start_host(config: ClusterConfig, host: HostConfig, secret: str,
     finally:
         client.close()
     progress(host.name, f"waiting for the agent on {target.hostname}:{launch['port']}")
-    agent_info = _wait_agent(host.name, target.hostname, launch["port"], secret,
-                             config.start_timeout)
+    try:
+        agent_info = _wait_agent(host.name, target.hostname, launch["port"], secret,
+                                 config.start_timeout)
+    except HostError as exc:
+        # it runs but we cannot talk to it (a firewall?): do not leave it behind
+        try:
+            stop_host(config, host, config.name, launch["run_dir"], False, timeout)
+            undone = "it was stopped again"
+        except HostError as stop_exc:
+            undone = f"stopping it failed too ({stop_exc.cause}: {stop_exc.detail})"
+        raise HostError(host.name, "agent failed",
+                        f"the agent started (pid {launch['pid']}) but does not answer on "
+                        f"{target.hostname}:{launch['port']} from here (a firewall?); "
+                        f"{undone}. {exc.detail}")
     progress(host.name, f"up: {agent_info['os']}, Python {agent_info['python']}, "
                         f"pid {launch['pid']}")
     entry = {

@@ -180,3 +180,19 @@ def test_keys_from_the_ssh_agent(sshd, cluster_name, remote_cache, tmp_path, mon
     finally:
         agent.terminate()
         agent.wait(10)
+
+
+def test_agent_started_but_unreachable_is_stopped_again(sshd, cluster_name, remote_cache,
+                                                       monkeypatch):
+    """As behind a firewall: the agent runs, but its port cannot be reached from here."""
+    real_wait = controller._wait_agent
+    closed = free_port()
+    monkeypatch.setattr(controller, "_wait_agent",
+                        lambda name, address, port, secret, timeout:
+                        real_wait(name, address, closed, secret, 2.0))
+    config = parse_hosts(hosts_toml(sshd, cluster_name, [{"name": "a"}], remote_cache),
+                         "h.toml")
+    [r] = controller.up(config).results
+    assert r.cause == "agent failed" and "it was stopped again" in r.detail, r
+    assert agent_pids(cluster_name) == [] and run_dirs(cluster_name) == []
+    assert not state_path().exists()
