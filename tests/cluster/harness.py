@@ -494,6 +494,7 @@ def started(workdir: Path) -> Iterator[Harness]:
     require_docker()
     remove_stale_projects()
     compose = compose_command()
+    workdir.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, **prepare_env(workdir)}
     project = f"{PROJECT_PREFIX}{os.getpid()}"
     build_images()
