@@ -42,15 +42,16 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import wait
 from typing import Any
 
-import cloudpickle
-
 from papycluster.engine import process as proto
-from papycluster.errors import NuMapTimeoutError, RemoteError, WorkerLostError
+from papycluster.errors import NuMapTimeoutError, WorkerLostError
 
 log = logging.getLogger("papycluster.numap")
 
 #: How often blocked manager threads look at the stop flag (seconds).
 POLL = 0.1
+
+#: Seconds between heartbeats while a remote reply is awaited.
+HEARTBEAT_EVERY = 1.0
 
 #: Most tasklets sent to a process in one message.
 BATCH_MAX = 32
@@ -96,6 +97,7 @@ class _Task:
     skipped: set[int] = field(default_factory=set)  # ordered: indexes to drop
     drop_next: int = 0  # unordered: late results to drop
     closed: bool = False  # the NuMap was stopped: no more results will come
+    delivered: set[int] = field(default_factory=set)  # unordered: against duplicates
 
     def finished(self) -> bool:
         return self.closed or (self.total is not None and self.returned >= self.total)
@@ -142,6 +144,7 @@ class _SharedLane:
         self.size = size
         self.alive = size
         self.inflight = 0
+        self.lost = ""  # why the last worker of this lane was lost (for error messages)
         self.threads: list[threading.Thread] = []
 
     @property
@@ -160,6 +163,11 @@ class NuMap:
     list of ``(host, n)`` (a host of the running cluster, or ``'host:port'`` of an
     agent) adding ``n`` remote workers each. ``start_method`` picks the
     multiprocessing start method for local processes (default: the platform's).
+
+    Remote items are never lost silently: a remote worker whose host dies, or shows no
+    sign of life for ``heartbeat`` seconds, gives its item back, and a surviving remote
+    worker of this NuMap runs it again (at most ``retries`` times); only when no
+    remote worker survives does it become a :class:`WorkerLostError` item.
     """
 
     def __init__(self, func: Callable | None = None, iterable: Iterable | None = None,
@@ -168,7 +176,8 @@ class NuMap:
                  worker_remote: list[tuple[str, int]] | None = None,
                  stride: int | None = None, buffer: int | None = None,
                  ordered: bool = True, skip: bool = False, name: str | None = None,
-                 start_method: str | None = None) -> None:
+                 start_method: str | None = None, retries: int = 2,
+                 heartbeat: float = 10.0) -> None:
         self.name = name or f"numap_{id(self)}"
         if not self.name.isidentifier():
             raise ValueError(f"NuMap name {self.name!r} must be a Python identifier")
@@ -193,6 +202,10 @@ class NuMap:
         self.ordered = ordered
         self.skip = skip
         self.start_method = start_method
+        if retries < 0 or heartbeat <= HEARTBEAT_EVERY:
+            raise ValueError(f"retries must be >= 0 and heartbeat > {HEARTBEAT_EVERY} s")
+        self.retries = retries
+        self.heartbeat = heartbeat
         self._tasks: list[_Task] = []
         self._tasks_tracked: dict[int, dict[int, Any]] = {}
         self._cond = threading.Condition(threading.Lock())
@@ -325,8 +338,7 @@ class NuMap:
         for task in self._tasks:
             if self.worker_type == "process" or self.worker_remote:
                 try:
-                    task.blob = cloudpickle.dumps((task.func, task.args, task.kwargs),
-                                                  proto.PROTOCOL)
+                    task.blob = proto.pickle_task(task.func, task.args, task.kwargs)
                 except Exception as exc:
                     task.blob = proto.describe_exception(exc)
         putter = threading.Thread(target=self._putter, name=f"{self.name}-putter",
@@ -516,13 +528,14 @@ class NuMap:
                     break
                 if isinstance(target, _SharedLane):
                     target.inflight += 1
-                    target.queue.put((task, index, item))
+                    target.queue.put((task, index, item, 0))
                     return
                 target.inflight[(task.id, index)] = None
             if self._send_to_slot(target, task, index, item):
                 return
+        lost = "; ".join(lane.lost for lane in self._lanes if lane.lost)
         error = WorkerLostError(f"{self.name}: no worker is left to run item {index} "
-                                f"of task {task.id}")
+                                f"of task {task.id}" + (f" (lost: {lost})" if lost else ""))
         self._deliver(task.id, index, False, error)
 
     def _dispatch_many(self, batch: list[tuple[_Task, int, Any]]) -> None:
@@ -685,21 +698,27 @@ class NuMap:
             tasklet = lane.queue.get()
             if tasklet is None:
                 return
-            task, index, item = tasklet
+            task, index, item, _ = tasklet
             ok, value = proto.call(task.func, task.args, task.kwargs, item)
             with self._cond:
                 lane.inflight -= 1
             self._deliver(task.id, index, ok, value)
 
     def _remote_worker(self, lane: _SharedLane, spec: str) -> None:
-        """Serve tasklets from the lane through one worker process on an agent."""
+        """Serve tasklets from the lane through one worker process on an agent.
+
+        While a reply is awaited the agent is pinged; a host that shows no sign of life
+        for ``heartbeat`` seconds is declared lost. The tasklet it held goes back to
+        the lane for a surviving worker (at most ``retries`` times); this worker is
+        dropped, so a host that comes back cannot deliver a duplicate.
+        """
         from papycluster.cluster.client import open_remote_worker
 
         try:
-            remote = open_remote_worker(spec, timeout=10.0)
+            remote = open_remote_worker(spec, timeout=min(10.0, self.heartbeat))
         except Exception as exc:
             log.error("%s: cannot open a remote worker on %s: %s", self.name, spec, exc)
-            self._lane_worker_lost(lane, spec, exc)
+            self._lane_worker_lost(lane, spec, exc, None)
             return
         with self._cond:
             self._remote_workers.append(remote)
@@ -708,36 +727,76 @@ class NuMap:
             tasklet = lane.queue.get()
             if tasklet is None:
                 return
-            task, index, item = tasklet
+            task, index, item, _ = tasklet
             try:
                 if task.id not in defined:
                     remote.send(proto.dumps(("def", task.id, task.blob)))
                     defined.add(task.id)
                 remote.send(proto.dumps(("run", [(task.id, index, item)])))
-                while True:
-                    try:
-                        reply = remote.recv(timeout=1.0)
-                        break
-                    except TimeoutError:
-                        if self._closing.is_set():
-                            return
+                reply = self._await_reply(remote, spec)
+                if reply is None:
+                    return  # closing
                 [(task_id, reply_index, ok, value)] = proto.decode_results(reply)
             except Exception as exc:
-                with self._cond:
-                    lane.inflight -= 1
-                self._deliver(task.id, index, False, _lost(spec, index, task.id, exc))
-                self._lane_worker_lost(lane, spec, exc)
+                log.warning("%s: remote worker on %s lost while running item %d of "
+                            "task %d: %s", self.name, spec, index, task.id, exc)
+                self._lane_worker_lost(lane, spec, exc, tasklet)
+                self._drop_remote(remote)
                 return
             with self._cond:
                 lane.inflight -= 1
             self._deliver(task_id, reply_index, ok, value)
 
-    def _lane_worker_lost(self, lane: _SharedLane, spec: str, exc: BaseException) -> None:
-        """One remote worker is gone; if it was the last, fail what is queued."""
+    def _await_reply(self, remote: Any, spec: str) -> bytes | None:
+        """The next reply of ``remote``; None when closing; WorkerLostError if silent."""
+        ping = getattr(remote, "ping", None)
+        last_alive = time.monotonic()
+        while True:
+            try:
+                return remote.recv(timeout=HEARTBEAT_EVERY)
+            except TimeoutError:
+                if self._closing.is_set():
+                    return None
+            if ping is None:
+                continue
+            if ping(timeout=HEARTBEAT_EVERY):
+                last_alive = time.monotonic()
+            elif time.monotonic() - last_alive >= self.heartbeat - HEARTBEAT_EVERY:
+                raise WorkerLostError(
+                    f"host {spec} did not answer for {time.monotonic() - last_alive:.1f} s "
+                    f"(heartbeat {self.heartbeat:g} s)")
+
+    def _drop_remote(self, remote: Any) -> None:
+        """Close a lost remote worker without waiting on a host that may be cut off."""
+        with self._cond:
+            if remote in self._remote_workers:
+                self._remote_workers.remove(remote)
+        threading.Thread(target=_close_quietly, args=(remote,), daemon=True,
+                         name=f"{self.name}-drop-{getattr(remote, 'name', '?')}").start()
+
+    def _lane_worker_lost(self, lane: _SharedLane, spec: str, exc: BaseException,
+                          held: tuple | None) -> None:
+        """A remote worker is gone: resend what it held, or fail it with the queue.
+
+        The tasklet ``held`` goes back to the lane while another worker of the lane
+        survives and its retries are not used up; when none survives, every queued
+        tasklet becomes an error item naming the host.
+        """
         with self._cond:
             lane.alive -= 1
-            last = lane.alive == 0
-        if not last:
+            lane.lost = f"{spec}: {exc}"
+            survivors = lane.alive
+            if held is not None:
+                task, index, item, attempts = held
+                if survivors and attempts < self.retries:
+                    lane.queue.put((task, index, item, attempts + 1))
+                    held = None
+                else:
+                    lane.inflight -= 1
+        if held is not None:
+            task, index, _, attempts = held
+            self._deliver(task.id, index, False, _lost(spec, index, task.id, exc, attempts))
+        if survivors:
             return
         while True:
             try:
@@ -747,10 +806,10 @@ class NuMap:
             if tasklet is None:
                 lane.queue.put(None)
                 return
-            task, index, _ = tasklet
+            task, index, _, attempts = tasklet
             with self._cond:
                 lane.inflight -= 1
-            self._deliver(task.id, index, False, _lost(spec, index, task.id, exc))
+            self._deliver(task.id, index, False, _lost(spec, index, task.id, exc, attempts))
 
     def _deliver(self, task_id: int, index: int, ok: bool, value: Any) -> None:
         """Store a result for ``next()``; late results of skipped items are dropped."""
@@ -758,6 +817,16 @@ class NuMap:
             if task_id >= len(self._tasks):
                 return  # a result from before a restart
             task = self._tasks[task_id]
+            if self.ordered:
+                duplicate = index in task.results or (
+                    index < task.next_index and index not in task.skipped)
+            else:
+                duplicate = index in task.delivered
+                task.delivered.add(index)
+            if duplicate:
+                log.warning("%s: dropped a duplicate result for item %d of task %d",
+                            self.name, index, task_id)
+                return
             if self.ordered:
                 if index in task.skipped:
                     task.skipped.discard(index)
@@ -855,8 +924,15 @@ class _Failed:
         self.exception = exception
 
 
-def _lost(spec: str, index: int, task_id: int, exc: BaseException) -> BaseException:
-    if isinstance(exc, WorkerLostError | RemoteError):
-        return exc
-    return WorkerLostError(f"remote worker on {spec} was lost while running item "
-                           f"{index} of task {task_id}: {exc!r}")
+def _lost(spec: str, index: int, task_id: int, exc: BaseException,
+          attempts: int = 0) -> BaseException:
+    tried = f" (after {attempts + 1} attempts)" if attempts else ""
+    return WorkerLostError(f"item {index} of task {task_id} was lost with its remote "
+                           f"worker on {spec}{tried}: {exc}")
+
+
+def _close_quietly(remote: Any) -> None:
+    try:
+        remote.close()
+    except Exception as exc:
+        log.debug("closing lost remote worker %s: %r", getattr(remote, "name", remote), exc)

@@ -33,6 +33,8 @@ import os
 import pickle
 import select
 import socket
+import sys
+import sysconfig
 import time
 import traceback
 from collections.abc import Callable
@@ -60,6 +62,51 @@ def dumps(obj: Any) -> bytes:
 
 def loads(data: bytes) -> Any:
     return pickle.loads(data)
+
+
+def _installed_roots() -> tuple[str, ...]:
+    paths = sysconfig.get_paths()
+    roots = {os.path.realpath(paths[key]) for key in ("stdlib", "platstdlib", "purelib",
+                                                       "platlib") if key in paths}
+    roots.add(os.path.realpath(os.path.dirname(os.path.dirname(__file__))))  # ourselves
+    return tuple(roots)
+
+
+def user_packages(obj: Any) -> set[str]:
+    """Top-level modules of ``obj``'s functions that are the user's own code.
+
+    A function from the user's script or project (not the standard library, not an
+    installed package) is not importable on another host, so it must travel by value.
+    """
+    functions = list(getattr(obj, "task", ())) or [obj]
+    roots = _installed_roots()
+    found = set()
+    for function in functions:
+        name = getattr(function, "__module__", None) or ""
+        top = name.split(".")[0]
+        module = sys.modules.get(top)
+        path = getattr(module, "__file__", None)
+        if not top or top == "__main__" or module is None or path is None:
+            continue
+        if not os.path.realpath(path).startswith(roots):
+            found.add(top)
+    return found
+
+
+def pickle_task(func: Callable, args: tuple, kwargs: dict) -> bytes:
+    """cloudpickle ``(func, args, kwargs)``, the user's own modules by value."""
+    registered = []
+    for name in user_packages(func):
+        try:
+            cloudpickle.register_pickle_by_value(sys.modules[name])
+            registered.append(name)
+        except ValueError:
+            pass
+    try:
+        return cloudpickle.dumps((func, args, kwargs), PROTOCOL)
+    finally:
+        for name in registered:
+            cloudpickle.unregister_pickle_by_value(sys.modules[name])
 
 
 def where() -> str:

@@ -1,0 +1,85 @@
+"""Remote pools lose no item when an agent dies or stops answering (real agents).
+
+Two local agents serve one NuMap. One is killed (its whole process group) or frozen
+with SIGSTOP, which looks to the controller like a network cut: the TCP connection stays
+open and nothing answers. Every item must come back exactly once, right.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+from papycluster import NuMap, WorkerLostError
+from papycluster.cluster import controller
+from papycluster.cluster.state import load_state
+
+ITEMS = 300
+
+
+def slow_square(x):
+    time.sleep(0.01)
+    return x * x
+
+
+def run_with_fault(fault, heartbeat=4.0):
+    result = controller.up_local(2)
+    assert result.failed == []
+    victim = load_state().hosts["local2"]["pid"]
+    numap = NuMap(worker_num=0, worker_remote=[("local1", 2), ("local2", 2)],
+                  buffer=16, heartbeat=heartbeat, retries=2)
+    task = numap.add_task(slow_square, range(ITEMS))
+    numap.start()
+    out = []
+    try:
+        for i, value in enumerate(task):
+            out.append(value)
+            if i == ITEMS // 3:
+                os.killpg(victim, fault)
+    finally:
+        numap.stop()
+        if fault == signal.SIGSTOP:
+            os.killpg(victim, signal.SIGCONT)  # the host comes back
+            time.sleep(1.0)
+        controller.down()
+    return out
+
+
+def test_a_killed_agent_loses_no_item(cluster_name):
+    out = run_with_fault(signal.SIGKILL)
+    assert not [x for x in out if isinstance(x, Exception)]
+    assert out == [x * x for x in range(ITEMS)]
+
+
+def test_a_silent_agent_is_declared_lost_and_its_items_rerun(cluster_name):
+    out = run_with_fault(signal.SIGSTOP)
+    assert not [x for x in out if isinstance(x, Exception)]
+    assert out == [x * x for x in range(ITEMS)]
+
+
+def test_items_fail_only_when_no_remote_worker_survives(cluster_name):
+    assert controller.up_local(1).failed == []
+    victim = load_state().hosts["local1"]["pid"]
+    numap = NuMap(worker_num=0, worker_remote=[("local1", 2)], buffer=8, heartbeat=4.0)
+    task = numap.add_task(slow_square, range(50))
+    numap.start()
+    out = []
+    try:
+        while True:
+            try:
+                out.append(next(task))
+            except StopIteration:
+                break
+            except WorkerLostError as exc:
+                out.append(exc)
+            if len(out) == 5:
+                os.killpg(victim, signal.SIGKILL)
+    finally:
+        numap.stop()
+        controller.down()
+    assert len(out) == 50
+    lost = [x for x in out if isinstance(x, WorkerLostError)]
+    assert lost and all("local1" in str(x) for x in lost), [str(x) for x in lost
+                                                          if "local1" not in str(x)]
+    assert out[:5] == [x * x for x in range(5)]
