@@ -1,8 +1,10 @@
 """``shm``: POSIX shared-memory segments on one host, reused from a per-process pool.
 
 Creating, sizing, mapping and faulting in a fresh segment for every item costs more
-than copying the item, so each dumping process keeps a pool of segments (sizes in
-powers of two) and reuses the ones loaders have released. A segment starts with a
+than copying the item, so each dumping process keeps a pool of segments (sizes
+rounded up by at most 1/8) and reuses the ones loaders have released. Pages are
+reserved with ``posix_fallocate`` when a segment is made, so a full ``/dev/shm``
+gives a clear error instead of a SIGBUS. A segment starts with a
 64-byte header::
 
     state:u64 (0 free, 1 full)  generation:u64  size:u64
@@ -53,8 +55,11 @@ _STATE = struct.Struct("<Q")
 
 
 def _capacity(size: int) -> int:
-    need = size + HEADER
-    return max(MIN_CAPACITY, 1 << (need - 1).bit_length())
+    """Segment size for an item: rounded up in steps of 1/8 of its power of two, so
+    segments of similar items are interchangeable and at most 1/8 is wasted."""
+    need = max(MIN_CAPACITY, size + HEADER)
+    step = max(MIN_CAPACITY, 1 << max(0, (need - 1).bit_length() - 3))
+    return -(-need // step) * step
 
 
 def _open(name: str, create: int = 0) -> mmap.mmap:
@@ -64,7 +69,16 @@ def _open(name: str, create: int = 0) -> mmap.mmap:
     fd = _posixshmem.shm_open("/" + name, flags, mode=0o600)
     try:
         if create:
-            os.ftruncate(fd, create)
+            # Reserve the pages now: on a full tmpfs (a container's 64 MB /dev/shm)
+            # this fails with ENOSPC, where a sparse segment would SIGBUS on write.
+            if hasattr(os, "posix_fallocate"):
+                try:
+                    os.posix_fallocate(fd, 0, create)
+                except OSError:
+                    _posixshmem.shm_unlink("/" + name)
+                    raise
+            else:
+                os.ftruncate(fd, create)
             size = create
         else:
             size = os.fstat(fd).st_size
@@ -130,7 +144,10 @@ class _State:
                     self.mapped.move_to_end(name)
                     return mapping
                 del self.mapped[name]
-                mapping.close()
+                try:
+                    mapping.close()
+                except BufferError:
+                    pass
         try:
             mapping = _open(name)
         except FileNotFoundError:
@@ -139,7 +156,10 @@ class _State:
             self.mapped[name] = mapping
             while len(self.mapped) > READER_CACHE:
                 _, old = self.mapped.popitem(last=False)
-                old.close()
+                try:
+                    old.close()
+                except BufferError:  # another thread is copying from it; GC unmaps it
+                    pass
         return mapping
 
     def close(self) -> None:

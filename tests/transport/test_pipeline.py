@@ -17,7 +17,7 @@ from papycluster.engine import Dagger
 from papycluster.errors import PiperError, WorkerError
 from papycluster.transport import ticket as ticket_mod
 
-from .test_transports import leftovers
+from .test_transports import still_there
 from .test_udp import LossyProxy
 
 
@@ -124,29 +124,40 @@ def _passthrough(inbox):  # noqa: ANN001, ANN202
     return inbox[0]
 
 
-def test_items_nobody_loads_are_cleaned_when_the_pipeline_stops(share: Path) -> None:
-    """Upstream dumps with every transport; downstream never loads; stop cleans up."""
-    before = leftovers(share)
-    db = str(share / "unloaded.sqlite")
-    for kind in ("tcp", "udp", "fifo", "shm", "file", "sqlite"):
-        if kind == "sqlite":
-            dump = Worker((workers.io.pickle_dumps, workers.io.dump_db_item),
-                          ((), (kind,)), ({}, {"db": db}))
-        else:
-            dump = Worker((workers.io.pickle_dumps, workers.io.dump_item), ((), (kind,)))
-        up = Piper(dump, parallel=NuMap(worker_num=2, start_method="spawn"))
-        down = Piper(Worker(_passthrough), parallel=NuMap(worker_num=1,
-                                                           start_method="spawn"))
-        pipes = Plumber()
-        pipes.add_pipe((up, down))
-        pipes.start([[bytes(5000 + i) for i in range(20)]])
-        pipes.run()
-        pipes.wait()
-        pipes.stop()
-        assert pipes.stats["items_out"] == 20 and pipes.stats["errors_out"] == 0
-    assert leftovers(share) == before
-    with sqlite3.connect(db) as conn:
-        assert conn.execute("SELECT COUNT(*) FROM temp").fetchone()[0] == 0
+@pytest.mark.parametrize("kind", ["tcp", "udp", "fifo", "shm", "file", "sqlite"])
+def test_items_nobody_loads_are_cleaned_when_the_pipeline_stops(kind: str,
+                                                                 share: Path) -> None:
+    """Upstream dumps; downstream passes the tickets on and never loads; stop cleans up."""
+    if kind == "sqlite":
+        dump = Worker((workers.io.pickle_dumps, workers.io.dump_db_item),
+                      ((), (kind,)), ({}, {"db": str(share / "unloaded.sqlite")}))
+    else:
+        dump = Worker((workers.io.pickle_dumps, workers.io.dump_item), ((), (kind,)))
+    tickets = results(dump, Worker(_passthrough), [bytes(5000 + i) for i in range(20)],
+                      workers_down=1)
+    assert len(tickets) == 20 and all(t[2] == kind for t in tickets)
+    # results() has stopped both pools: nothing of the unloaded items is left.
+    assert [t for t in tickets if still_there(t)] == []
+
+
+def test_plumber_stop_cleans_up_too(share: Path) -> None:
+    """The same through a Plumber (which discards outputs): the share stays empty."""
+    def ours() -> set[str]:
+        return {p.name for p in share.iterdir() if p.name.startswith("papyc-")}
+
+    before = ours()
+    dump = Worker((workers.io.pickle_dumps, workers.io.dump_item), ((), ("file",)))
+    up = Piper(dump, parallel=NuMap(worker_num=2, start_method="spawn"))
+    down = Piper(Worker(_passthrough), parallel=NuMap(worker_num=1, start_method="spawn"))
+    pipes = Plumber()
+    pipes.add_pipe((up, down))
+    pipes.start([[bytes(5000 + i) for i in range(20)]])
+    pipes.run()
+    pipes.wait()
+    assert len(ours() - before) == 20  # dumped, never loaded: still waiting
+    pipes.stop()
+    assert pipes.stats["items_out"] == 20 and pipes.stats["errors_out"] == 0
+    assert ours() - before == set()
 
 
 def _via_proxy(inbox, port):  # noqa: ANN001, ANN202

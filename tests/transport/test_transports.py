@@ -19,17 +19,44 @@ STREAM = ["tcp", "udp", "fifo", "shm", "file"]
 SIZES = [0, 1, 100_000, 3_000_001]
 
 
-def leftovers(share: Path) -> dict[str, list[str]]:
-    """Everything papycluster transports may leave on this host."""
-    tmp = Path(os.environ.get("TMPDIR", "/tmp"))
-    import tempfile
+def still_there(tk: tuple) -> bool:
+    """Whether the resource behind ``tk`` still exists on this host.
 
-    tmp = Path(tempfile.gettempdir())
-    return {
-        "files": sorted(p.name for p in share.iterdir() if p.name.startswith("papyc-")),
-        "fifo dirs": sorted(p.name for p in tmp.iterdir() if p.name.startswith("papyc-fifo-")),
-        "shm": sorted(p for p in os.listdir("/dev/shm") if p.startswith("papyc_")),
-    }
+    Checked per ticket, not by listing /tmp or /dev/shm, so that other programs
+    (another test run) that use papycluster at the same time do not matter.
+    """
+    kind = tk[2]
+    if kind == "file":
+        return os.path.exists(os.path.join(transport.shares.resolve(tk[4]), tk[5]))
+    if kind == "shm":
+        return os.path.exists("/dev/shm/" + tk[4])
+    if kind == "fifo":
+        return os.path.exists(tk[4])
+    if kind == "tcp":
+        try:
+            socket.create_connection((tk[4], tk[5]), timeout=5).close()
+        except ConnectionRefusedError:
+            return False
+        return True
+    if kind == "udp":
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.connect((tk[4], tk[5]))
+            sock.settimeout(2)
+            sock.send(b"PU\x01\x01" + os.urandom(16))  # a HELLO: a live server answers
+            try:
+                sock.recv(2048)
+            except ConnectionRefusedError:
+                return False
+            except TimeoutError:
+                return True
+            return True
+    if kind == "sqlite":
+        import sqlite3
+
+        with sqlite3.connect(tk[4]) as conn:
+            return conn.execute(f'SELECT COUNT(*) FROM "{tk[5]}" WHERE id = ?',
+                                (tk[6],)).fetchone()[0] > 0
+    raise ValueError(kind)
 
 
 @pytest.mark.parametrize("kind", STREAM)
@@ -104,20 +131,15 @@ def test_peer_that_ended_gives_stale_ticket(kind: str) -> None:
     assert time.monotonic() - start < 30
 
 
-def test_unloaded_items_are_cleaned_when_the_process_ends(share: Path) -> None:
-    before = leftovers(share)
+def test_unloaded_items_are_cleaned_when_the_process_ends(tmp_path: Path) -> None:
     peer = Peer()
     tickets = [peer.call("dump", kind, 100_000, i, {}) for i, kind in enumerate(STREAM * 3)]
-    during = leftovers(share)
-    assert len(during["files"]) == len(before["files"]) + 3
-    assert len(during["shm"]) == len(before["shm"]) + 3
-    assert len(during["fifo dirs"]) == len(before["fifo dirs"]) + 1
-    tcp_port = next(t[5] for t in tickets if t[2] == "tcp")
+    tickets.append(peer.call("dump_db", "sqlite", b"x" * 1000,
+                             {"db": str(tmp_path / "c.sqlite")}))
+    assert all(still_there(t) for t in tickets)
     peer.close()
     assert peer.process.exitcode == 0  # it returned from its loop, as engine workers do
-    assert leftovers(share) == before
-    with pytest.raises(ConnectionRefusedError):
-        socket.create_connection(("127.0.0.1", tcp_port), timeout=5).close()
+    assert [t for t in tickets if still_there(t)] == []
 
 
 def test_many_items_concurrently_from_one_server(module_peer: Peer) -> None:
@@ -259,3 +281,31 @@ def test_load_item_refuses_db_tickets_and_the_other_way_round() -> None:
         io.dump_item([b"x"], "sqlite")
     with pytest.raises(ValueError, match="unknown transport"):
         io.dump_item([b"x"], "carrier-pigeon")
+
+
+@pytest.mark.parametrize("kind", ["tcp", "udp"])
+def test_advertise_and_bind_host_come_from_the_environment(
+        kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The cluster sets the address per host; the server listens only there."""
+    monkeypatch.setenv("PAPYCLUSTER_ADVERTISE_HOST", "127.0.0.2")
+    peer = Peer()  # spawned with this environment
+    try:
+        tk = peer.call("dump", kind, 5000, 8, {})
+        assert tk[4] == "127.0.0.2"
+        assert digest(io.load_item([tk])) == digest(make_data(5000, 8))
+        if kind == "tcp":  # bound to the advertised address, not to every interface
+            with pytest.raises(ConnectionRefusedError):
+                socket.create_connection(("127.0.0.1", tk[5]), timeout=5).close()
+    finally:
+        peer.close()
+
+
+def test_shm_segments_are_reused_not_leaked(module_peer: Peer) -> None:
+    before = set(os.listdir("/dev/shm"))
+    names = set()
+    for i in range(20):
+        tk = module_peer.call("dump", "shm", 300_000, i, {})
+        names.add(tk[4])
+        assert digest(io.load_item([tk])) == digest(make_data(300_000, i))
+    assert len(names) == 1  # one segment, loaded and released, reused 20 times
+    assert len(set(os.listdir("/dev/shm")) - before) <= 1
