@@ -20,6 +20,7 @@ _EXPORTS = {
     "Dagger": "papycluster.engine",
     "Plumber": "papycluster.engine",
     "NuMap": "papycluster.engine",
+    "Checkpoint": "papycluster.engine",
     "imports": "papycluster.engine",
     "workers": "papycluster.workers",
     "WorkerError": "papycluster.errors",

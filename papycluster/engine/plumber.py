@@ -13,9 +13,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
+from papycluster.engine.checkpoint import Checkpoint, pending_positions, skip_done
 from papycluster.engine.dagger import Dagger
 from papycluster.errors import PiperError, PlumberError
 
@@ -34,11 +35,22 @@ def _describe(error: PiperError) -> str:
 
 
 class Plumber(Dagger):
-    """``Plumber(pipers=(), pipes=(), xtras=None)``: a runnable pipeline."""
+    """``Plumber(pipers=(), pipes=(), xtras=None, checkpoint=None)``: a runnable pipeline.
 
-    def __init__(self, logger_options: dict | None = None, **kwargs: Any) -> None:
+    With ``checkpoint`` (a URL or a :class:`Checkpoint`) every result reaching an
+    output is stored, a new run skips what is stored, and :meth:`results` returns
+    them all (see ``papycluster.engine.checkpoint``).
+    """
+
+    def __init__(self, logger_options: dict | None = None,
+                 checkpoint: str | Checkpoint | None = None,
+                 checkpoint_name: str = "papycluster", **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.logger_options = dict(logger_options or {})
+        if isinstance(checkpoint, str):
+            checkpoint = Checkpoint(checkpoint, checkpoint_name)
+        self.checkpoint: Checkpoint | None = checkpoint
+        self._positions: list = []
         self.stats: dict[str, Any] = {}
         self._started = threading.Event()
         self._running = threading.Event()
@@ -59,6 +71,8 @@ class Plumber(Dagger):
         self._failure = None
         self._finished.clear()
         self._pausing.clear()
+        if self.checkpoint is not None:
+            datas = self._resume(datas)
         if any(p.parallel and p.parallel.worker_remote for p in self.nodes):
             from papycluster.cluster.negotiate import negotiate_dagger
 
@@ -76,6 +90,27 @@ class Plumber(Dagger):
             raise
         self._outputs = self.get_outputs()
         self._started.set()
+
+    def _resume(self, datas: Sequence[Iterable]) -> list[Iterator]:
+        """Skip the input positions whose results the checkpoint holds already."""
+        assert self.checkpoint is not None
+        for piper in self.nodes:
+            if piper.consume != 1 or piper.produce != 1:
+                raise PlumberError(f"a checkpoint needs pipers that take one item and give "
+                                   f"one; {piper.name} has consume={piper.consume}, "
+                                   f"produce={piper.produce}")
+        outputs = self.get_outputs()
+        done = self.checkpoint.done(len(outputs))
+        self.stats["resumed"] = len(done)
+        self._positions = [pending_positions(done) for _ in outputs]
+        return [skip_done(data, done) for data in datas]
+
+    def results(self, output: int = 0) -> dict[int, Any]:
+        """The checkpointed results of output piper number ``output``, by input position."""
+        if self.checkpoint is None:
+            raise PlumberError("results: this Plumber has no checkpoint (the outputs "
+                               "persist their own results, as in PaPy)")
+        return self.checkpoint.results(output)
 
     def run(self) -> None:
         """Start (or resume) pulling items through the pipeline."""
@@ -131,6 +166,8 @@ class Plumber(Dagger):
             self._plunger.join()
             self._running.clear()
         self._teardown()
+        if self.checkpoint is not None:
+            self.checkpoint.flush()
         self.stats["run_time"] = time.time() - self.stats["start_time"]
         self._started.clear()
 
@@ -144,21 +181,29 @@ class Plumber(Dagger):
 
     def _plunge(self) -> None:
         """Pull each output piper in turn until all are exhausted or we pause."""
-        outputs = [p for p in self._outputs if not p.finished]
+        outputs = [(n, p) for n, p in enumerate(self._outputs) if not p.finished]
+        checkpoint = self.checkpoint
         try:
             while outputs and not self._pausing.is_set():
-                for piper in list(outputs):
+                for entry in list(outputs):
+                    number, piper = entry
                     try:
                         item = piper.next()
                     except StopIteration:
-                        outputs.remove(piper)
+                        outputs.remove(entry)
                         continue
                     self.stats["items_out"] += 1
+                    if checkpoint is not None:
+                        position = next(self._positions[number])
+                        if not isinstance(item, PiperError):
+                            checkpoint.put(number, position, item)
                     if isinstance(item, PiperError):
                         self.stats["errors_out"] += 1
                         if self.stats["errors_out"] <= LOGGED_ERRORS:
                             log.warning("%s gave an error item: %s", piper.name,
                                         _describe(item))
+            if checkpoint is not None:
+                checkpoint.flush()
             if not outputs:
                 self._finished.set()
         except BaseException as exc:
