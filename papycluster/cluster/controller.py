@@ -235,6 +235,19 @@ def down(config: ClusterConfig | None = None, progress: Progress = _quiet,
 
     state = load_state(missing_ok=True)
     if state is None and config is None:
+        # a local cluster of this controller whose state was lost: its name is known
+        swept = []
+        for prefix in ("local", "demo"):
+            name = local_cluster_name(prefix)
+            res = run_local_script("stop", {"cluster": name, "scan": True, "grace": 5.0},
+                                   timeout)
+            if res.get("removed") or res.get("killed"):
+                progress(name, f"swept {len(res['removed'])} run dir(s), stopped "
+                               f"{len(res['killed'])} agent(s)")
+                swept.append(DownResult(name, bool(res.get("ok")), "", res.get("killed", []),
+                                        res.get("removed", [])))
+        if swept:
+            return swept
         raise ClusterError("no cluster state found; pass the hosts file (-f) so that "
                            "`down` can sweep its hosts, or nothing is running")
     if config is None and state is not None and state.options:

@@ -222,3 +222,37 @@ def test_no_cluster_is_a_clear_error():
         connect()
     with pytest.raises(ClusterError, match="no cluster is up"):
         open_remote_worker("alpha")
+
+
+def test_down_without_state_sweeps_this_controllers_local_cluster():
+    from papycluster.cluster.controller import local_cluster_name
+    from papycluster.cluster.state import state_path
+
+    assert controller.up_local(2).failed == []
+    name = local_cluster_name()
+    assert len(agent_pids(name, children=False)) == 2
+    state_path().unlink()  # the controller crashed and lost its state
+    results = controller.down()
+    assert [r.name for r in results] == [name] and results[0].ok
+    assert len(results[0].killed) == 2
+    assert agent_pids(name) == [] and run_dirs(name) == []
+    with pytest.raises(ClusterError, match="no cluster state"):
+        controller.down()
+
+
+def test_a_planted_symlink_run_dir_is_refused(cluster_name, tmp_path):
+    import tempfile
+
+    from papycluster.cluster.agent import default_run_dir
+
+    target = tmp_path / "victim"
+    target.mkdir()
+    link = Path(default_run_dir(cluster_name, "local1"))
+    assert Path(tempfile.gettempdir()) in link.parents
+    link.symlink_to(target)
+    try:
+        result = controller.up_local(1, cluster=cluster_name)
+        assert result.up == [] and "symbolic link" in result.results[0].detail
+        assert list(target.iterdir()) == []  # nothing written through the link
+    finally:
+        link.unlink()

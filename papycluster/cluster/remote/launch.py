@@ -65,7 +65,10 @@ def main():
         tempfile.gettempdir(), "papycluster-{}-{}-{}".format(
             getpass.getuser(), CONFIG["cluster"], CONFIG["name"])))
     os.makedirs(run_dir, mode=0o700, exist_ok=True)
-    if hasattr(os, "getuid") and os.stat(run_dir).st_uid != os.getuid():
+    if os.path.islink(run_dir):  # planted in a shared temp dir: never follow it
+        return result(ok=False, cause="agent failed",
+                      detail=f"run dir {run_dir} is a symbolic link; remove it")
+    if hasattr(os, "getuid") and os.lstat(run_dir).st_uid != os.getuid():
         return result(ok=False, cause="agent failed",
                       detail=f"run dir {run_dir} belongs to another user")
     if hasattr(os, "chmod"):
