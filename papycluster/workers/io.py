@@ -45,14 +45,25 @@ __all__ = [
 ]
 
 
-def dump_item(inbox: Sequence, type: str = "file", **options: Any) -> tuple:
+def dump_item(inbox: Sequence, type: str = "file", prefix: str | None = None,
+              suffix: str | None = None, dir: str | None = None,
+              timeout: float | None = None, buffer: int | None = None,
+              **options: Any) -> tuple:
     """Write ``inbox[0]`` (bytes-like or str) with transport ``type``; return a ticket.
 
     ``type`` is one of ``tcp``, ``udp``, ``fifo``, ``shm``, ``file``. Options:
     ``share=`` (file: a named share, see :func:`set_share`), ``chunk=`` (udp datagram
     payload size). The data stays where the transport keeps it until a ``load_item``
     takes it or this worker process ends.
+
+    PaPy's ``prefix``, ``suffix``, ``timeout`` and ``buffer`` are accepted and have
+    no effect (names are random; no process waits for a reader). PaPy's ``dir`` is
+    refused: a path means nothing on another host, a named share does.
     """
+    if dir is not None:
+        raise ValueError(f"dump_item(dir={dir!r}): name a share instead (share='name', "
+                         "with workers.io.set_share or PAPYCLUSTER_SHARES), so that "
+                         "every host can find the file under its own path")
     return _transport.dump(inbox[0], type, **options)
 
 

@@ -309,3 +309,11 @@ def test_shm_segments_are_reused_not_leaked(module_peer: Peer) -> None:
         assert digest(io.load_item([tk])) == digest(make_data(300_000, i))
     assert len(names) == 1  # one segment, loaded and released, reused 20 times
     assert len(set(os.listdir("/dev/shm")) - before) <= 1
+
+
+def test_papy_positional_arguments_are_accepted() -> None:
+    # PaPy: dump_item(inbox, type, prefix, suffix, dir, timeout, buffer)
+    tk = io.dump_item([b"papy"], "file", "tmp_papy_file", ".x", None, 320, 4096)
+    assert io.load_item([tk]) == b"papy"
+    with pytest.raises(ValueError, match="name a share"):
+        io.dump_item([b"papy"], "file", None, None, "/tmp")
