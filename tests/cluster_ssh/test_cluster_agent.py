@@ -215,6 +215,14 @@ def test_connect_api(local_cluster):
         assert _run(w, len, ["abc"]) == [(True, 3)]
     finally:
         w.close()
+    pool = cluster.pool("local2", 2)
+    assert pool.worker_remote == [("local2", 2)] and pool.worker_num == 0
+    pool.add_task(lambda x: (x, os.environ["PAPYCLUSTER_HOST_NAME"]), [1, 2, 3])
+    pool.start()
+    try:
+        assert list(pool) == [(1, "local2"), (2, "local2"), (3, "local2")]
+    finally:
+        pool.stop()
 
 
 def test_no_cluster_is_a_clear_error():
