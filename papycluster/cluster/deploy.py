@@ -238,8 +238,7 @@ def start_host(config: ClusterConfig, host: HostConfig, secret: str,
         cache_dir = host.cache_dir or DEFAULT_CACHE_DIR
         bundle_dir = f"{cache_dir}/{papycluster.__version__}-{digest}"
         progress(host.name, "checking Python, OS, temp dir, port")
-        # the run dir's final name needs the remote user and temp dir: probe twice is
-        # wasteful, so the probe reports the temp dir and the launch script builds on it
+        # the probe also names the run dir (temp dir and user are the host's own)
         info = probe(client, host, shell, {"bundle_dir": bundle_dir, "cluster": config.name,
                                            "name": host.name, "agent_port": host.agent_port},
                      timeout)
@@ -314,7 +313,7 @@ def start_host(config: ClusterConfig, host: HostConfig, secret: str,
 
 
 def _mkdirs(client: Any, host: HostConfig, shell: str, path: str, timeout: float) -> None:
-    script = ("import os,json\nCONFIG = {}  # unused\n"
+    script = ("import os,json\n"
               f"os.makedirs({path!r}, exist_ok=True)\n"
               "print('PAPYCLUSTER-RESULT ' + json.dumps({'ok': True}))\n")
     res = run_python(client, host, shell, script, timeout)
