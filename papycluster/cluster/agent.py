@@ -71,9 +71,9 @@ def _compat_old_python() -> None:
 
 _compat_old_python()
 
-#: Seconds any single RPyC request may take before it fails (never wait forever);
-#: ``PAPYCLUSTER_RPC_TIMEOUT`` changes it (on the controller and, through the
-#: environment of ``up``, nowhere else: each side bounds its own waits).
+#: Seconds any single RPyC request may take before it fails (never wait forever).
+#: ``PAPYCLUSTER_RPC_TIMEOUT`` in a process's environment changes it for that process
+#: (each side bounds its own waits).
 SYNC_REQUEST_TIMEOUT = float(os.environ.get("PAPYCLUSTER_RPC_TIMEOUT") or 30.0)
 INFO_FILE = "agent.json"
 SECRET_FILE = "secret"
