@@ -84,7 +84,8 @@ trap cleanup EXIT
 bootstrap() {
     local name="$1" packages="$2" dir="$WORK/$1"
     log "debootstrap $SUITE ($name: $packages) from $MIRROR"
-    if ! $SUDO debootstrap --variant=minbase --cache-dir="$CACHE_DIR" \
+    $SUDO mkdir -p "$CACHE_DIR/$name"
+    if ! $SUDO debootstrap --variant=minbase --cache-dir="$CACHE_DIR/$name" \
             --include="$packages" "$SUITE" "$dir" "$MIRROR" >"$WORK/$name.log" 2>&1; then
         tail -n 30 "$WORK/$name.log" >&2
         die "debootstrap of $name failed (full log above, last lines)"
@@ -110,17 +111,27 @@ build_with_debootstrap() {
     command -v debootstrap >/dev/null || [ -x /usr/sbin/debootstrap ] \
         || die "debootstrap is not installed (bash .ci/install installs it)"
     PATH="$PATH:/usr/sbin:/sbin"
-    $SUDO mkdir -p "$CACHE_DIR"
     WORK="$(mktemp -d "${TMPDIR:-/var/tmp}/papycluster-images.XXXXXX")"
 
-    bootstrap node "$NODE_PACKAGES"
-    $SUDO rm -f "$WORK"/node/etc/ssh/ssh_host_*   # made per container at start
-    $SUDO cp -a "$HERE/node/rootfs/." "$WORK/node/"
-    import_rootfs node "$NODE_REPO:$TAG" /usr/local/sbin/papy-node-entrypoint
-
-    bootstrap mariadb "$DB_PACKAGES"
-    $SUDO cp -a "$HERE/mariadb/rootfs/." "$WORK/mariadb/"
-    import_rootfs mariadb "$DB_REPO:$TAG" /usr/local/sbin/papy-mariadb-entrypoint
+    # The two images are made side by side (each debootstrap keeps one core only half
+    # busy), each with its own package cache so that they never write the same file.
+    (
+        bootstrap node "$NODE_PACKAGES"
+        $SUDO rm -f "$WORK"/node/etc/ssh/ssh_host_*   # made per container at start
+        $SUDO cp -a "$HERE/node/rootfs/." "$WORK/node/"
+        import_rootfs node "$NODE_REPO:$TAG" /usr/local/sbin/papy-node-entrypoint
+    ) &
+    local node_pid=$!
+    (
+        bootstrap mariadb "$DB_PACKAGES"
+        $SUDO cp -a "$HERE/mariadb/rootfs/." "$WORK/mariadb/"
+        import_rootfs mariadb "$DB_REPO:$TAG" /usr/local/sbin/papy-mariadb-entrypoint
+    ) &
+    local db_pid=$!
+    local failed=0
+    wait "$node_pid" || failed=1
+    wait "$db_pid" || failed=1
+    [ "$failed" -eq 0 ] || die "building the images from Debian packages failed (see above)"
 }
 
 build_from_registry() {
@@ -156,4 +167,7 @@ for repo in "$NODE_REPO" "$DB_REPO"; do
         [ "$old" = "$repo:$TAG" ] || docker rmi "$old" >/dev/null 2>&1 || true
     done
 done
+# and so are the untagged ones that --force replaced
+docker images -q --filter dangling=true --filter label=org.papycluster.inputs \
+    | xargs -r docker rmi >/dev/null 2>&1 || true
 log "built $NODE_REPO:$TAG and $DB_REPO:$TAG in ${SECONDS}s"
