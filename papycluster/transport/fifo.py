@@ -33,7 +33,7 @@ import threading
 import time
 from typing import Any
 
-from papycluster.transport import base, ticket
+from papycluster.transport import base, buffers, ticket
 from papycluster.transport.base import StaleTicketError, TicketError, TransportError, log
 
 DIR_RE = re.compile(r"papyc-fifo-[0-9a-f]{32}\Z")
@@ -276,8 +276,7 @@ class FifoTransport(base.Transport):
             if length != size:
                 raise TicketError(tk, f"the fifo server offers {length} bytes, the ticket "
                                   f"says {size}", self.name)
-            out = bytearray(size)
-            _read_exact(fd, memoryview(out), deadline, tk)
+            out = buffers.receive(size, lambda view: _read_exact(fd, view, deadline, tk))
         finally:
             os.close(fd)
         if remove:

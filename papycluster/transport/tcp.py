@@ -27,7 +27,7 @@ import struct
 import threading
 from typing import Any
 
-from papycluster.transport import auth, base, ticket
+from papycluster.transport import auth, base, buffers, ticket
 from papycluster.transport.base import StaleTicketError, TicketError, TransportError, log
 
 ADVERTISE_ENV = "PAPYCLUSTER_ADVERTISE_HOST"
@@ -315,9 +315,8 @@ class TcpTransport(base.Transport):
                 sock.close()
                 raise TicketError(tk, f"tcp server {where} offers {length} bytes, the ticket "
                                   f"says {size}", self.name)
-            out = bytearray(length)
             try:
-                recv_into_exact(sock, memoryview(out))
+                out = buffers.receive(length, lambda view, s=sock: recv_into_exact(s, view))
             except (ConnectionError, OSError) as exc:
                 sock.close()
                 raise TransportError(f"tcp ticket {tk!r}: {where} failed mid-item: {exc}") \

@@ -33,7 +33,7 @@ import time
 import zlib
 from typing import Any
 
-from papycluster.transport import auth, base, ticket
+from papycluster.transport import auth, base, buffers, ticket
 from papycluster.transport.base import StaleTicketError, TicketError, TransportError, log
 from papycluster.transport.tcp import ItemStore, advertise_host, bind_host
 
@@ -314,14 +314,15 @@ class UdpTransport(base.Transport):
             raise TransportError(f"udp ticket {tk!r}: cannot reach {host}:{port}: {exc}") \
                 from None
         try:
-            return self._load(sock, rcvbuf, secret, tk, where, key.encode("ascii"), size,
-                              chunk, remove, deadline, retries)
+            return buffers.receive(size, lambda view: self._load(
+                sock, rcvbuf, secret, tk, where, key.encode("ascii"), size, chunk, remove,
+                deadline, retries, view))
         finally:
             sock.close()
 
     def _load(self, sock: socket.socket, rcvbuf: int, secret: bytes, tk: tuple, where: str,
               key: bytes, size: int, chunk: int, remove: bool, deadline: float,
-              retries: int) -> bytearray:
+              retries: int, oview: memoryview) -> None:
         count = max(1, -(-size // chunk))
         window = max(1, min(256, rcvbuf // (chunk + 1024)))
         scratch = bytearray(chunk + 64)
@@ -363,8 +364,6 @@ class UdpTransport(base.Transport):
         get = _GET.pack(MAGIC, VERSION, T_GET, snonce, key, int(remove), 0, first_count,
                         auth.mac(secret, b"papyc-udp-client", snonce, cnonce, key,
                                  bytes([int(remove)]), _u32(0), _u32(first_count)))
-        out = bytearray(size)
-        oview = memoryview(out)
         got = bytearray(count)
         tag = snonce[:8]
         info = None
@@ -423,7 +422,6 @@ class UdpTransport(base.Transport):
             sock.send(_DONE.pack(MAGIC, VERSION, T_DONE, snonce, done))
         except OSError:
             pass
-        return out
 
     @staticmethod
     def _window(sock: socket.socket, secret: bytes, snonce: bytes, cnonce: bytes, first: int,
