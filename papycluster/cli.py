@@ -159,8 +159,15 @@ def check(size: int, transports: tuple[str, ...], timeout: float) -> None:
         cells = run_check(transports=chosen, size=size, timeout=timeout, progress=_progress)
     except ClusterError as exc:
         _fail(str(exc))
+    from papycluster.cluster.negotiate import auto_transport
+    from papycluster.cluster.state import load_state
+
+    state = load_state()
+    assert state is not None  # run_check needed it too
+    caps = {n: dict(h.get("caps") or {}, name=n) for n, h in state.hosts.items()}
     table = Table(title=f"transport matrix ({size} bytes per item)")
     table.add_column("sender -> receiver")
+    table.add_column("negotiated")
     for t in chosen:
         table.add_column(t)
     pairs: dict[tuple[str, str], dict[str, Any]] = {}
@@ -177,7 +184,9 @@ def check(size: int, transports: tuple[str, ...], timeout: float) -> None:
                 out.append("[dim]-[/dim]")
             else:
                 out.append(f"[red]failed[/red] {escape(c.detail[:60])}")
-        table.add_row(f"{a} -> {b}", *out)
+        picked, options = auto_transport(caps[a], caps[b])
+        picked += f" ({options['share']})" if options.get("share") else ""
+        table.add_row(f"{a} -> {b}", picked, *out)
     console.print(table)
     failed = [c for c in cells if c.status == "failed"]
     for c in failed:

@@ -42,6 +42,10 @@ def test_local_up_status_check_down(cluster_name):
         r = _invoke("check", "--size", "10000", "--transport", "tcp", "--transport", "file")
         assert r.exit_code == 0, r.output
         assert "local2 -> local1" in r.output and "MB/s" in r.output
+        lines = {ln.split()[1] + ln.split()[3]: ln for ln in r.output.splitlines()
+                 if " -> " in ln and "sender" not in ln}
+        assert lines["local1local1"].split()[5] == "shm"   # what negotiation would pick
+        assert lines["local1local2"].split()[5] == "file"  # windows profile: no shm, no tcp
     finally:
         r = _invoke("down")
     assert r.exit_code == 0, r.output
