@@ -3,9 +3,9 @@
 The ticket carries the share's *name* and the file's name, never a path, so a
 Windows host and a Linux host reading the same NFS/Samba export each find the file
 under their own mount point (see :mod:`~papycluster.transport.shares`). Files are
-created ``O_EXCL`` with mode 0600 and an unguessable name, written, and renamed into
-place only when complete, so a loader never sees half an item. The loader reads it
-into a preallocated buffer and deletes it; files this process wrote and nobody
+created ``O_EXCL`` with mode 0600 and an unguessable name; the ticket exists only once
+the file is complete, so a loader never sees half an item. The loader reads it in
+one read and deletes it; files this process wrote and nobody
 loaded are deleted when the process ends.
 """
 
@@ -62,9 +62,8 @@ class FileTransport(base.Transport):
         root = shares.resolve(share)
         name = PREFIX + secrets.token_hex(16) + SUFFIX
         path = os.path.join(root, name)
-        partial = path + ".part"
         try:
-            fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _BINARY, 0o600)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _BINARY, 0o600)
         except OSError as exc:
             raise TransportError(f"file: cannot create an item in share {share!r} "
                                  f"({root}): {exc}") from None
@@ -73,22 +72,17 @@ class FileTransport(base.Transport):
             if len(state.created) >= PRUNE_AT:
                 state.created = {p for p in state.created if os.path.exists(p)}
             state.created.add(path)
-            state.created.add(partial)
         try:
             try:
                 _write_all(fd, data)
             finally:
                 os.close(fd)
-            os.replace(partial, path)
         except OSError as exc:
             try:
-                os.unlink(partial)
+                os.unlink(path)
             except OSError:
                 pass
             raise TransportError(f"file: writing {path} failed: {exc}") from None
-        finally:
-            with state.lock:
-                state.created.discard(partial)
         return (share, name, data.nbytes)
 
     def validate(self, fields: tuple, tk: tuple) -> None:
