@@ -12,6 +12,7 @@ cmd or PowerShell) only ever parses a program path and one dash.
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import shlex
 import socket
@@ -23,6 +24,11 @@ import paramiko
 
 from papycluster.cluster.errors import HostError
 from papycluster.cluster.hosts import ClusterConfig, HostConfig
+
+# paramiko logs each failed handshake with a traceback from its own thread; every such
+# failure is reported here as a HostError with its cause, so keep the traceback out of
+# the user's terminal (a configured logging setup still receives it)
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
 
 @dataclass
