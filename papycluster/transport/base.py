@@ -144,6 +144,8 @@ class ProcessState:
     server threads did not survive the fork, and the parent's items are not the
     child's to free). ``factory()`` objects must have a ``close()`` method; it runs
     once, from ``atexit`` or from multiprocessing's finalizers, whichever comes first.
+    An optional ``forget_after_fork()`` closes, in a forked child, the descriptors it
+    inherited (a listening socket must not outlive the process that serves it).
     """
 
     _all: ClassVar[list[ProcessState]] = []
@@ -182,7 +184,15 @@ class ProcessState:
                 log.exception("transport cleanup failed")
 
     def _after_fork(self) -> None:
-        # Do not close the parent's state in the child: just forget it.
+        # Do not release the parent's resources in the child (its files, segments and
+        # items are the parent's), but close the child's copies of the parent's
+        # listening sockets and pipes, so that they die with the parent's.
+        forget = getattr(self._value, "forget_after_fork", None)
+        if forget is not None:
+            try:
+                forget()
+            except Exception:
+                pass
         self._value = None
         self._pid = -1
         self._lock = threading.Lock()

@@ -178,6 +178,14 @@ class _State:
                 self.server = FifoServer()
             return self.server
 
+    def forget_after_fork(self) -> None:
+        if self.server is not None:
+            for fd in (self.server.ctl_fd, self.server._wake_r, self.server._wake_w):
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+
     def close(self) -> None:
         if self.server is not None:
             self.server.close()

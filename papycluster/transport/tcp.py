@@ -250,6 +250,15 @@ class _State:
                 self.server = TcpServer()
             return self.server
 
+    def forget_after_fork(self) -> None:
+        if self.server is not None:
+            for sock in (self.server.sock, self.server._wake_r, self.server._wake_w,
+                         *self.server._conns):
+                sock.close()
+        for socks in self.pool._idle.values():
+            for sock in socks:
+                sock.close()
+
     def close(self) -> None:
         if self.server is not None:
             self.server.close()

@@ -252,6 +252,11 @@ class _State:
                 self.server = UdpServer()
             return self.server
 
+    def forget_after_fork(self) -> None:
+        if self.server is not None:
+            for sock in (self.server.sock, self.server._wake_r, self.server._wake_w):
+                sock.close()
+
     def close(self) -> None:
         if self.server is not None:
             self.server.close()

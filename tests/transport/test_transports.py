@@ -317,3 +317,21 @@ def test_papy_positional_arguments_are_accepted() -> None:
     assert io.load_item([tk]) == b"papy"
     with pytest.raises(ValueError, match="name a share"):
         io.dump_item([b"papy"], "file", None, None, "/tmp")
+
+
+def test_a_forked_child_does_not_keep_our_server_alive() -> None:
+    """A child forked after we started serving closes its copy of our listener."""
+    import multiprocessing
+
+    tk = io.dump_item([b"x"], "tcp")
+    child = multiprocessing.get_context("fork").Process(target=time.sleep, args=(30,))
+    child.start()
+    try:
+        transport.close_all()  # this process ends its servers, as at its exit
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", tk[5]), timeout=5).close()
+        with pytest.raises(transport.StaleTicketError):
+            io.load_item([tk], timeout=5)
+    finally:
+        child.kill()
+        child.join(10)
