@@ -98,3 +98,20 @@ def test_unknown_remote_host_is_an_error_not_a_hang(cluster_name, caplog):
         assert "has local1" in caplog.text
     finally:
         controller.down()
+
+
+def test_check_matrix_on_bare_ssh_hosts(sshd, cluster_name, remote_cache):
+    """Every transport works from the shipped bundle on hosts without papycluster."""
+    from papycluster.cluster.check import run_check
+
+    config = parse_hosts(hosts_toml(sshd, cluster_name, [{"name": "alpha"}, {"name": "beta"}],
+                                    remote_cache), "h.toml")
+    assert sorted(controller.up(config).up) == ["alpha", "beta"]
+    try:
+        cells = run_check(size=200_000, repeat=1)
+        assert {c.transport for c in cells if c.status == "ok"} == {
+            "shm", "fifo", "tcp", "udp", "file", "manager"}
+        assert [c for c in cells if c.status != "ok"] == []  # one machine: all feasible
+    finally:
+        assert all(d.ok for d in controller.down())
+    assert agent_pids(cluster_name) == [] and run_dirs(cluster_name) == []
