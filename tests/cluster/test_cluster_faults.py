@@ -27,13 +27,12 @@ N = 60
 
 @pytest.fixture
 def papy_up(cluster: Harness, tmp_path, monkeypatch: pytest.MonkeyPatch):
-    """node1 and node2 up; afterwards nodes restored, cluster down, agents swept."""
+    """node1, node2 and node3 up; afterwards nodes restored, cluster down, agents swept."""
     monkeypatch.setenv("PAPYCLUSTER_STATE", str(tmp_path / "state" / "state.json"))
     monkeypatch.delenv("PAPYCLUSTER_SECRET", raising=False)
     monkeypatch.delenv("PAPYCLUSTER_SECRET_FILE", raising=False)
     name = "f" + secrets.token_hex(4)
-    text = cluster.hosts_toml([cluster.nodes["node1"], cluster.nodes["node2"]],
-                              cluster_name=name, connect_timeout=5)
+    text = cluster.hosts_toml(cluster.linux_nodes, cluster_name=name, connect_timeout=5)
     result = controller.up(parse_hosts(text, str(tmp_path / "hosts.toml")))
     assert result.failed == [], result.failed
     yield name
@@ -47,8 +46,9 @@ def papy_up(cluster: Harness, tmp_path, monkeypatch: pytest.MonkeyPatch):
         cluster.docker_exec(node, f"pkill -9 -f '{AGENT}'")
 
 
-def run_with_fault(cluster: Harness, fault) -> tuple[list, list[PiperError], bool]:
-    """Items through node1 then node2 (slowly), ``fault`` applied to node2 mid-run."""
+def run_with_fault(cluster: Harness, fault, second: tuple[str, ...] = ("node2",)
+                   ) -> tuple[list, list[PiperError], bool]:
+    """Items through node1 then ``second`` (slowly), ``fault`` applied to node2 mid-run."""
     out: list = []
     started = threading.Event()
 
@@ -67,7 +67,8 @@ def run_with_fault(cluster: Harness, fault) -> tuple[list, list[PiperError], boo
 
     s1 = Piper(Worker(lambda inbox: inbox[0] * 2),
                parallel=NuMap(worker_num=0, worker_remote=[("node1", 1)]), name="double")
-    s2 = Piper(Worker(slow), parallel=NuMap(worker_num=0, worker_remote=[("node2", 2)]),
+    s2 = Piper(Worker(slow), parallel=NuMap(worker_num=0,
+                                            worker_remote=[(h, 2) for h in second]),
                name="slow")
     last = Piper(Worker(collect), parallel=False, name="collect")
     errors: list[PiperError] = []
@@ -108,3 +109,57 @@ def test_node_lost_during_a_run(cluster: Harness, papy_up: str, fault: str):
     # the items node2 held when it went say so, and so do those still queued for it
     assert any("node2" in t and "lost" in t for t in texts), texts[:3]
     assert all("node2" in t for t in texts), texts[:3]
+
+
+@pytest.mark.parametrize("fault", ["docker kill", "network disconnect"])
+def test_items_of_a_lost_node_go_to_a_survivor(cluster: Harness, papy_up: str, fault: str):
+    action = cluster.kill if fault == "docker kill" else cluster.disconnect
+    out, errors, finished = run_with_fault(cluster, action, second=("node2", "node3"))
+    assert finished
+    assert errors == [], [repr(e) for e in errors[:3]]
+    # every item exactly once, whoever ran it
+    assert sorted(value for value, _ in out) == [2 * i for i in range(N)]
+    hosts = [host for _, host in out]
+    assert set(hosts) <= {"node2", "node3"}
+    assert hosts[-1] == "node3"  # node2 was gone by the end
+
+
+@pytest.mark.parametrize("fault", ["docker kill", "network disconnect"])
+def test_node_lost_while_up_ships_to_it(cluster: Harness, tmp_path,
+                                        monkeypatch: pytest.MonkeyPatch, fault: str):
+    monkeypatch.setenv("PAPYCLUSTER_STATE", str(tmp_path / "state" / "state.json"))
+    monkeypatch.delenv("PAPYCLUSTER_SECRET", raising=False)
+    monkeypatch.delenv("PAPYCLUSTER_SECRET_FILE", raising=False)
+    victim = cluster.nodes["node2"]
+    action = cluster.kill if fault == "docker kill" else cluster.disconnect
+    for node in cluster.linux_nodes:
+        cluster.make_bare(node)
+    hit = threading.Event()
+
+    def progress(host: str, message: str) -> None:
+        # node2 goes away in the middle of `up`: just as papycluster is shipped to it
+        if host == victim.name and message.startswith("shipping") and not hit.is_set():
+            hit.set()
+            action(victim)
+
+    text = cluster.hosts_toml(cluster.linux_nodes, cluster_name="u" + secrets.token_hex(4),
+                              connect_timeout=5)
+    try:
+        result = controller.up(parse_hosts(text, str(tmp_path / "hosts.toml")),
+                               progress=progress)
+        assert hit.is_set(), "up never shipped to node2"
+        assert [f.name for f in result.failed] == [victim.name]
+        [failure] = result.failed
+        assert failure.cause in ("unreachable", "timeout", "deploy failed", "check failed",
+                                 "agent failed"), failure
+        assert sorted(result.up) == ["node1", "node3"]
+        rows = controller.status()
+        assert sorted(r["name"] for r in rows if r["ok"]) == ["node1", "node3"]
+        downs = controller.down()
+        assert all(d.ok for d in downs), downs
+    finally:
+        cluster.restore()
+        if load_state(missing_ok=True) is not None:
+            controller.down()
+        for node in cluster.nodes.values():
+            cluster.docker_exec(node, f"pkill -9 -f '{AGENT}'")
