@@ -19,7 +19,6 @@ directory, which is removed when the process ends.
 from __future__ import annotations
 
 import errno
-import fcntl
 import os
 import re
 import secrets
@@ -35,6 +34,11 @@ from typing import Any
 
 from papycluster.transport import base, buffers, ticket
 from papycluster.transport.base import StaleTicketError, TicketError, TransportError, log
+
+try:
+    import fcntl
+except ImportError:  # Windows: no named pipes of this kind anyway
+    fcntl = None  # type: ignore[assignment]
 
 DIR_RE = re.compile(r"papyc-fifo-[0-9a-f]{32}\Z")
 CTL = "ctl"
@@ -239,6 +243,9 @@ class FifoTransport(base.Transport):
     def load(self, fields: tuple, tk: tuple, remove: bool = True,
              timeout: float | None = None) -> Any:
         directory, key, size = fields
+        if not hasattr(os, "mkfifo"):
+            raise TicketError(tk, "this host has no named pipes: a fifo ticket can only be "
+                              "loaded on the host that dumped it", self.name)
         deadline = time.monotonic() + (DEFAULT_TIMEOUT if timeout is None else timeout)
         path = os.path.join(directory, key)
         ctl = os.path.join(directory, CTL)
@@ -251,7 +258,7 @@ class FifoTransport(base.Transport):
             raise TicketError(tk, f"{path} is not a fifo of this user", self.name)
         fd = os.open(path, os.O_RDWR | os.O_NONBLOCK)
         try:
-            if size > 65536 and hasattr(fcntl, "F_SETPIPE_SZ"):
+            if size > 65536 and hasattr(fcntl, "F_SETPIPE_SZ"):  # Linux
                 try:
                     fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, _PIPE_SIZE)
                 except OSError:

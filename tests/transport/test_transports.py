@@ -335,3 +335,37 @@ def test_a_forked_child_does_not_keep_our_server_alive() -> None:
     finally:
         child.kill()
         child.join(10)
+
+
+def test_registry_loads_on_a_host_without_posix_only_modules(tmp_path: Path) -> None:
+    """A Windows host has no fcntl, _posixshmem or fork: file and tcp must still work."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "nofork.py"
+    script.write_text(
+        "import builtins, os, sys\n"
+        "real = builtins.__import__\n"
+        "def fake(name, *a, **k):\n"
+        "    if name in ('fcntl', '_posixshmem'):\n"
+        "        raise ImportError(name)\n"
+        "    return real(name, *a, **k)\n"
+        "builtins.__import__ = fake\n"
+        "del os.register_at_fork\n"
+        "from papycluster.workers import io\n"
+        "from papycluster.transport import base\n"
+        "assert base.names() == ['fifo', 'file', 'mysql', 'shm', 'sqlite', 'tcp', 'udp']\n"
+        "for kind in ('file', 'tcp'):\n"
+        "    assert io.load_item([io.dump_item([b'win'], kind)]) == b'win'\n"
+        "try:\n"
+        "    io.dump_item([b'x'], 'shm')\n"
+        "except Exception as exc:\n"
+        "    assert 'no POSIX shared memory' in str(exc), exc\n"
+        "else:\n"
+        "    raise AssertionError('shm without _posixshmem')\n"
+        "print('ok')\n")
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=60, env=env)
+    assert done.stdout.strip() == "ok", done.stderr
