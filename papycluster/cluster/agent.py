@@ -322,6 +322,11 @@ def make_service(agent: Agent) -> type:
                 raise KeyError(f"worker {wid} does not belong to this connection")
             agent.send(wid, bytes(data))
 
+        def exposed_worker_alive(self, wid: int) -> bool:
+            proc = agent.procs.get(wid)
+            return bool(wid in self._wids and proc is not None and not proc.closed
+                        and proc.worker.is_alive())
+
         def exposed_close_worker(self, wid: int) -> None:
             if wid in self._wids:
                 self._wids.discard(wid)

@@ -157,20 +157,18 @@ class RemoteWorker:
             raise WorkerLostError(f"worker on {self.name}: {self._lost_reason}")
         return item
 
-    def ping(self, timeout: float) -> bool:
-        """Does the agent answer within ``timeout`` s? The engine's heartbeat.
+    def ping(self, timeout: float = 2.0) -> bool:
+        """Does the agent answer within ``timeout`` and is the worker process alive?
 
-        A host cut off from the network keeps its TCP connection open and just stops
-        answering; only a request that must be answered in time tells.
+        The engine's heartbeat: a host that is cut off or frozen keeps its TCP connection
+        open and simply stops answering, which only a bounded request can tell.
         """
-        if self._conn.closed:
+        if self._conn.closed or self._lost_reason:
             return False
         try:
-            result = rpyc.async_(self._conn.root.ping)()
-            result.set_expiry(timeout)
-            result.wait()
-            result.value  # noqa: B018 - raises if the call failed
-            return True
+            res = rpyc.async_(self._conn.root.worker_alive)(self.wid)
+            res.set_expiry(max(0.01, timeout))
+            return bool(res.value)
         except Exception:
             return False
 
