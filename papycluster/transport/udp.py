@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hmac
 import secrets
+import select
 import selectors
 import socket
 import struct
@@ -96,7 +97,10 @@ class UdpServer:
         except OSError as exc:
             self.sock.close()
             raise TransportError(f"udp: cannot bind {bind!r}: {exc}") from None
-        self.sock.settimeout(5.0)  # bounds a blocked send; reads go through select
+        # Non-blocking: reads go through the selector, sends wait in _sendmsg (bounded).
+        self.sock.setblocking(False)
+        self._out = select.poll()
+        self._out.register(self.sock, select.POLLOUT)
         self.port = self.sock.getsockname()[1]
         self._challenges: dict[bytes, tuple[Any, bytes, float]] = {}
         self._sessions: dict[bytes, _Session] = {}
@@ -156,8 +160,8 @@ class UdpServer:
                 self._challenges.pop(next(iter(self._challenges)))
             self._challenges[snonce] = (addr, cnonce, time.monotonic() + 30.0)
             proof = auth.mac(self.secret, b"papyc-udp-server", cnonce, snonce)
-            self.sock.sendto(_CHALLENGE.pack(MAGIC, VERSION, T_CHALLENGE, cnonce, snonce,
-                                             proof), addr)
+            self._sendmsg([_CHALLENGE.pack(MAGIC, VERSION, T_CHALLENGE, cnonce, snonce,
+                                           proof)], addr)
         elif kind == T_GET and msg.nbytes == _GET.size:
             self._get(msg, addr)
         elif kind == T_WINDOW and msg.nbytes == _WINDOW.size:
@@ -186,7 +190,7 @@ class UdpServer:
         session = self._sessions.get(snonce)
         if session is not None:  # our INFO was lost and the loader asks again
             if session.addr == addr:
-                self.sock.sendto(session.info, addr)
+                self._sendmsg([session.info], addr)
                 self._send(snonce, session, first, count)
             return
         challenge = self._challenges.get(snonce)
@@ -211,7 +215,7 @@ class UdpServer:
             session.info = _INFO.pack(MAGIC, VERSION, T_INFO, snonce, ST_OK, view.nbytes,
                                       session.count, chunk)
             self._sessions[snonce] = session
-        self.sock.sendto(session.info, addr)
+        self._sendmsg([session.info], addr)
         if view is not None:
             self._send(snonce, session, first, count)
 
@@ -225,7 +229,17 @@ class UdpServer:
         for seq in range(first, last):
             payload = view[seq * chunk:(seq + 1) * chunk]
             head = _DATA.pack(MAGIC, VERSION, T_DATA, tag, seq, zlib.adler32(payload))
-            self.sock.sendmsg([head, payload], [], 0, session.addr)
+            self._sendmsg([head, payload], session.addr)
+
+    def _sendmsg(self, parts: list, addr: Any) -> None:
+        """Send one datagram; wait (at most 5 s) for room in the send buffer if full."""
+        while True:
+            try:
+                self.sock.sendmsg(parts, [], 0, addr)
+                return
+            except BlockingIOError:
+                if not self._out.poll(5000):
+                    raise TimeoutError("udp: the send buffer stayed full for 5 s") from None
 
     def close(self) -> None:
         self._closed.set()
@@ -262,6 +276,18 @@ class _State:
             self.server.close()
 
 
+def _send(sock: socket.socket, data: bytes) -> None:
+    """Send one datagram on a non-blocking socket, waiting at most a second for room."""
+    try:
+        sock.send(data)
+    except BlockingIOError:
+        poller = select.poll()
+        poller.register(sock, select.POLLOUT)
+        if poller.poll(1000):
+            sock.send(data)
+        # else: as good as lost on the way; the caller's timeouts handle it
+
+
 def _client_socket(host: str, port: int) -> tuple[socket.socket, int]:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_DGRAM)
@@ -274,6 +300,7 @@ def _client_socket(host: str, port: int) -> tuple[socket.socket, int]:
         except OSError:
             continue
     sock.connect((host, port))
+    sock.setblocking(False)
     # Linux reports twice the usable size; half of it leaves room for overhead.
     return sock, sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) // 2
 
@@ -333,24 +360,37 @@ class UdpTransport(base.Transport):
         scratch = bytearray(chunk + 64)
         sview = memoryview(scratch)
 
+        poller = select.poll()
+        poller.register(sock, select.POLLIN)
+
         def recv(wait: float) -> int:
-            left = min(wait, deadline - time.monotonic())
-            if left <= 0:
-                raise TransportError(f"udp ticket {tk!r}: {where} timed out")
-            sock.settimeout(left)
-            try:
-                return sock.recv_into(scratch)
-            except TimeoutError:
-                return -1
-            except ConnectionRefusedError:
-                raise StaleTicketError(tk, f"no {where} any more (the process that dumped "
-                                       "the item has ended)", self.name) from None
+            """One datagram into ``scratch``; -1 after ``wait`` seconds without one.
+
+            The socket is non-blocking: in a burst the datagram is already there and
+            costs one system call, not a poll and a read.
+            """
+            end = min(time.monotonic() + wait, deadline)
+            while True:
+                try:
+                    return sock.recv_into(scratch)
+                except BlockingIOError:
+                    pass
+                except ConnectionRefusedError:
+                    raise StaleTicketError(tk, f"no {where} any more (the process that "
+                                           "dumped the item has ended)", self.name) from None
+                now = time.monotonic()
+                if now >= deadline:
+                    raise TransportError(f"udp ticket {tk!r}: {where} timed out")
+                if now >= end or not poller.poll((end - now) * 1000):
+                    if time.monotonic() >= deadline:
+                        raise TransportError(f"udp ticket {tk!r}: {where} timed out")
+                    return -1
 
         # 1. challenge
         cnonce = secrets.token_bytes(NONCE)
         snonce = b""
         for _ in range(CONTROL_TRIES):
-            sock.send(_HELLO.pack(MAGIC, VERSION, T_HELLO, cnonce))
+            _send(sock, _HELLO.pack(MAGIC, VERSION, T_HELLO, cnonce))
             n = recv(WINDOW_TIMEOUT)
             if n == _CHALLENGE.size:
                 _, _, kind, echo, snonce, proof = _CHALLENGE.unpack(sview[:n])
@@ -373,7 +413,7 @@ class UdpTransport(base.Transport):
         tag = snonce[:8]
         info = None
         for _ in range(CONTROL_TRIES):
-            sock.send(get)
+            _send(sock, get)
             while True:
                 n = recv(WINDOW_TIMEOUT)
                 if n < 0:
@@ -424,7 +464,7 @@ class UdpTransport(base.Transport):
             self._window(sock, secret, snonce, cnonce, first, end - first)
         done = auth.mac(secret, b"papyc-udp-done", snonce, cnonce)
         try:
-            sock.send(_DONE.pack(MAGIC, VERSION, T_DONE, snonce, done))
+            _send(sock, _DONE.pack(MAGIC, VERSION, T_DONE, snonce, done))
         except OSError:
             pass
 
@@ -433,7 +473,7 @@ class UdpTransport(base.Transport):
                 count: int) -> None:
         proof = auth.mac(secret, b"papyc-udp-window", snonce, cnonce, _u32(first),
                          _u32(count))
-        sock.send(_WINDOW.pack(MAGIC, VERSION, T_WINDOW, snonce, first, count, proof))
+        _send(sock, _WINDOW.pack(MAGIC, VERSION, T_WINDOW, snonce, first, count, proof))
 
     @staticmethod
     def _take(sview: memoryview, n: int, tag: bytes, chunk: int, count: int, size: int,
