@@ -43,8 +43,8 @@ VERSION = 1
 T_HELLO, T_CHALLENGE, T_GET, T_INFO, T_WINDOW, T_DATA, T_DONE = range(1, 8)
 NONCE = 16
 MACLEN = 32
-DEFAULT_CHUNK = 60000
-MAX_CHUNK = 65000
+DEFAULT_CHUNK = 65000
+MAX_CHUNK = 65400  # + a 20-byte header: under the 65507-byte IPv4 limit
 DEFAULT_TIMEOUT = 60.0
 #: How long one window may stay incomplete before its datagrams count as lost.
 WINDOW_TIMEOUT = 1.0
