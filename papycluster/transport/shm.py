@@ -123,6 +123,9 @@ class _State:
             segments = self.pool.setdefault(capacity, [])
             for segment in segments:
                 if _STATE.unpack_from(segment.map, 0)[0] == FREE:
+                    # Generation 0 first: a late loader of the segment's previous item
+                    # then sees a mismatch before any of the new bytes land.
+                    _STATE.pack_into(segment.map, 8, 0)
                     _STATE.pack_into(segment.map, 0, FULL)  # ours until the loader frees it
                     return segment
             name = PREFIX + secrets.token_hex(16)

@@ -369,3 +369,13 @@ def test_registry_loads_on_a_host_without_posix_only_modules(tmp_path: Path) -> 
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
                           timeout=60, env=env)
     assert done.stdout.strip() == "ok", done.stderr
+
+
+def test_a_reused_shm_segment_never_serves_the_old_ticket(module_peer: Peer) -> None:
+    first = module_peer.call("dump", "shm", 200_000, 1, {})
+    assert digest(io.load_item([first])) == digest(make_data(200_000, 1))
+    second = module_peer.call("dump", "shm", 200_000, 2, {})
+    assert second[4] == first[4]  # the same segment, reused
+    with pytest.raises(transport.StaleTicketError):
+        io.load_item([first])  # the old ticket: stale, never the new item's bytes
+    assert digest(io.load_item([second])) == digest(make_data(200_000, 2))
