@@ -24,6 +24,7 @@ import re
 import secrets
 import sys
 import threading
+import time
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -91,15 +92,22 @@ def _build_bundle(packages: tuple[str, ...]) -> tuple[Path, str]:
             digest.update(arcname.encode() + b"\0" + data)
             z.writestr(arcname, data)
     h = digest.hexdigest()[:16]
-    # a cache, not a temp file: one bundle per papycluster version, older ones removed
+    # a cache, not a temp file: one zip per content hash. Another controller process
+    # (another checkout, a test run) may be shipping an older one right now, so only
+    # bundles unused for a day are pruned.
     where = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / \
         "papycluster-controller"
     where.mkdir(parents=True, exist_ok=True)
     out = where / f"bundle-{h}.zip"
     for old in where.glob("bundle-*.zip"):
-        if old != out:
-            old.unlink(missing_ok=True)
-    if not out.exists():
+        try:
+            if old != out and time.time() - old.stat().st_mtime > 86400:
+                old.unlink()
+        except OSError:
+            pass
+    try:
+        os.utime(out)  # in use: keep it from the pruning above
+    except FileNotFoundError:
         tmp = out.with_suffix(f".tmp{os.getpid()}")
         tmp.write_bytes(buf.getvalue())
         os.replace(tmp, out)

@@ -91,7 +91,8 @@ def test_accept_new_records_the_key(sshd, cluster_name, remote_cache, tmp_path):
 def test_down_after_a_crash_sweeps_with_the_hosts_file(sshd, cluster_name, remote_cache):
     config = parse_hosts(hosts_toml(sshd, cluster_name, [{"name": "a"}, {"name": "b"}],
                                     remote_cache), "h.toml")
-    assert sorted(controller.up(config).up) == ["a", "b"]
+    result = controller.up(config)
+    assert sorted(result.up) == ["a", "b"], result.failed
     assert len(agent_pids(cluster_name, children=False)) == 2
     # crash: one agent dies hard (its run dir stays), and the controller loses its state
     os.kill(load_state().hosts["a"]["pid"], signal.SIGKILL)
@@ -106,7 +107,8 @@ def test_down_after_a_crash_sweeps_with_the_hosts_file(sshd, cluster_name, remot
 def test_up_twice_is_refused_while_agents_answer(sshd, cluster_name, remote_cache):
     config = parse_hosts(hosts_toml(sshd, cluster_name, [{"name": "a"}], remote_cache),
                          "h.toml")
-    assert controller.up(config).up == ["a"]
+    result = controller.up(config)
+    assert result.up == ["a"], result.failed
     try:
         with pytest.raises(ClusterError, match="already up"):
             controller.up(config)

@@ -66,7 +66,8 @@ def test_windows_profile_falls_back_to_file(cluster_name):
 def test_pipeline_over_ssh_hosts_with_tcp(sshd, cluster_name, remote_cache):
     config = parse_hosts(hosts_toml(sshd, cluster_name, [{"name": "alpha"}, {"name": "beta"}],
                                     remote_cache), "h.toml")
-    assert sorted(controller.up(config).up) == ["alpha", "beta"]
+    result = controller.up(config)
+    assert sorted(result.up) == ["alpha", "beta"], result.failed
     try:
         good, errors, warns, up = _pipeline("alpha", "beta", "tcp", n=40)
         assert good == sorted(i * i + 1 for i in range(40) if i != 13)
@@ -106,7 +107,8 @@ def test_check_matrix_on_bare_ssh_hosts(sshd, cluster_name, remote_cache):
 
     config = parse_hosts(hosts_toml(sshd, cluster_name, [{"name": "alpha"}, {"name": "beta"}],
                                     remote_cache), "h.toml")
-    assert sorted(controller.up(config).up) == ["alpha", "beta"]
+    result = controller.up(config)
+    assert sorted(result.up) == ["alpha", "beta"], result.failed
     try:
         cells = run_check(size=200_000, repeat=1)
         assert {c.transport for c in cells if c.status == "ok"} == {
