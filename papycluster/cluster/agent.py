@@ -80,6 +80,12 @@ SECRET_FILE = "secret"
 LOG_FILE = "agent.log"
 
 
+#: The agent's RPC protocol (its exposed methods and what they take and return). A
+#: controller refuses an agent whose protocol or papycluster version differs from its
+#: own, naming both, rather than failing later on a method that changed.
+PROTOCOL = 1
+
+
 def protocol_config() -> dict[str, Any]:
     """RPyC settings shared by the agent and its clients: nothing implicit is allowed."""
     return {
@@ -222,7 +228,7 @@ class Agent:
             "started": self.started, "uptime": time.time() - self.started,
             "workers": self.workers, "workers_running": running,
             "items_done": self.items_done, "load": load, "cpus": os.cpu_count(),
-            "version": __version__, "run_dir": self.run_dir,
+            "version": __version__, "protocol": PROTOCOL, "run_dir": self.run_dir,
             "ports": {"agent": self.port},
             **self.caps,
         }
@@ -303,6 +309,11 @@ def make_service(agent: Agent) -> type:
 
         def exposed_ping(self) -> str:
             return agent.name
+
+        def exposed_version(self) -> str:
+            """What a controller checks first: one small answer, no other work."""
+            from papycluster import __version__
+            return json.dumps({"version": __version__, "protocol": PROTOCOL})
 
         def exposed_open_worker(self, callback: Callable) -> int:
             conn = self._conn

@@ -19,9 +19,9 @@ from typing import Any
 import rpyc
 from rpyc.core.stream import SocketStream
 
-from papycluster.cluster.agent import protocol_config
+from papycluster.cluster.agent import PROTOCOL, protocol_config
 from papycluster.cluster.auth import client_handshake, secret_from_env
-from papycluster.cluster.errors import AuthError, ClusterError
+from papycluster.cluster.errors import AuthError, ClusterError, VersionMismatchError
 from papycluster.errors import WorkerLostError
 
 log = logging.getLogger("papycluster.client")
@@ -48,7 +48,7 @@ class AgentConnection:
     """
 
     def __init__(self, address: str, port: int, secret: str, name: str | None = None,
-                 timeout: float = 10.0) -> None:
+                 timeout: float = 10.0, check_version: bool = True) -> None:
         self.address = address
         self.port = port
         self.name = name or f"{address}:{port}"
@@ -72,6 +72,35 @@ class AgentConnection:
         self._thread = threading.Thread(target=self._serve, daemon=True,
                                         name=f"papycluster-agent-{self.name}")
         self._thread.start()
+        if check_version:
+            try:
+                self._check_version(timeout)
+            except BaseException:
+                self.close()
+                raise
+
+    def _check_version(self, timeout: float) -> None:
+        """Refuse an agent of another papycluster version or protocol (one round trip).
+
+        ``down`` skips this (``check_version=False``): a mismatched agent must still be
+        stoppable.
+        """
+        from papycluster import __version__
+
+        try:
+            res = rpyc.async_(self.conn.root.version)()
+            res.set_expiry(max(0.5, timeout))
+            theirs = json.loads(res.value)
+        except AttributeError:  # an agent older than the version check
+            theirs = {"version": "unknown (older than the version check)", "protocol": 0}
+        except rpyc.AsyncResultTimeout:
+            raise ConnectionError(f"agent {self.name} ({self.address}:{self.port}): no "
+                                  f"answer to the version check within {timeout:g} s")
+        if theirs.get("version") != __version__ or theirs.get("protocol") != PROTOCOL:
+            raise VersionMismatchError(
+                f"{self.name} ({self.address}:{self.port})",
+                f"{theirs.get('version')} (protocol {theirs.get('protocol')})",
+                f"{__version__} (protocol {PROTOCOL})")
 
     def _serve(self) -> None:
         try:
@@ -242,7 +271,7 @@ def open_remote_worker(spec: str, timeout: float = 10.0) -> RemoteWorker:
     """
     try:
         conn = connect_agent(spec, timeout)
-    except (ConnectionError, AuthError) as exc:
+    except (ConnectionError, AuthError, VersionMismatchError) as exc:
         raise WorkerLostError(f"cannot reach agent {spec!r}: {exc}")
     try:
         worker = RemoteWorker(conn, conn.name)

@@ -20,7 +20,7 @@ from typing import Any
 import papycluster
 from papycluster.cluster.auth import new_secret
 from papycluster.cluster.client import AgentConnection
-from papycluster.cluster.errors import ClusterError, HostError
+from papycluster.cluster.errors import ClusterError, HostError, VersionMismatchError
 from papycluster.cluster.hosts import ClusterConfig, HostConfig
 from papycluster.cluster.remote import parse_result, render
 from papycluster.cluster.state import (
@@ -95,6 +95,8 @@ def _wait_agent(name: str, address: str, port: int, secret: str,
                 return conn.info()
             finally:
                 conn.close()
+        except VersionMismatchError as exc:  # waiting longer will not change it
+            raise HostError(name, "version mismatch", str(exc))
         except Exception as exc:
             last = exc
             time.sleep(0.2)
@@ -109,7 +111,8 @@ def _check_not_up(progress: Progress) -> None:
     alive = []
     for name, h in old.hosts.items():
         try:
-            conn = AgentConnection(h["connect"], int(h["agent_port"]), old.secret, name, 3.0)
+            conn = AgentConnection(h["connect"], int(h["agent_port"]), old.secret, name, 3.0,
+                                   check_version=False)
             conn.close()
             alive.append(name)
         except Exception:
@@ -149,6 +152,7 @@ def up_local(n: int = 2, cluster: str | None = None, workers: int = 2,
         profile = (profiles or [])[i] if profiles and i < len(profiles) else "native"
         run_dir = default_run_dir(cluster, name)
         progress(name, "starting agent")
+        res: dict[str, Any] = {}
         try:
             res = run_local_script("launch", {
                 "name": name, "cluster": cluster, "run_dir": run_dir, "secret": secret,
@@ -160,6 +164,12 @@ def up_local(n: int = 2, cluster: str | None = None, workers: int = 2,
                                   res.get("detail", ""))
             info = _wait_agent(name, "127.0.0.1", res["port"], secret, timeout)
         except HostError as exc:
+            if res.get("ok"):  # it runs, but it is not usable: do not leave it behind
+                try:
+                    run_local_script("stop", {"cluster": cluster, "run_dirs": [res["run_dir"]],
+                                              "scan": False, "grace": 5.0}, 30.0)
+                except HostError:
+                    pass
             return HostResult(name, False, exc.cause, exc.detail)
         state.hosts[name] = {
             "address": "127.0.0.1", "connect": "127.0.0.1", "agent_port": res["port"],
@@ -268,7 +278,7 @@ def down(config: ClusterConfig | None = None, progress: Progress = _quiet,
         if state is not None and "agent_port" in entry:
             try:
                 conn = AgentConnection(entry["connect"], int(entry["agent_port"]),
-                                       state.secret, name, timeout=5.0)
+                                       state.secret, name, timeout=5.0, check_version=False)
                 try:
                     conn.root.shutdown()
                     wait_exit = 5.0

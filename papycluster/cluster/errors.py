@@ -45,3 +45,20 @@ class HostError(ClusterError):
         self.cause = cause
         self.detail = detail
         super().__init__(f"{host}: {cause}" + (f": {detail}" if detail else ""))
+
+
+class VersionMismatchError(ClusterError):
+    """An agent runs another papycluster version or RPC protocol than this controller.
+
+    Both sides' code must match (tasklets and replies are exchanged as bytes whose format
+    is the code's), so the mismatch is refused on connection, naming the host and both
+    versions, instead of surfacing later as an obscure failure.
+    """
+
+    def __init__(self, host: str, theirs: str, ours: str) -> None:
+        self.host = host
+        self.theirs = theirs
+        self.ours = ours
+        super().__init__(f"agent {host} runs papycluster {theirs}, this controller runs "
+                         f"{ours}: run `papycluster down`, then `up` again so that every host "
+                         "gets the controller's version")
