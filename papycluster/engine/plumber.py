@@ -73,7 +73,7 @@ class Plumber(Dagger):
         self._pausing.clear()
         if self.checkpoint is not None:
             datas = self._resume(datas)
-        if any(p.parallel and p.parallel.worker_remote for p in self.nodes):
+        if self._wants_negotiation():
             from papycluster.cluster.negotiate import negotiate_dagger
 
             negotiate_dagger(self)
@@ -90,6 +90,18 @@ class Plumber(Dagger):
             raise
         self._outputs = self.get_outputs()
         self._started.set()
+
+    def _wants_negotiation(self) -> bool:
+        """Pick transports for the pipes when a pool is remote or a dump says 'auto'."""
+        for piper in self.nodes:
+            if piper.parallel and piper.parallel.worker_remote:
+                return True
+            for function, args, kwargs in zip(piper.worker.task, piper.worker.args,
+                                               piper.worker.kwargs, strict=True):
+                if getattr(function, "__name__", "") == "dump_item" and "auto" in (
+                        *args[:1], kwargs.get("type")):
+                    return True
+        return False
 
     def _resume(self, datas: Sequence[Iterable]) -> list[Iterator]:
         """Skip the input positions whose results the checkpoint holds already."""

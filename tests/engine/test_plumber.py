@@ -172,3 +172,16 @@ def test_wait_times_out_and_reports_a_failed_plunger():
     with pytest.raises(PlumberError):
         failing.wait(10)
     failing.stop()
+
+
+def test_auto_transport_is_chosen_for_a_local_pipeline():
+    from papycluster import workers
+
+    out: list = []
+    up = Piper(Worker((square, workers.io.pickle_dumps, workers.io.dump_item),
+                      ((), (), ("auto",))), parallel=NuMap(worker_num=2))
+    down = Piper(Worker((workers.io.load_item, workers.io.pickle_loads, keep),
+                        ((), (), (out,))), parallel=NuMap(worker_type="thread", worker_num=1))
+    run_to_end(Plumber(pipes=[(up, down)]), [range(10)])
+    assert out == [x * x for x in range(10)]
+    assert up.worker.args[2] == ("shm",)  # same host: shared memory
