@@ -78,11 +78,15 @@ class FileTransport(base.Transport):
             finally:
                 os.close(fd)
         except OSError as exc:
+            # a full share must not keep half an item: remove it now, not at exit
             try:
                 os.unlink(path)
             except OSError:
                 pass
-            raise TransportError(f"file: writing {path} failed: {exc}") from None
+            with state.lock:
+                state.created.discard(path)
+            raise TransportError(f"file: writing an item of {data.nbytes} bytes to share "
+                                 f"{share!r} ({path}) failed: {exc}") from None
         return (share, name, data.nbytes)
 
     def validate(self, fields: tuple, tk: tuple) -> None:

@@ -23,6 +23,7 @@ they are idempotent.
 from __future__ import annotations
 
 import hmac
+import os
 import secrets
 import select
 import selectors
@@ -51,6 +52,13 @@ WINDOW_TIMEOUT = 1.0
 CONTROL_TRIES = 4
 SESSION_IDLE = 60.0
 MAX_PENDING = 4096
+#: The largest item udp carries (bytes), unless ``PAPYCLUSTER_UDP_MAX_ITEM`` says
+#: otherwise. An item is held in the dumping process until it is fetched and the loader
+#: allocates its whole size up front, from the ticket, so both ends refuse sizes past
+#: the limit with an error that names it (rather than a MemoryError, or a wait for a
+#: million datagrams). Bigger items belong on tcp, shm or file.
+MAX_ITEM = 1 << 30
+MAX_ITEM_ENV = "PAPYCLUSTER_UDP_MAX_ITEM"
 RCVBUF = 8 << 20
 #: Lets a privileged process go past net.core.rmem_max (Python does not name it).
 SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33 if sys.platform == "linux" else None)
@@ -288,6 +296,21 @@ def _send(sock: socket.socket, data: bytes) -> None:
         # else: as good as lost on the way; the caller's timeouts handle it
 
 
+def max_item() -> int:
+    """This process's udp item limit in bytes (``PAPYCLUSTER_UDP_MAX_ITEM`` or 1 GiB)."""
+    raw = os.environ.get(MAX_ITEM_ENV)
+    if not raw:
+        return MAX_ITEM
+    try:
+        value = int(raw)
+    except ValueError:
+        raise TransportError(f"udp: {MAX_ITEM_ENV}={raw!r} is not a number of bytes") \
+            from None
+    if value < 0:
+        raise TransportError(f"udp: {MAX_ITEM_ENV}={raw!r} must not be negative")
+    return value
+
+
 def _client_socket(host: str, port: int) -> tuple[socket.socket, int]:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_DGRAM)
@@ -317,6 +340,11 @@ class UdpTransport(base.Transport):
             raise TypeError(f"udp dump_item takes only chunk=, not {sorted(options)}")
         if not 512 <= chunk <= MAX_CHUNK:
             raise ValueError(f"udp chunk {chunk} must be between 512 and {MAX_CHUNK} bytes")
+        limit = max_item()
+        if data.nbytes > limit:
+            raise TransportError(f"udp: the item of {data.nbytes} bytes is over the udp "
+                                 f"limit of {limit} bytes ({MAX_ITEM_ENV}); send it with "
+                                 "tcp, shm or file, or raise the limit")
         server = self.state.get().get_server()
         key = server.store.put(data)
         if chunk != DEFAULT_CHUNK:
@@ -332,6 +360,10 @@ class UdpTransport(base.Transport):
         ticket.check_token(tk, self.name, key)
         ticket.check_int(tk, self.name, size, "size", 0, 2**40)
         ticket.check_int(tk, self.name, chunk, "chunk", 512, MAX_CHUNK)
+        limit = max_item()
+        if size > limit:  # checked before the loader allocates ``size`` bytes
+            raise TicketError(tk, f"the item of {size} bytes is over the udp limit of "
+                              f"{limit} bytes ({MAX_ITEM_ENV}) on this host", self.name)
 
     def load(self, fields: tuple, tk: tuple, remove: bool = True,
              timeout: float | None = None, retries: int = 0) -> Any:
