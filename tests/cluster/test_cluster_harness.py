@@ -184,3 +184,45 @@ def test_image_build_is_skipped_while_current(cluster: Harness) -> None:
     after = cluster.docker("image", "inspect", "-f", "{{.Id}}",
                            f"papycluster-base:{tag}").stdout
     assert before == after
+
+
+def test_a_dead_sessions_project_is_removed_and_a_live_one_kept(cluster: Harness) -> None:
+    from tests.cluster.harness import PROJECT_PREFIX, remove_stale_projects
+
+    gone = subprocess.Popen(["true"])
+    gone.wait(30)  # its pid now names no process
+    dead, live = f"{PROJECT_PREFIX}{gone.pid}", cluster.project
+    label = "com.docker.compose.project"
+    image = cluster.docker("inspect", "-f", "{{.Config.Image}}",
+                           cluster.nodes["node1"].container).stdout.strip()
+    net = cluster.docker("network", "create", "--label", f"{label}={dead}",
+                         f"{dead}_default").stdout.strip()
+    box = cluster.docker("run", "-d", "--label", f"{label}={dead}", "--network", net,
+                         image, "sleep", "600").stdout.strip()
+    try:
+        removed = remove_stale_projects()
+        assert dead in removed
+        assert live not in removed
+        assert cluster.docker("ps", "-aq", "--filter", f"id={box}").stdout.strip() == ""
+        assert cluster.docker("network", "ls", "-q", "--filter",
+                              f"id={net}").stdout.strip() == ""
+        for node in cluster.nodes.values():  # this session's project is untouched
+            assert cluster.docker("inspect", "-f", "{{.State.Running}}",
+                                  node.container).stdout.strip() == "true"
+    finally:
+        cluster.docker("rm", "-f", box, check=False)
+        cluster.docker("network", "rm", net, check=False)
+
+
+def test_the_harness_network_clashes_with_nothing(cluster: Harness) -> None:
+    import ipaddress
+
+    from tests.cluster.harness import pick_subnet, used_networks
+
+    ours = ipaddress.IPv4Network(cluster.subnet)
+    used = used_networks()
+    assert ours in used  # docker knows it, so the next pick avoids it
+    # only our own routes (the /24, its local and broadcast addresses) fall inside it
+    assert [net for net in used if net.overlaps(ours) and not net.subnet_of(ours)] == []
+    for _ in range(20):
+        assert not any(pick_subnet().overlaps(net) for net in used)
