@@ -303,6 +303,8 @@ def start_host(config: ClusterConfig, host: HostConfig, secret: str,
             undone = "it was stopped again"
         except HostError as stop_exc:
             undone = f"stopping it failed too ({stop_exc.cause}: {stop_exc.detail})"
+        if exc.cause == "version mismatch":  # it answers, but runs other code
+            raise HostError(host.name, exc.cause, f"{exc.detail}; {undone}")
         raise HostError(host.name, "agent failed",
                         f"the agent started (pid {launch['pid']}) but does not answer on "
                         f"{target.hostname}:{launch['port']} from here (a firewall?); "

@@ -85,13 +85,10 @@ def cli(*args: str, timeout: float = 120.0) -> Any:
     """``papycluster ARGS`` through click's runner, in a thread (bounded), wide output."""
     from papycluster import cli as cli_mod
 
-    saved = cli_mod.console.width, cli_mod.err_console.width
-    cli_mod.console.width = cli_mod.err_console.width = 400  # one table row per line
-    try:
-        return bounded(lambda: CliRunner().invoke(cli_mod.main, list(args)), timeout,
-                       f"papycluster {' '.join(args)}")
-    finally:
-        cli_mod.console.width, cli_mod.err_console.width = saved
+    # wide enough that every table row is one line (rich reads COLUMNS on each print)
+    return bounded(lambda: CliRunner().invoke(cli_mod.main, list(args),
+                                              env={"COLUMNS": "400"}),
+                   timeout, f"papycluster {' '.join(args)}")
 
 
 def row(output: str, host: str) -> str:
@@ -850,6 +847,35 @@ def _(request: pytest.FixtureRequest) -> None:
     assert r.exit_code == 1, r.output
     line = row(r.output, "local1")
     assert "version mismatch" in line and "0.0.0-other" in line and __version__ in line, line
+    assert agent_pids(cluster) == [] and run_dirs(cluster) == []
+    assert not env.state.exists()
+
+
+@case("version-up-ssh", "version",
+      "`up -f` ships a bundle of another version to a host over SSH: exit 1, the host's row "
+      "says 'version mismatch' with both versions; the agent is stopped, no state written")
+def _(request: pytest.FixtureRequest) -> None:
+    from papycluster import __version__
+    from papycluster.cluster import deploy
+
+    env: Env = fx(request, "env")
+    sshd = fx(request, "sshd")
+    other: Path = fx(request, "other_version")
+    mp = fx(request, "monkeypatch")
+    real_package_dir = deploy._package_dir
+    # the real bundler and shipper, given the other release's package directory
+    mp.setattr(deploy, "_package_dir", lambda name: other / "papycluster"
+               if name == "papycluster" else real_package_dir(name))
+    mp.setattr(deploy, "_bundle_cache", {})
+    mp.setenv("XDG_CACHE_HOME", str(env.tmp / "xdg-cache"))  # its zip stays in tmp
+    cluster = env.named_cluster()
+    path = env.tmp / "hosts.toml"
+    path.write_text(hosts_toml(sshd, cluster, [{"name": "mixed"}], env.tmp / "remote-cache"))
+    r = cli("up", "-f", str(path))
+    assert r.exit_code == 1, r.output
+    line = row(r.output, "mixed")
+    assert "version mismatch" in line and "0.0.0-other" in line and __version__ in line, line
+    assert "stopped again" in line, line
     assert agent_pids(cluster) == [] and run_dirs(cluster) == []
     assert not env.state.exists()
 
