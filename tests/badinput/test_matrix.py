@@ -491,7 +491,7 @@ def _(request: pytest.FixtureRequest) -> None:
 
 
 @case("ticket-path-traversal", "ticket",
-      "a file ticket naming ../../etc/passwd: refused before any open, the name named")
+      "a file ticket naming ../../etc/passwd: refused by the ticket check, the name named")
 def _(request: pytest.FixtureRequest) -> None:
     _ticket_case(request, "file", lambda tk: (*tk[:5], "../../etc/passwd", 10),
                  transport.TicketError, "file ticket", "'../../etc/passwd'",
@@ -568,7 +568,7 @@ def _(request: pytest.FixtureRequest) -> None:
 
 
 @case("frame-tcp-forged-length", "frame",
-      "reply header offers 99 bytes for a 10-byte ticket: both sizes named, nothing read")
+      "reply header offers 99 bytes for a 10-byte ticket: both sizes named")
 def _(request: pytest.FixtureRequest) -> None:
     _frame_case(request, lambda c: c.sendall(struct.pack("!BQ", 0, 99) + b"y" * 99), 10,
                 "offers 99 bytes, the ticket says 10")
