@@ -10,8 +10,12 @@ and ``forkserver`` too.
 
 Wire protocol, after :mod:`~papycluster.transport.auth`'s handshake::
 
-    client: op:u8 key:32 ascii remove:u8          (op 1 = get)
-    server: status:u8 size:u64 then size bytes     (status 0 ok, 1 no such item)
+    client: op:u8 key:32 ascii remove:u8 size:u64  (op 1 = get; size from the ticket)
+    server: status:u8 size:u64 then size bytes       (status 0 ok, 1 no such item,
+                                                      2 other size: nothing sent or removed)
+
+The request carries the ticket's size so that a forged or corrupted ticket with a real
+key cannot consume the item: the server compares before it removes anything.
 
 Large items go out with ``sendall`` from a memoryview and come in with
 ``recv_into`` a preallocated bytearray; ``TCP_NODELAY`` is on.
@@ -37,11 +41,12 @@ DEFAULT_TIMEOUT = 60.0
 IDLE_TIMEOUT = 600.0
 HANDSHAKE_TIMEOUT = 10.0
 
-_REQ = struct.Struct("!B32sB")
+_REQ = struct.Struct("!B32sBQ")
 _REP = struct.Struct("!BQ")
 OP_GET = 1
 ST_OK = 0
 ST_MISSING = 1
+ST_SIZE = 2
 SMALL = 64 * 1024
 
 
@@ -82,9 +87,14 @@ class ItemStore:
             self._items[key] = view
         return key
 
-    def take(self, key: str, remove: bool) -> memoryview | None:
+    def take(self, key: str, remove: bool, size: int | None = None) -> memoryview | None:
+        """The item of ``key`` (removed if ``remove``); with ``size``, an item of another
+        size is returned but never removed (the caller refuses it)."""
         with self._lock:
-            return self._items.pop(key, None) if remove else self._items.get(key)
+            item = self._items.get(key)
+            if item is not None and remove and (size is None or item.nbytes == size):
+                del self._items[key]
+            return item
 
     def __len__(self) -> int:
         return len(self._items)
@@ -159,13 +169,16 @@ class TcpServer:
                     recv_into_exact(conn, view)
                 except ConnectionError:
                     return
-                op, key, remove = _REQ.unpack(request)
+                op, key, remove, size = _REQ.unpack(request)
                 if op != OP_GET:
                     log.warning("tcp: %s sent unknown op %d; closing", peer, op)
                     return
-                item = self.store.take(key.decode("ascii", "replace"), bool(remove))
+                item = self.store.take(key.decode("ascii", "replace"), bool(remove), size)
                 if item is None:
                     conn.sendall(_REP.pack(ST_MISSING, 0))
+                    continue
+                if item.nbytes != size:  # a wrong ticket: say so, keep the item
+                    conn.sendall(_REP.pack(ST_SIZE, item.nbytes))
                     continue
                 header = _REP.pack(ST_OK, item.nbytes)
                 if item.nbytes < SMALL:
@@ -307,7 +320,8 @@ class TcpTransport(base.Transport):
                 raise TransportError(f"tcp ticket {tk!r}: cannot connect to {where}: "
                                      f"{exc}") from None
             try:
-                sock.sendall(_REQ.pack(OP_GET, key.encode("ascii"), 1 if remove else 0))
+                sock.sendall(_REQ.pack(OP_GET, key.encode("ascii"), 1 if remove else 0,
+                                       size))
                 header = bytearray(_REP.size)
                 recv_into_exact(sock, memoryview(header))
             except (ConnectionError, OSError) as exc:
@@ -316,6 +330,10 @@ class TcpTransport(base.Transport):
                     continue  # a pooled connection the server had dropped: once more
                 raise TransportError(f"tcp ticket {tk!r}: {where} failed: {exc}") from None
             status, length = _REP.unpack(header)
+            if status == ST_SIZE:  # the server kept the item: the ticket is wrong
+                pool.put(host, port, sock)
+                raise TicketError(tk, f"tcp server {where} holds {length} bytes under key "
+                                  f"{key}, the ticket says {size}", self.name)
             if status != ST_OK:
                 pool.put(host, port, sock)
                 raise StaleTicketError(tk, f"tcp server {where} has no item {key} (already "

@@ -27,7 +27,7 @@ from papycluster import transport
 from papycluster.cluster.errors import HostsFileError
 from papycluster.cluster.hosts import ClusterConfig, parse_hosts
 from papycluster.transport import auth as tauth
-from papycluster.transport import ticket, udp
+from papycluster.transport import tcp, ticket, udp
 from papycluster.workers import io
 
 from .conftest import PEER_SECRET, Peer, bounded
@@ -119,7 +119,7 @@ def test_file_tickets_with_any_name_never_escape_the_share(fuzz_env: None, name:
 # ---------------------------------------------------------------------------------------
 # tcp frames: the server's request decoder after a correct handshake
 
-_REQ = struct.Struct("!B32sB")
+_REQ = tcp._REQ
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=FIXTURES_OK)

@@ -46,7 +46,7 @@ from papycluster.cluster.hosts import load_hosts, parse_hosts
 from papycluster.cluster.state import ClusterState, save_state
 from papycluster.errors import WorkerLostError
 from papycluster.transport import auth as tauth
-from papycluster.transport import udp
+from papycluster.transport import tcp, udp
 from papycluster.transport.shares import ShareError
 from papycluster.workers import io
 
@@ -478,6 +478,15 @@ def _(request: pytest.FixtureRequest) -> None:
                  "file ticket", f"has {n} bytes, the ticket says {n + 1}")
 
 
+@case("ticket-forged-size-tcp", "ticket",
+      "a tcp ticket with the real key but another size: both sizes named; the server keeps "
+      "the item for the real ticket")
+def _(request: pytest.FixtureRequest) -> None:
+    n = len(PAYLOAD)
+    _ticket_case(request, "tcp", lambda tk: (*tk[:7], n - 1), transport.TicketError,
+                 "tcp ticket", f"holds {n} bytes", f"the ticket says {n - 1}")
+
+
 @case("ticket-foreign-papy", "ticket", "a PaPy (seed) ticket: 'foreign ticket' and its header")
 def _(request: pytest.FixtureRequest) -> None:
     expect_error(lambda: io.load_item([("file", "/tmp/x", 0)]), transport.TicketError,
@@ -533,7 +542,7 @@ def _rogue_tcp(reply: Callable[[socket.socket], None]) -> tuple[socket.socket, i
         with conn:
             conn.settimeout(30)
             if tauth.server_handshake(conn, secret, peer):
-                tauth.recv_exact(conn, struct.calcsize("!B32sB"))
+                tauth.recv_exact(conn, tcp._REQ.size)
                 reply(conn)
 
     t = threading.Thread(target=serve, daemon=True)
