@@ -368,6 +368,31 @@ def _(request: pytest.FixtureRequest) -> None:
         t.join(5)
 
 
+@case("agent-junk-client", "secret",
+      "raw junk instead of the handshake on the agent's port: dropped within the handshake "
+      "timeout, nothing answered; the agent keeps serving")
+def _(request: pytest.FixtureRequest) -> None:
+    state: ClusterState = fx(request, "local_cluster")
+    h = state.hosts["local2"]
+
+    def junk() -> bytes:
+        with socket.create_connection(("127.0.0.1", h["agent_port"]), timeout=30) as sock:
+            hello = tauth.recv_exact(sock, len(MAGIC) + NONCE)
+            assert hello.startswith(MAGIC)
+            sock.sendall(b"\x00" * 64 + os.urandom(500))  # a wrong proof, then brine-ish junk
+            out = b""
+            try:
+                while chunk := sock.recv(4096):
+                    out += chunk
+            except ConnectionResetError:
+                pass
+            return out
+
+    assert bounded(junk, 60, "junk client") == b""  # closed, not a byte of RPC answered
+    rows = bounded(controller.status, 30, "status")
+    assert sorted(r["name"] for r in rows if r["ok"]) == ["local1", "local2"], rows
+
+
 def _wrong_secret_load(request: pytest.FixtureRequest, kind: str, *needles: str) -> None:
     peer = fx(request, "peer")
     mp = fx(request, "monkeypatch")
@@ -734,6 +759,19 @@ def _(request: pytest.FixtureRequest) -> None:
     assert r.exit_code == 0, r.output
     assert not env.state.exists()
     assert agent_pids(state.cluster) == [] and run_dirs(state.cluster) == []
+
+
+@case("state-stale-up", "state",
+      "agents killed, state left: `up --local` says the state is stale, names its cluster and "
+      "replaces it; the new agents answer")
+def _(request: pytest.FixtureRequest) -> None:
+    state: ClusterState = fx(request, "local_cluster")
+    _kill_agents(state)
+    r = cli("up", "--local", "2", timeout=120)
+    assert r.exit_code == 0, r.output
+    assert "stale state" in r.output and repr(state.cluster) in r.output, r.output
+    rows = bounded(controller.status, 30, "status")
+    assert sorted(x["name"] for x in rows if x["ok"]) == ["local1", "local2"], rows
 
 
 @case("state-corrupt", "state", "a state file that is not JSON: `status` exits 2 naming it "
