@@ -12,7 +12,9 @@ loads them and returns their length. Each transport is compared with:
 
 Throughput is measured between the first and the last result, so pool start-up does
 not count. Every configuration runs ``--reps`` times, interleaved, and the median is
-printed. ``--windows`` adds node1 -> win1 (the Windows-profile node: file on the share).
+printed. Then ``papycluster up`` is timed on one bare node and on all four nodes (the
+shipped bundle purged after each run, so every ``up`` ships it), interleaved.
+``--windows`` adds node1 -> win1 (the Windows-profile node: file on the share).
 
     python bench/cluster.py [--reps 3] [--quick] [--only tcp,file] [--sizes '1 MB']
 """
@@ -217,7 +219,8 @@ def main() -> None:
             try:
                 _run(h, args, began)
             finally:
-                controller.down()
+                controller.down(purge_cache=True)
+            _time_up(h, workdir, args.reps)
 
 
 def _run(h: Harness, args: argparse.Namespace, began: float) -> None:
@@ -264,6 +267,29 @@ def _run(h: Harness, args: argparse.Namespace, began: float) -> None:
                       f"{rate:>10.1f} {mbs:>9.1f} {xman:>10} {xraw:>7}")
             print()
     print(f"total {time.perf_counter() - began:.0f} s")
+
+
+def _time_up(h: Harness, workdir: Path, reps: int) -> None:
+    """Wall time of ``papycluster up`` on one bare node and on four (median, ratio)."""
+    groups = {"1 node": [h.nodes["node1"]], "4 nodes": list(h.nodes.values())}
+    times: dict[str, list[float]] = {label: [] for label in groups}
+    for rep in range(reps):
+        for label, nodes in groups.items():
+            text = h.hosts_toml(nodes, cluster_name=f"up{rep}" + secrets.token_hex(3))
+            config = parse_hosts(text, str(workdir / "hosts.toml"))
+            start = time.perf_counter()
+            result = controller.up(config)
+            elapsed = time.perf_counter() - start
+            controller.down(purge_cache=True)
+            if result.failed:
+                raise SystemExit(f"papycluster up failed: {result.failed}")
+            times[label].append(elapsed)
+    one = statistics.median(times["1 node"])
+    print(f"\npapycluster up on bare nodes (ships the bundle), median of {reps}\n")
+    print(f"{'hosts':<10} {'seconds':>8} {'x 1 node':>9}")
+    for label, values in times.items():
+        median = statistics.median(values)
+        print(f"{label:<10} {median:>8.2f} {median / one:>9.2f}")
 
 
 if __name__ == "__main__":

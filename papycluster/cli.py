@@ -18,8 +18,16 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-console = Console(highlight=False)
-err_console = Console(stderr=True, highlight=False)
+
+def _width(stream: object) -> int | None:
+    """A terminal's own width; piped or captured output gets wide, unwrapped tables
+    (rich would squeeze them into 80 columns and wrap the host names)."""
+    isatty = getattr(stream, "isatty", None)
+    return None if isatty is not None and isatty() else 200
+
+
+console = Console(highlight=False, width=_width(sys.stdout))
+err_console = Console(stderr=True, highlight=False, width=_width(sys.stderr))
 
 HOSTS_ENV = "PAPYCLUSTER_HOSTS"
 

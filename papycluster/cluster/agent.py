@@ -219,6 +219,7 @@ class Agent:
             load = None
         with self.lock:
             running = sum(1 for p in self.procs.values() if not p.closed)
+        import papycluster
         from papycluster import __version__
         return {
             "name": self.name, "cluster": self.cluster, "pid": os.getpid(),
@@ -229,6 +230,7 @@ class Agent:
             "workers": self.workers, "workers_running": running,
             "items_done": self.items_done, "load": load, "cpus": os.cpu_count(),
             "version": __version__, "protocol": PROTOCOL, "run_dir": self.run_dir,
+            "package": os.path.dirname(os.path.abspath(papycluster.__file__)),
             "ports": {"agent": self.port},
             **self.caps,
         }
