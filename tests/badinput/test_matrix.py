@@ -58,6 +58,12 @@ WRONG_SECRET = "not-the-cluster-secret-" + "f" * 16
 
 @dataclass(frozen=True)
 class Case:
+    """One bad input: ``id`` names it (the pytest id), ``asserts`` is the row's promise.
+
+    ``run`` takes the test's ``request`` and fetches only the fixtures it needs, so a
+    hosts-file case never starts an sshd and every case still shares one test function.
+    """
+
     id: str
     category: str
     asserts: str
@@ -68,6 +74,7 @@ CASES: list[Case] = []
 
 
 def case(id: str, category: str, asserts: str) -> Callable:
+    """Register the decorated function as a row of the matrix."""
     def register(fn: Callable[[pytest.FixtureRequest], None]) -> Callable:
         CASES.append(Case(id, category, asserts, fn))
         return fn
@@ -75,6 +82,7 @@ def case(id: str, category: str, asserts: str) -> Callable:
 
 
 def fx(request: pytest.FixtureRequest, name: str) -> Any:
+    """A fixture, set up on first use by the case that needs it."""
     return request.getfixturevalue(name)
 
 
