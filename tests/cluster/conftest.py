@@ -14,10 +14,15 @@ Without docker, every test here fails with a message that says what is missing.
 from __future__ import annotations
 
 import os
+import secrets
 import subprocess
 from collections.abc import Iterator
 
 import pytest
+
+from papycluster.cluster import controller
+from papycluster.cluster.hosts import parse_hosts
+from papycluster.cluster.state import load_state
 
 from .harness import (
     COMPOSE_FILE,
@@ -102,3 +107,24 @@ def cluster(compose_guard: None, docker_services, harness_env: dict[str, str],
     """The running harness, once every node's sshd and MariaDB answer."""
     return attach(docker_compose_project_name, docker_compose_command, harness_env,
                   wait=docker_services.wait_until_responsive)
+
+
+@pytest.fixture
+def linux_up(cluster: Harness, tmp_path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """node1, node2 and node3 up (its own state and secret; the cluster's name);
+    afterwards every node restored, the cluster down and any agent left swept."""
+    monkeypatch.setenv("PAPYCLUSTER_STATE", str(tmp_path / "state" / "state.json"))
+    monkeypatch.delenv("PAPYCLUSTER_SECRET", raising=False)
+    monkeypatch.delenv("PAPYCLUSTER_SECRET_FILE", raising=False)
+    name = "f" + secrets.token_hex(4)
+    text = cluster.hosts_toml(cluster.linux_nodes, cluster_name=name, connect_timeout=5)
+    result = controller.up(parse_hosts(text, str(tmp_path / "hosts.toml")))
+    assert result.failed == [], result.failed
+    yield name
+    cluster.restore()
+    if load_state(missing_ok=True) is not None:
+        try:
+            controller.down()
+        except Exception:
+            pass
+    cluster.kill_agents()

@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import paramiko
 import pymysql
@@ -39,6 +40,7 @@ BUILD_SCRIPT = DOCKER_DIR / "build-images.sh"
 COMPOSE_FILE = DOCKER_DIR / "compose.yml"
 
 PROJECT_PREFIX = "papyc"
+AGENT = "papycluster.cluster.agent"  # in every agent's command line
 BUILD_TIMEOUT = 1500  # a cold debootstrap build takes one to two minutes
 COMPOSE_TIMEOUT = 300  # any one docker-compose command
 SSH_WAIT = 90  # for every node's sshd after `up`
@@ -160,6 +162,11 @@ class Harness:
                     raise HarnessError(f"{node.name} ({node.ip}) did not come back")
                 time.sleep(0.5)
 
+    def kill_agents(self) -> None:
+        """SIGKILL whatever papycluster agent is left on any node (after ``down``)."""
+        for node in self.nodes.values():
+            self.docker_exec(node, f"pkill -9 -f '{AGENT}'")
+
     def make_bare(self, node: Node) -> None:
         """Forget what an earlier ``up`` shipped (the node's papycluster cache)."""
         self.docker_exec(node, f"rm -rf ~{node.user}/.cache/papycluster", check=True)
@@ -246,6 +253,32 @@ class Harness:
 
 
 # -- helpers ---------------------------------------------------------------------------
+def write_report(basetemp: Path, name: str, figures: dict[str, Any]) -> Path:
+    """Write a test's figures to ``<basetemp>/node-loss/<name>.json`` (for the issue)."""
+    path = basetemp / "node-loss" / f"{name}.json"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(json.dumps(figures, indent=1) + "\n")
+    return path
+
+
+def record_errors(piper: Any) -> list:
+    """The error items that reach ``piper`` (they skip its function and go straight to
+    the plunger), kept in the returned list so that a test can show them."""
+    from papycluster import PiperError
+
+    errors: list = []
+    next_item = piper.next
+
+    def recording_next(*args: Any, **kwargs: Any) -> Any:
+        item = next_item(*args, **kwargs)
+        if isinstance(item, PiperError):
+            errors.append(item)
+        return item
+
+    piper.next = recording_next
+    return errors
+
+
 class HarnessError(RuntimeError):
     """The harness cannot run here (no docker, a failed build, a node that never came up)."""
 

@@ -16,34 +16,14 @@ from papycluster.cluster import controller
 from papycluster.cluster.hosts import parse_hosts
 from papycluster.cluster.state import load_state
 
+from .harness import record_errors
+
 if TYPE_CHECKING:  # the fixture comes from conftest.py
-    from tests.cluster.harness import Harness
+    from .harness import Harness
 
 pytestmark = pytest.mark.timeout(900)
 
-AGENT = "papycluster.cluster.agent"
 N = 60
-
-
-@pytest.fixture
-def papy_up(cluster: Harness, tmp_path, monkeypatch: pytest.MonkeyPatch):
-    """node1, node2 and node3 up; afterwards nodes restored, cluster down, agents swept."""
-    monkeypatch.setenv("PAPYCLUSTER_STATE", str(tmp_path / "state" / "state.json"))
-    monkeypatch.delenv("PAPYCLUSTER_SECRET", raising=False)
-    monkeypatch.delenv("PAPYCLUSTER_SECRET_FILE", raising=False)
-    name = "f" + secrets.token_hex(4)
-    text = cluster.hosts_toml(cluster.linux_nodes, cluster_name=name, connect_timeout=5)
-    result = controller.up(parse_hosts(text, str(tmp_path / "hosts.toml")))
-    assert result.failed == [], result.failed
-    yield name
-    cluster.restore()
-    if load_state(missing_ok=True) is not None:
-        try:
-            controller.down()
-        except Exception:
-            pass
-    for node in cluster.nodes.values():
-        cluster.docker_exec(node, f"pkill -9 -f '{AGENT}'")
 
 
 def run_with_fault(cluster: Harness, fault, second: tuple[str, ...] = ("node2",)
@@ -71,16 +51,7 @@ def run_with_fault(cluster: Harness, fault, second: tuple[str, ...] = ("node2",)
                                             worker_remote=[(h, 2) for h in second]),
                name="slow")
     last = Piper(Worker(collect), parallel=False, name="collect")
-    errors: list[PiperError] = []
-    next_item = last.next
-
-    def recording_next(*args, **kwargs):
-        item = next_item(*args, **kwargs)
-        if isinstance(item, PiperError):
-            errors.append(item)
-        return item
-
-    last.next = recording_next
+    errors: list[PiperError] = record_errors(last)
     plumber = Plumber()
     plumber.add_pipe((s1, s2, last))
     plumber.start([range(N)])
@@ -96,7 +67,7 @@ def run_with_fault(cluster: Harness, fault, second: tuple[str, ...] = ("node2",)
 
 
 @pytest.mark.parametrize("fault", ["docker kill", "network disconnect"])
-def test_node_lost_during_a_run(cluster: Harness, papy_up: str, fault: str):
+def test_node_lost_during_a_run(cluster: Harness, linux_up: str, fault: str):
     t0 = time.monotonic()
     action = cluster.kill if fault == "docker kill" else cluster.disconnect
     out, errors, finished = run_with_fault(cluster, action)
@@ -112,7 +83,7 @@ def test_node_lost_during_a_run(cluster: Harness, papy_up: str, fault: str):
 
 
 @pytest.mark.parametrize("fault", ["docker kill", "network disconnect"])
-def test_items_of_a_lost_node_go_to_a_survivor(cluster: Harness, papy_up: str, fault: str):
+def test_items_of_a_lost_node_go_to_a_survivor(cluster: Harness, linux_up: str, fault: str):
     action = cluster.kill if fault == "docker kill" else cluster.disconnect
     out, errors, finished = run_with_fault(cluster, action, second=("node2", "node3"))
     assert finished
@@ -161,5 +132,4 @@ def test_node_lost_while_up_ships_to_it(cluster: Harness, tmp_path,
         cluster.restore()
         if load_state(missing_ok=True) is not None:
             controller.down()
-        for node in cluster.nodes.values():
-            cluster.docker_exec(node, f"pkill -9 -f '{AGENT}'")
+        cluster.kill_agents()
