@@ -19,7 +19,7 @@ from typing import Any
 import rpyc
 from rpyc.core.stream import SocketStream
 
-from papycluster.cluster.agent import PROTOCOL, protocol_config
+from papycluster.cluster.agent import PROTOCOL, SYNC_REQUEST_TIMEOUT, protocol_config
 from papycluster.cluster.auth import client_handshake, secret_from_env
 from papycluster.cluster.errors import AuthError, ClusterError, VersionMismatchError
 from papycluster.errors import WorkerLostError
@@ -153,7 +153,7 @@ class RemoteWorker:
         self.wid = root.open_worker(self._on_message)
         # looked up once: each attribute of a netref costs a round trip (and a frozen
         # agent would hold that lookup for the whole RPC timeout)
-        self._send = root.send
+        self._send = rpyc.async_(root.send)
         self._alive = rpyc.async_(root.worker_alive)
         self._close_worker = root.close_worker
 
@@ -170,11 +170,20 @@ class RemoteWorker:
             self._lost_reason = "the connection to the agent was lost"
         self._queue.put(_LOST)
 
-    def send(self, data: bytes) -> None:
+    def send(self, data: bytes, timeout: float | None = None) -> None:
+        """Hand one message to the remote process; ``WorkerLostError`` if the agent has
+        not taken it within ``timeout`` seconds (default: the RPC timeout).
+
+        A host cut off from the network keeps the connection open and never answers:
+        the bound is what lets the engine's heartbeat declare it lost in time, also
+        while it is sending.
+        """
         if self._conn.closed:
             raise WorkerLostError(f"worker on {self.name}: {self._lost_reason or 'closed'}")
         try:
-            self._send(self.wid, data)
+            res = self._send(self.wid, data)
+            res.set_expiry(max(0.01, SYNC_REQUEST_TIMEOUT if timeout is None else timeout))
+            res.value  # noqa: B018 - waits, and raises what the agent raised
         except (EOFError, OSError) as exc:
             raise WorkerLostError(f"worker on {self.name}: {exc}")
         except Exception as exc:  # remote EOFError arrives as a derived exception

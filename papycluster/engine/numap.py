@@ -729,10 +729,13 @@ class NuMap:
                 return
             task, index, item, _ = tasklet
             try:
+                # a send the agent does not take within the heartbeat is a lost host too
                 if task.id not in defined:
-                    remote.send(proto.dumps(("def", task.id, task.blob)))
+                    remote.send(proto.dumps(("def", task.id, task.blob)),
+                                timeout=self.heartbeat)
                     defined.add(task.id)
-                remote.send(proto.dumps(("run", [(task.id, index, item)])))
+                remote.send(proto.dumps(("run", [(task.id, index, item)])),
+                            timeout=self.heartbeat)
                 reply = self._await_reply(remote, spec)
                 if reply is None:
                     return  # closing
