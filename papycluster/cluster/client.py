@@ -170,6 +170,11 @@ class RemoteWorker:
             self._lost_reason = "the connection to the agent was lost"
         self._queue.put(_LOST)
 
+    @property
+    def lost(self) -> bool:
+        """The connection or the worker process is known to be gone (no request made)."""
+        return self._conn.closed or bool(self._lost_reason)
+
     def send(self, data: bytes, timeout: float | None = None) -> None:
         """Hand one message to the remote process; ``WorkerLostError`` if the agent has
         not taken it within ``timeout`` seconds (default: the RPC timeout).
