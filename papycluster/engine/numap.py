@@ -53,6 +53,9 @@ POLL = 0.1
 #: Seconds between heartbeats while a remote reply is awaited.
 HEARTBEAT_EVERY = 1.0
 
+#: Tasklets in flight per remote worker: the second hides the round trip to the host.
+REMOTE_DEPTH = 2
+
 #: Most tasklets sent to a process in one message.
 BATCH_MAX = 32
 
@@ -145,6 +148,8 @@ class _SharedLane:
         self.alive = size
         self.inflight = 0
         self.lost = ""  # why the last worker of this lane was lost (for error messages)
+        self.idle = 0  # remote workers waiting for a tasklet
+        self.lost_hosts: set[str] = set()  # remote: hosts declared lost (for the run)
         self.threads: list[threading.Thread] = []
 
     @property
@@ -723,50 +728,113 @@ class NuMap:
         with self._cond:
             self._remote_workers.append(remote)
         defined: set[int] = set()
+        held: deque[tuple] = deque()  # sent, not yet answered; oldest first
+        alive = _Liveness()
         while True:
-            tasklet = lane.queue.get()
-            if tasklet is None:
-                return
-            task, index, item, _ = tasklet
+            while len(held) < REMOTE_DEPTH:
+                tasklet = self._next_remote_tasklet(lane, wait=not held)
+                if tasklet is None:
+                    if not held:
+                        return  # the stop mark
+                    break  # nothing more queued: wait for a reply
+                if not held:
+                    alive.touch()  # silence counts only while the host owes us a reply
+                task, index, item, _ = tasklet
+                if spec in lane.lost_hosts or getattr(remote, "lost", False):
+                    # A worker of a host already known lost: this tasklet never left, so
+                    # it goes back unchanged (no retry is used up) and the worker ends.
+                    lane.queue.put(tasklet)
+                    self._lane_worker_lost(lane, spec, WorkerLostError(
+                        f"worker on {spec}: its host was lost"), list(held))
+                    self._drop_remote(remote)
+                    return
+                held.append(tasklet)
+                try:
+                    # a send the agent does not take within the heartbeat: a lost host
+                    if task.id not in defined:
+                        remote.send(proto.dumps(("def", task.id, task.blob)),
+                                    timeout=alive.left(self.heartbeat))
+                        defined.add(task.id)
+                    remote.send(proto.dumps(("run", [(task.id, index, item)])),
+                                timeout=alive.left(self.heartbeat))
+                    alive.touch()
+                except Exception as exc:
+                    self._remote_lost(lane, spec, remote, exc, held)
+                    return
             try:
-                # a send the agent does not take within the heartbeat is a lost host too
-                if task.id not in defined:
-                    remote.send(proto.dumps(("def", task.id, task.blob)),
-                                timeout=self.heartbeat)
-                    defined.add(task.id)
-                remote.send(proto.dumps(("run", [(task.id, index, item)])),
-                            timeout=self.heartbeat)
-                reply = self._await_reply(remote, spec)
+                reply = self._await_reply(remote, spec, alive)
                 if reply is None:
                     return  # closing
-                [(task_id, reply_index, ok, value)] = proto.decode_results(reply)
+                results = proto.decode_results(reply)
             except Exception as exc:
-                log.warning("%s: remote worker on %s lost while running item %d of "
-                            "task %d: %s", self.name, spec, index, task.id, exc)
-                self._lane_worker_lost(lane, spec, exc, tasklet)
-                self._drop_remote(remote)
+                self._remote_lost(lane, spec, remote, exc, held)
                 return
-            with self._cond:
-                lane.inflight -= 1
-            self._deliver(task_id, reply_index, ok, value)
+            for task_id, reply_index, ok, value in results:
+                for position, (task, index, _, _) in enumerate(held):
+                    if task.id == task_id and index == reply_index:
+                        del held[position]
+                        break
+                with self._cond:
+                    lane.inflight -= 1
+                self._deliver(task_id, reply_index, ok, value)
 
-    def _await_reply(self, remote: Any, spec: str) -> bytes | None:
-        """The next reply of ``remote``; None when closing; WorkerLostError if silent."""
+    def _next_remote_tasklet(self, lane: _SharedLane, wait: bool) -> tuple | None:
+        """The next tasklet for a remote worker; None for the stop mark or nothing.
+
+        A worker that already has a tasklet in flight takes another one only when
+        more are queued than workers wait idle, so that pipelining hides the round
+        trip to a host without taking work from an idle worker.
+        """
+        if wait:
+            with self._cond:
+                lane.idle += 1
+            try:
+                return lane.queue.get()
+            finally:
+                with self._cond:
+                    lane.idle -= 1
+        if lane.queue.qsize() <= lane.idle:
+            return None
+        try:
+            tasklet = lane.queue.get_nowait()
+        except queue.Empty:
+            return None
+        if tasklet is None:  # the stop mark is for a worker that waits: leave it there
+            lane.queue.put(None)
+        return tasklet
+
+    def _remote_lost(self, lane: _SharedLane, spec: str, remote: Any,
+                     exc: BaseException, held: deque) -> None:
+        task, index = held[0][0], held[0][1]
+        log.warning("%s: remote worker on %s lost while running item %d of task %d "
+                    "(%d item(s) in flight): %s", self.name, spec, index, task.id,
+                    len(held), exc)
+        self._lane_worker_lost(lane, spec, exc, list(held))
+        self._drop_remote(remote)
+
+    def _await_reply(self, remote: Any, spec: str, alive: _Liveness) -> bytes | None:
+        """The next reply of ``remote``; None when closing; WorkerLostError if silent.
+
+        ``alive`` is when the host last showed a sign of life (a reply, a ping); the
+        host is declared lost before ``heartbeat`` seconds pass since then, so it is
+        always declared within ``heartbeat`` of going silent.
+        """
         ping = getattr(remote, "ping", None)
-        last_alive = time.monotonic()
         while True:
             try:
-                return remote.recv(timeout=HEARTBEAT_EVERY)
+                reply = remote.recv(timeout=HEARTBEAT_EVERY)
+                alive.touch()
+                return reply
             except TimeoutError:
                 if self._closing.is_set():
                     return None
             if ping is None:
                 continue
             if ping(timeout=HEARTBEAT_EVERY):
-                last_alive = time.monotonic()
-            elif time.monotonic() - last_alive >= self.heartbeat - HEARTBEAT_EVERY:
+                alive.touch()
+            elif alive.silent() + 2 * HEARTBEAT_EVERY > self.heartbeat:
                 raise WorkerLostError(
-                    f"host {spec} did not answer for {time.monotonic() - last_alive:.1f} s "
+                    f"host {spec} did not answer for {alive.silent():.1f} s "
                     f"(heartbeat {self.heartbeat:g} s)")
 
     def _drop_remote(self, remote: Any) -> None:
@@ -778,26 +846,29 @@ class NuMap:
                          name=f"{self.name}-drop-{getattr(remote, 'name', '?')}").start()
 
     def _lane_worker_lost(self, lane: _SharedLane, spec: str, exc: BaseException,
-                          held: tuple | None) -> None:
+                          held: list[tuple] | None) -> None:
         """A remote worker is gone: resend what it held, or fail it with the queue.
 
-        The tasklet ``held`` goes back to the lane while another worker of the lane
+        Each tasklet ``held`` goes back to the lane while another worker of the lane
         survives and its retries are not used up; when none survives, every queued
-        tasklet becomes an error item naming the host.
+        tasklet becomes an error item naming the host. A worker lost while holding
+        tasklets marks its host lost, so that the host's idle workers leave the lane
+        at their next tasklet instead of each using up a retry (or a heartbeat) on it.
         """
+        failed = []
         with self._cond:
             lane.alive -= 1
             lane.lost = f"{spec}: {exc}"
+            if held:  # lost while running: the other workers there are too
+                lane.lost_hosts.add(spec)
             survivors = lane.alive
-            if held is not None:
-                task, index, item, attempts = held
+            for task, index, item, attempts in held or ():
                 if survivors and attempts < self.retries:
                     lane.queue.put((task, index, item, attempts + 1))
-                    held = None
                 else:
                     lane.inflight -= 1
-        if held is not None:
-            task, index, _, attempts = held
+                    failed.append((task, index, attempts))
+        for task, index, attempts in failed:
             self._deliver(task.id, index, False, _lost(spec, index, task.id, exc, attempts))
         if survivors:
             return
@@ -916,6 +987,24 @@ class NuMap:
 
     def __next__(self) -> Any:
         return self.next()
+
+
+class _Liveness:
+    """When a remote host last showed a sign of life (a reply, a ping, a taken send)."""
+
+    def __init__(self) -> None:
+        self.last = time.monotonic()
+
+    def touch(self) -> None:
+        self.last = time.monotonic()
+
+    def silent(self) -> float:
+        return time.monotonic() - self.last
+
+    def left(self, heartbeat: float) -> float:
+        """How long a call may still wait, so that a silent host is declared lost
+        before ``heartbeat`` seconds pass since its last sign of life."""
+        return max(HEARTBEAT_EVERY, heartbeat - HEARTBEAT_EVERY - self.silent())
 
 
 class _Failed:
