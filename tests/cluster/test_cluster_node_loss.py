@@ -16,9 +16,11 @@ the test; it is only asserted to be below a generous bound that catches a hang.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
+import re
 import threading
 import time
 from collections import Counter
@@ -26,9 +28,9 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from papycluster import NuMap, Piper, Plumber, Worker
+from papycluster import NuMap, Piper, Plumber, Worker, WorkerLostError
 
-from .harness import record_errors, write_report
+from .harness import record_errors, wait_until, write_report
 
 if TYPE_CHECKING:  # the fixtures come from conftest.py
     from .harness import Harness
@@ -70,18 +72,15 @@ def _lost_records(records: list[logging.LogRecord], host: str) -> list[logging.L
             if r.name == ENGINE_LOG and f"remote worker on {host} lost" in r.getMessage()]
 
 
+def _items_held(record: logging.LogRecord) -> int:
+    """How many items the lost worker held ("... (2 item(s) in flight)", else one)."""
+    found = re.search(r"\((\d+) item\(s\) in flight\)", record.getMessage())
+    return int(found.group(1)) if found else 1
+
+
 def _duplicate_records(records: list[logging.LogRecord]) -> list[logging.LogRecord]:
     return [r for r in records
             if r.name == ENGINE_LOG and "dropped a duplicate" in r.getMessage()]
-
-
-def _wait_for(check, timeout: float, pause: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(pause)
-    return True
 
 
 @pytest.mark.parametrize("fault", ["docker kill", "network disconnect"])
@@ -120,7 +119,7 @@ def test_ten_thousand_items_one_node_lost(cluster: Harness, linux_up: str, fault
     t_start = time.monotonic()
     plumber.start([range(N)])
     lost: list[logging.LogRecord] = []
-    t_fault = t_detected = None
+    t_fault = t_detected = at_reconnect = None
     finished = False
     try:
         plumber.run()
@@ -129,13 +128,16 @@ def test_ten_thousand_items_one_node_lost(cluster: Harness, linux_up: str, fault
         (cluster.kill if fault == "docker kill" else cluster.disconnect)(victim)
         fault_took = time.time() - t_fault
         # bounded: a hang of the detection fails here, not in the run's wait
-        _wait_for(lambda: _lost_records(caplog.records, victim.name), HANG_BOUND + 30)
+        with contextlib.suppress(TimeoutError):
+            wait_until(lambda: _lost_records(caplog.records, victim.name), HANG_BOUND + 30,
+                       pause=0.05)
         lost = _lost_records(caplog.records, victim.name)
         if lost:
             t_detected = lost[0].created
         if fault == "network disconnect":
             # The node comes back while the run goes on: whatever its workers still
             # answer must not reach the output a second time.
+            at_reconnect = len(out)
             cluster.restore()
         finished = plumber.wait(RUN_WAIT)
     finally:
@@ -154,16 +156,18 @@ def test_ten_thousand_items_one_node_lost(cluster: Harness, linux_up: str, fault
         "fault": fault, "seed": seed, "victim": victim.name, "fault_after_results": point,
         "items_in": N, "results_out": len(out), "error_items": len(errors),
         "lost": len(missing), "duplicated": len(duplicated), "wrong": len(wrong),
-        "items_resent": len(lost),
+        "workers_lost": len(lost), "items_resent": sum(map(_items_held, lost)),
         "engine_duplicates_dropped": len(_duplicate_records(caplog.records)),
         "time_to_detect_s": None if detect is None else round(detect, 2),
+        "results_out_when_reconnected": at_reconnect,
         "fault_command_s": round(fault_took, 2), "run_time_s": round(run_time, 1),
         "items_per_s": round(len(out) / run_time, 1),
         "second_stage_hosts": dict(sorted(hosts.items())),
     }
     report = write_report(tmp_path_factory.getbasetemp(), fault.replace(" ", "-"), summary)
     print(f"{tag} items in {N}, results out {len(out)}, lost {len(missing)}, "
-          f"duplicated {len(duplicated)}, error items {len(errors)}, resent {len(lost)}, "
+          f"duplicated {len(duplicated)}, error items {len(errors)}, "
+          f"resent {summary['items_resent']}, "
           f"time to detect {summary['time_to_detect_s']} s, run {run_time:.1f} s "
           f"({summary['items_per_s']} items/s); {report}")
 
@@ -179,3 +183,41 @@ def test_ten_thousand_items_one_node_lost(cluster: Harness, linux_up: str, fault
     assert detect is not None, f"{tag} no 'lost' warning naming {victim.name}"
     assert detect < HANG_BOUND, f"{tag} detection took {detect:.1f}s (a hang?)"
 
+
+@pytest.mark.parametrize("fault", ["docker kill", "network disconnect"])
+def test_idle_workers_of_a_lost_node_use_up_no_retry(cluster: Harness, linux_up: str,
+                                                     fault: str):
+    """Six workers on the victim, one on a survivor, one item in flight at a time: after
+    the fault the victim's idle workers take the next items one after the other. The
+    item resent from the lost node, and the ones after it, must reach the survivor,
+    never become error items while it lives (the default two retries would be used up
+    by three dead workers of one host)."""
+    victim, survivor = cluster.nodes["node2"], cluster.nodes["node3"]
+    items, fault_at = 40, 20
+
+    def where(x):
+        import socket
+
+        return (x, socket.gethostname())
+
+    numap = NuMap(worker_num=0, worker_remote=[(victim.name, 6), (survivor.name, 1)],
+                  buffer=1)
+    numap.add_task(where, range(items))
+    numap.start()
+    out: list = []
+    errors: list = []
+    try:
+        for i in range(items):
+            if i == fault_at:
+                (cluster.kill if fault == "docker kill" else cluster.disconnect)(victim)
+            try:
+                out.append(numap.next(timeout=120))  # bounded: a hang fails here
+            except WorkerLostError as exc:  # an error item
+                errors.append(exc)
+    finally:
+        numap.stop()
+    assert errors == [], [repr(e) for e in errors[:3]]
+    assert [x for x, _ in out] == list(range(items))
+    hosts = [host for _, host in out]
+    assert victim.name in hosts[:fault_at]  # the victim's workers were working
+    assert set(hosts[fault_at + 1:]) == {survivor.name}

@@ -10,6 +10,7 @@ is printed (``-rP``/``-s``) and written to ``<pytest tmp dir>/node-loss/resume.j
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import signal
@@ -25,7 +26,7 @@ import pytest
 
 from papycluster import Checkpoint
 
-from .harness import REPO, write_report
+from .harness import REPO, wait_until, write_report
 
 if TYPE_CHECKING:  # the fixtures come from conftest.py
     from .harness import Harness
@@ -123,6 +124,14 @@ def test_a_killed_controller_resumes_from_the_mysql_checkpoint(
     finally:
         checkpoint.close()
     rows = _stored(cluster, table)
+    # Neither the killed controller's remote workers nor the rerun's outlive them
+    # (they are forked by the agent's forkserver and share its command line).
+    def workers_left() -> dict[str, int]:
+        return {node.name: len(cluster.processes(node, "multiprocessing.forkserver")) - 1
+                for node in cluster.linux_nodes}
+
+    with contextlib.suppress(TimeoutError):
+        wait_until(lambda: not any(workers_left().values()), 30)
     computed_first, computed_second = _computed(first_logs), _computed(second_logs)
     recomputed = sorted(set(stored_before) & set(computed_second))
     rest = set(range(N)) - set(stored_before)
@@ -145,3 +154,4 @@ def test_a_killed_controller_resumes_from_the_mysql_checkpoint(
     assert set(computed_second) == rest, "the rerun did not compute exactly the rest"
     assert final == {i: i * i + 1 for i in range(N)}  # every item, once, correct
     assert rows == N
+    assert not any(workers_left().values()), f"worker processes left: {workers_left()}"
