@@ -36,10 +36,11 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from timing import items_per_second  # noqa: E402
+
 from papycluster import NuMap, Piper, Worker, workers  # noqa: E402
 from papycluster.cluster import controller  # noqa: E402
 from papycluster.cluster.hosts import parse_hosts  # noqa: E402
-from papycluster.engine import Dagger  # noqa: E402
 from tests.cluster.harness import Harness, started  # noqa: E402
 
 SIZES = [("100 B", 100), ("10 KB", 10_000), ("1 MB", 1 << 20), ("16 MB", 16 << 20)]
@@ -105,25 +106,7 @@ def run_pipeline(h: Harness, kind: str, size: int, n: int, pair: tuple[str, str]
                parallel=NuMap(worker_num=0, worker_remote=[(pair[0], 1)]))
     down = Piper(Worker(tuple(down_funcs), tuple(down_args), tuple(down_kwargs)),
                  parallel=NuMap(worker_num=0, worker_remote=[(pair[1], 1)]))
-    dagger = Dagger()
-    dagger.add_pipe((up, down))
-    dagger.connect([range(n + 1)])
-    dagger.start()
-    try:
-        first = next(down)
-        t0 = time.perf_counter()
-        count = 0
-        for result in down:
-            if result != size:
-                raise RuntimeError(f"{kind}: got {result!r}, expected {size} bytes")
-            count += 1
-        elapsed = time.perf_counter() - t0
-    finally:
-        dagger.stop()
-        dagger.disconnect(forced=True)
-    if first != size or count != n:
-        raise RuntimeError(f"{kind}: {count} of {n} items, first {first!r}")
-    return n / elapsed
+    return items_per_second(up, down, n, size, kind)
 
 
 # -- the raw baseline: two bare Python processes on the nodes ---------------------------

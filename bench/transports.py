@@ -33,8 +33,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from timing import items_per_second
+
 from papycluster import NuMap, Piper, Worker, workers
-from papycluster.engine import Dagger
 
 SIZES = [("100 B", 100), ("10 KB", 10_000), ("1 MB", 1 << 20), ("16 MB", 16 << 20)]
 STREAM = ["tcp", "udp", "fifo", "shm", "file"]
@@ -108,25 +109,7 @@ def run_pipeline(kind: str, size: int, n: int, array: bool = False) -> float:
     down_args.append(())
     up = Piper(Worker(tuple(up_funcs), tuple(up_args)), parallel=NuMap(worker_num=1))
     down = Piper(Worker(tuple(down_funcs), tuple(down_args)), parallel=NuMap(worker_num=1))
-    dagger = Dagger()
-    dagger.add_pipe((up, down))
-    dagger.connect([range(n + 1)])
-    dagger.start()
-    try:
-        first = next(down)
-        t0 = time.perf_counter()
-        count = 0
-        for result in down:
-            if result != size:
-                raise RuntimeError(f"{kind}: got {result!r}, expected {size} bytes")
-            count += 1
-        elapsed = time.perf_counter() - t0
-    finally:
-        dagger.stop()
-        dagger.disconnect(forced=True)
-    if first != size or count != n:
-        raise RuntimeError(f"{kind}: {count} of {n} items, first {first!r}")
-    return n / elapsed
+    return items_per_second(up, down, n, size, kind)
 
 
 # -- raw baselines ---------------------------------------------------------------
