@@ -36,7 +36,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from timing import items_per_second  # noqa: E402
+from timing import items_for, items_per_second  # noqa: E402
 
 from papycluster import NuMap, Piper, Worker, workers  # noqa: E402
 from papycluster.cluster import controller  # noqa: E402
@@ -55,8 +55,7 @@ _BLOCKS: dict[int, bytes] = {}
 
 
 def count_for(size: int, quick: bool) -> int:
-    n = max(MIN_ITEMS, min(MAX_ITEMS, BUDGET // size))
-    return max(MIN_ITEMS, n // 4) if quick else n
+    return items_for(size, quick, BUDGET, MAX_ITEMS, MIN_ITEMS)
 
 
 # -- worker functions (defined in __main__, so they travel by value) -------------------

@@ -37,3 +37,10 @@ def items_per_second(up: Piper, down: Piper, n: int, size: int, kind: str) -> fl
     if first != size or count != n:
         raise RuntimeError(f"{kind}: {count} of {n} items, first {first!r}")
     return n / elapsed
+
+
+def items_for(size: int, quick: bool, budget: int, most: int, least: int = 8) -> int:
+    """How many items of ``size`` bytes one measurement moves: about ``budget`` bytes,
+    between ``least`` and ``most`` items; a quarter of that with ``quick``."""
+    n = max(least, min(most, budget // size))
+    return max(least, n // 4) if quick else n

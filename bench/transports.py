@@ -33,7 +33,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from timing import items_per_second
+from timing import items_for, items_per_second
 
 from papycluster import NuMap, Piper, Worker, workers
 
@@ -52,8 +52,7 @@ SQLITE_DB = ""
 
 
 def count_for(size: int, quick: bool) -> int:
-    n = max(MIN_ITEMS, min(MAX_ITEMS, BUDGET // size))
-    return max(MIN_ITEMS, n // 4) if quick else n
+    return items_for(size, quick, BUDGET, MAX_ITEMS, MIN_ITEMS)
 
 
 # -- worker functions (top level, so they travel by reference) -----------------------
