@@ -17,9 +17,16 @@ MARKER = "PAPYCLUSTER-RESULT "
 _PLACEHOLDER = "CONFIG = {}  # replaced by render()"
 
 
+#: Scripts that get the process helpers of ``_procs.py`` put in front of them.
+_WITH_PROCS = {"launch", "stop"}
+
+
 def render(name: str, config: dict[str, Any]) -> str:
     """The text of script ``name`` (probe, launch, stop, extract) with ``config`` inlined."""
-    text = (Path(__file__).parent / f"{name}.py").read_text(encoding="utf-8")
+    here = Path(__file__).parent
+    text = (here / f"{name}.py").read_text(encoding="utf-8")
+    if name in _WITH_PROCS:
+        text = (here / "_procs.py").read_text(encoding="utf-8") + "\n\n" + text
     if _PLACEHOLDER not in text:
         raise RuntimeError(f"remote script {name} lacks its CONFIG placeholder")
     return text.replace(_PLACEHOLDER, f"CONFIG = json.loads({json.dumps(config)!r})", 1)

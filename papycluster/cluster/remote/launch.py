@@ -5,11 +5,13 @@
 import getpass
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
 import time
+
+# alive, ours, group_alive and kill_tree come from _procs.py, which render() puts in
+# front of this script.
 
 CONFIG = {}  # replaced by render()
 
@@ -17,47 +19,6 @@ CONFIG = {}  # replaced by render()
 def result(**kw):
     print("PAPYCLUSTER-RESULT " + json.dumps(kw))
     sys.stdout.flush()
-
-
-def alive(pid):
-    if sys.platform == "win32":
-        out = subprocess.run(["tasklist", "/FI", f"PID eq {pid}", "/NH"],
-                             capture_output=True, text=True).stdout
-        return str(pid) in out
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def ours(pid):
-    """Is pid an agent (guard against a pid reused by an unrelated process)?"""
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return b"papycluster.cluster.agent" in f.read()
-    except OSError:
-        return alive(pid)
-
-
-def kill_tree(pid):
-    if sys.platform == "win32":
-        subprocess.run(["taskkill", "/F", "/T", "/PID", str(pid)], capture_output=True)
-        return
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(pid, sig)
-        except OSError:
-            try:
-                os.kill(pid, sig)
-            except OSError:
-                return
-        for _ in range(50):
-            if not alive(pid):
-                return
-            time.sleep(0.1)
 
 
 def main():
@@ -78,7 +39,7 @@ def main():
         with open(info_path) as f:
             old = json.load(f).get("pid")
         if old and alive(old) and ours(old):
-            kill_tree(old)
+            kill_tree(old, 5.0)
     except (OSError, ValueError):
         pass
     try:
@@ -135,7 +96,7 @@ def main():
         time.sleep(0.05)
     code = proc.poll()
     if code is None:
-        kill_tree(proc.pid)
+        kill_tree(proc.pid, 5.0)
     try:
         with open(os.path.join(run_dir, "agent.log"), errors="replace") as f:
             tail = f.read()[-2000:]
