@@ -1,9 +1,10 @@
 """``fifo``: named pipes on one host, served by one thread per dumping process.
 
 PaPy forked a child per item that blocked in ``open`` until a reader came. Here the
-first ``dump_item(..., 'fifo')`` makes a private directory (0700, unguessable name)
-with a *control* fifo, and starts one thread that multiplexes every transfer with
-non-blocking writes. Each item gets its own fifo (0600, unguessable name). A loader:
+first ``dump_item(..., 'fifo')`` makes a private directory (0700, unguessable name, in
+``/dev/shm`` where the host has it) with a *control* fifo, and starts one thread that
+multiplexes every transfer with non-blocking writes. Each item gets its own fifo (0600,
+unguessable name). A loader:
 
 1. opens the item fifo (read-write, so it never sees a premature end of file and
    never blocks in ``open``),
@@ -51,11 +52,23 @@ _WRITE_CHUNK = 1 << 20
 _PIPE_SIZE = 1 << 20
 
 
+def _fifo_root() -> str:
+    """Where the private directories go: a memory file system when the host has one.
+
+    Making and removing a fifo per item is metadata work; on tmpfs it never reaches a
+    disk journal (on this machine's ext4 ``/tmp``, 1 MB items took about 8% longer).
+    """
+    shm = "/dev/shm"
+    if os.path.isdir(shm) and os.access(shm, os.W_OK | os.X_OK):
+        return shm
+    return tempfile.gettempdir()
+
+
 class FifoServer:
     """The private directory, its control fifo and the thread that feeds loaders."""
 
     def __init__(self) -> None:
-        self.dir = os.path.join(tempfile.gettempdir(), "papyc-fifo-" + secrets.token_hex(16))
+        self.dir = os.path.join(_fifo_root(), "papyc-fifo-" + secrets.token_hex(16))
         os.mkdir(self.dir, 0o700)
         self.ctl = os.path.join(self.dir, CTL)
         os.mkfifo(self.ctl, 0o600)
