@@ -42,7 +42,7 @@ STREAM = ["tcp", "udp", "fifo", "shm", "file"]
 RAW_FOR = {"tcp": "socket", "udp": "socket", "fifo": "shm copy", "shm": "shm copy",
            "file": "shm copy", "sqlite": "shm copy"}
 #: Roughly how many bytes (and at most how many items) one measurement moves.
-BUDGET = 160 << 20
+BUDGET = 480 << 20
 MAX_ITEMS = 1500
 MIN_ITEMS = 8
 
