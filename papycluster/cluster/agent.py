@@ -299,6 +299,12 @@ def make_service(agent: Agent) -> type:
 
     class AgentService(rpyc.Service):
         def on_connect(self, conn: Any) -> None:
+            # Frames go out uncompressed, as the controller's (see client.AgentConnection).
+            # RPyC offers no public switch on the server side; its Connection keeps the
+            # channel as ``_channel``, and the first frame is sent after this returns.
+            channel = getattr(conn, "_channel", None)
+            if channel is not None:
+                channel.compress = False
             self._wids: set = set()
             self._conn = conn
 

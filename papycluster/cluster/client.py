@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import rpyc
+from rpyc.core.channel import Channel
 from rpyc.core.stream import SocketStream
 
 from papycluster.cluster.agent import PROTOCOL, SYNC_REQUEST_TIMEOUT, protocol_config
@@ -66,7 +67,11 @@ class AgentConnection:
             raise AuthError(f"agent {self.name} ({address}:{port}): {exc}")
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         _keepalive(sock)
-        self.conn = rpyc.connect_stream(SocketStream(sock), config=protocol_config())
+        # No zlib on frames (RPyC compresses those over 3 KB by default): a 1 MB item
+        # then cost about 10 ms of CPU at each end and random data does not shrink; the
+        # agent's side turns it off too (AgentService.on_connect).
+        self.conn = rpyc.connect_channel(Channel(SocketStream(sock), compress=False),
+                                         config=protocol_config())
         self._closed = threading.Event()
         self._listeners: list[Any] = []
         self._thread = threading.Thread(target=self._serve, daemon=True,
