@@ -34,6 +34,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from multiprocessing.connection import wait as mp_wait
 from typing import Any
@@ -84,6 +85,9 @@ LOG_FILE = "agent.log"
 #: controller refuses an agent whose protocol or papycluster version differs from its
 #: own, naming both, rather than failing later on a method that changed.
 PROTOCOL = 1
+#: Replies a worker may have handed to its controller without an acknowledgement yet;
+#: past this the relay waits (bounded by the RPC timeout) before it reads more.
+UNACKED_MAX = 64
 
 
 def protocol_config() -> dict[str, Any]:
@@ -136,8 +140,63 @@ class _RemoteProc:
         self.callback = callback
         self.on_result = on_result
         self.closed = False
+        # Send times of replies handed over but not acknowledged yet, oldest first, and
+        # the first acknowledgement that came back as an error.
+        self._unacked: deque = deque()
+        self._acks = threading.Condition()
+        self._ack_error = ""
         self.thread = threading.Thread(target=self._relay, name=f"relay-{wid}", daemon=True)
         self.thread.start()
+
+    def _hand_over(self, data: Any) -> None:
+        """Give one reply to the controller; do not wait for its acknowledgement.
+
+        ``callback`` is an asynchronous RPyC request (see ``exposed_open_worker``):
+        waiting for each answer put a network round trip between two replies of one
+        worker. Answers are counted as they come (in order, on one connection); one that
+        is an error, or an acknowledgement older than the RPC timeout, means that the
+        controller is gone or stuck, and raises here.
+        """
+        with self._acks:
+            while True:
+                if self._ack_error:
+                    raise ConnectionError(self._ack_error)
+                late = self._unacked and \
+                    time.monotonic() - self._unacked[0] > SYNC_REQUEST_TIMEOUT
+                if late:
+                    raise TimeoutError(f"no acknowledgement from the controller for "
+                                       f"{SYNC_REQUEST_TIMEOUT:g} s")
+                if len(self._unacked) < UNACKED_MAX:
+                    break
+                self._acks.wait(1.0)
+            self._unacked.append(time.monotonic())
+        try:
+            result = self.callback(data)
+        except BaseException:
+            with self._acks:
+                self._unacked.pop()
+            raise
+        if hasattr(result, "add_callback"):
+            result.add_callback(self._acknowledged)  # runs in the serving thread
+        else:  # a plain function (called in process): done when it returns
+            self._acknowledged(None)
+
+    def _acknowledged(self, result: Any) -> None:
+        with self._acks:
+            if self._unacked:
+                self._unacked.popleft()
+            if result is not None and result.error and not self._ack_error:
+                self._ack_error = f"the controller failed a reply: {result._obj!r}"
+            self._acks.notify_all()
+
+    def _check_acks(self) -> None:
+        """Between replies: the same checks as a hand-over, without handing anything."""
+        with self._acks:
+            if self._ack_error:
+                raise ConnectionError(self._ack_error)
+            if self._unacked and time.monotonic() - self._unacked[0] > SYNC_REQUEST_TIMEOUT:
+                raise TimeoutError(f"no acknowledgement from the controller for "
+                                   f"{SYNC_REQUEST_TIMEOUT:g} s")
 
     def _relay(self) -> None:
         """Forward every reply of the worker process to the controller, then say 'lost'."""
@@ -147,25 +206,26 @@ class _RemoteProc:
                 ready = mp_wait([conn, self.worker.sentinel], timeout=1.0)
             except (OSError, ValueError):
                 break
-            if not ready:
-                continue
-            if conn in ready or conn.poll(0):
-                try:
-                    data = conn.recv_bytes()
-                except (EOFError, OSError, ValueError):
+            try:
+                if not ready:
+                    self._check_acks()
+                    continue
+                if conn in ready or conn.poll(0):
+                    try:
+                        data = conn.recv_bytes()
+                    except (EOFError, OSError, ValueError):
+                        break
+                    self.on_result()
+                    self._hand_over(data)
+                elif self.worker.sentinel in ready:
                     break
-                self.on_result()
-                try:
-                    self.callback(data)
-                except Exception as exc:  # controller gone or stuck: the reply is lost
-                    log.warning("worker %s: cannot hand a reply to the controller (%s); "
-                                "stopping it and dropping the connection", self.wid, exc)
-                    self.closed = True
-                    # the controller must learn (WorkerLostError), not wait for a reply
-                    # that will never come
-                    threading.Thread(target=self.on_broken, daemon=True).start()
-                    break
-            elif self.worker.sentinel in ready:
+            except Exception as exc:  # controller gone or stuck: the reply is lost
+                log.warning("worker %s: cannot hand a reply to the controller (%s); "
+                            "stopping it and dropping the connection", self.wid, exc)
+                self.closed = True
+                # the controller must learn (WorkerLostError), not wait for a reply
+                # that will never come
+                threading.Thread(target=self.on_broken, daemon=True).start()
                 break
         if not self.closed:
             log.info("worker %s (pid %s) ended", self.wid, self.worker.pid)
@@ -332,7 +392,8 @@ def make_service(agent: Agent) -> type:
                 except Exception:
                     pass
 
-            wid = agent.open_worker(callback, drop)
+            # Replies go back as asynchronous requests (see _RemoteProc._hand_over).
+            wid = agent.open_worker(rpyc.async_(callback), drop)
             self._wids.add(wid)
             return wid
 

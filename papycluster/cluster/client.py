@@ -20,7 +20,7 @@ import rpyc
 from rpyc.core.channel import Channel
 from rpyc.core.stream import SocketStream
 
-from papycluster.cluster.agent import PROTOCOL, SYNC_REQUEST_TIMEOUT, protocol_config
+from papycluster.cluster.agent import PROTOCOL, protocol_config
 from papycluster.cluster.auth import client_handshake, secret_from_env
 from papycluster.cluster.errors import AuthError, ClusterError, VersionMismatchError
 from papycluster.errors import WorkerLostError
@@ -181,25 +181,28 @@ class RemoteWorker:
         return self._conn.closed or bool(self._lost_reason)
 
     def send(self, data: bytes, timeout: float | None = None) -> None:
-        """Hand one message to the remote process; ``WorkerLostError`` if the agent has
-        not taken it within ``timeout`` seconds (default: the RPC timeout).
+        """Hand one message to the remote process without waiting for the agent.
 
-        A host cut off from the network keeps the connection open and never answers:
-        the bound is what lets the engine's heartbeat declare it lost in time, also
-        while it is sending.
+        The message goes out as an asynchronous request, in order with the others on
+        this connection: waiting for each acknowledgement put a network round trip
+        between two tasklets. An agent that refuses the message (its worker process is
+        gone) makes the next ``recv`` raise ``WorkerLostError``; a host that is cut off or
+        frozen is found by the engine's heartbeat (``ping``). ``timeout`` is accepted for
+        callers that pass one and is not needed.
         """
         if self._conn.closed:
             raise WorkerLostError(f"worker on {self.name}: {self._lost_reason or 'closed'}")
         try:
             res = self._send(self.wid, data)
-            res.set_expiry(max(0.01, SYNC_REQUEST_TIMEOUT if timeout is None else timeout))
-            res.value  # noqa: B018 - waits, and raises what the agent raised
         except (EOFError, OSError) as exc:
             raise WorkerLostError(f"worker on {self.name}: {exc}")
-        except Exception as exc:  # remote EOFError arrives as a derived exception
-            if "gone" in str(exc) or isinstance(exc, TimeoutError):
-                raise WorkerLostError(f"worker on {self.name}: {exc}")
-            raise
+        res.add_callback(self._sent)
+
+    def _sent(self, res: Any) -> None:
+        # runs in the connection's serving thread when the agent has answered a send
+        if res.error and not self._lost_reason:
+            self._lost_reason = f"the agent refused a message: {res._obj}"
+            self._queue.put(_LOST)
 
     def recv(self, timeout: float) -> bytes:
         try:

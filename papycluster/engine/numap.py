@@ -750,14 +750,14 @@ class NuMap:
                     return
                 held.append(tasklet)
                 try:
-                    # a send the agent does not take within the heartbeat: a lost host
+                    # Sends do not wait for the agent (a refused one fails the next
+                    # reply), so a send is no sign of life: only replies and pings are.
                     if task.id not in defined:
                         remote.send(proto.dumps(("def", task.id, task.blob)),
                                     timeout=alive.left(self.heartbeat))
                         defined.add(task.id)
                     remote.send(proto.dumps(("run", [(task.id, index, item)])),
                                 timeout=alive.left(self.heartbeat))
-                    alive.touch()
                 except Exception as exc:
                     self._remote_lost(lane, spec, remote, exc, held)
                     return
@@ -990,7 +990,7 @@ class NuMap:
 
 
 class _Liveness:
-    """When a remote host last showed a sign of life (a reply, a ping, a taken send)."""
+    """When a remote host last showed a sign of life (a reply or a ping)."""
 
     def __init__(self) -> None:
         self.last = time.monotonic()
