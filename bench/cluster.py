@@ -50,6 +50,11 @@ BUDGET = 96 << 20
 MAX_ITEMS = 1000
 MIN_ITEMS = 8
 RAW_PORT = 47011
+#: Items in flight per NuMap. PaPy's default (stride x tasks = 1 here) leaves every item
+#: waiting for the previous one's round trip through this machine; a user of remote pools
+#: sets a deeper buffer, so that the remote lane can keep a tasklet queued on each node.
+#: The manager path and every transport run with the same one.
+BUFFER = 4
 
 _BLOCKS: dict[int, bytes] = {}
 
@@ -102,9 +107,9 @@ def run_pipeline(h: Harness, kind: str, size: int, n: int, pair: tuple[str, str]
     down_args.append(())
     down_kwargs.append({})
     up = Piper(Worker(tuple(up_funcs), tuple(up_args), tuple(up_kwargs)),
-               parallel=NuMap(worker_num=0, worker_remote=[(pair[0], 1)]))
+               parallel=NuMap(worker_num=0, worker_remote=[(pair[0], 1)], buffer=BUFFER))
     down = Piper(Worker(tuple(down_funcs), tuple(down_args), tuple(down_kwargs)),
-                 parallel=NuMap(worker_num=0, worker_remote=[(pair[1], 1)]))
+                 parallel=NuMap(worker_num=0, worker_remote=[(pair[1], 1)], buffer=BUFFER))
     return items_per_second(up, down, n, size, kind)
 
 
