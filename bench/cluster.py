@@ -17,6 +17,7 @@ shipped bundle purged after each run, so every ``up`` ships it), interleaved.
 ``--windows`` adds node1 -> win1 (the Windows-profile node: file on the share).
 
     python bench/cluster.py [--reps 3] [--quick] [--only tcp,file] [--sizes '1 MB']
+    python bench/cluster.py --up-only --reps 5     # only the timing of ``up``
 """
 
 from __future__ import annotations
@@ -190,6 +191,8 @@ def main() -> None:
     parser.add_argument("--sizes", default="", help="comma-separated labels, e.g. '1 MB'")
     parser.add_argument("--windows", action="store_true",
                         help="also node1 -> win1 (Windows profile: file on the share)")
+    parser.add_argument("--up-only", action="store_true",
+                        help="skip the transports; only time `up` on 1 and 4 nodes")
     args = parser.parse_args()
     began = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="papyc-bench-cluster-") as tmp:
@@ -197,6 +200,9 @@ def main() -> None:
         os.environ["PAPYCLUSTER_STATE"] = str(workdir / "state" / "state.json")
         with started(workdir / "harness") as h:
             print(f"harness up at {time.perf_counter() - began:.0f} s", file=sys.stderr)
+            if args.up_only:
+                _time_up(h, workdir, args.reps)
+                return
             nodes = [h.nodes["node1"], h.nodes["node2"]] + (
                 [h.nodes["win1"]] if args.windows else [])
             text = h.hosts_toml(nodes, cluster_name="bench" + secrets.token_hex(3))
@@ -256,27 +262,76 @@ def _run(h: Harness, args: argparse.Namespace, began: float) -> None:
     print(f"total {time.perf_counter() - began:.0f} s")
 
 
+#: ``up``'s progress messages (their beginnings) -> the step that starts with them.
+#: (The first match counts; the list holds the messages of earlier versions too.)
+STEPS = [("connecting", "ssh connect"), ("checking Python, OS, temp dir, port;", "check+start"),
+         ("checking", "check/probe"), ("shipping", "ship"), ("papycluster already", "ship"),
+         ("starting agent", "start agent"), ("waiting for the agent", "agent answers"),
+         ("up:", None)]
+
+
+class _StepClock:
+    """A progress callback that times each host's steps (from one message to the next)."""
+
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+        self.marks: dict[str, list[tuple[float, str]]] = {}
+        self.lock = threading.Lock()
+
+    def __call__(self, host: str, message: str) -> None:
+        with self.lock:
+            self.marks.setdefault(host, []).append((time.perf_counter(), message))
+
+    def steps(self) -> dict[str, float]:
+        """Per step, its longest duration over the hosts (seconds)."""
+        out: dict[str, float] = {}
+        for marks in self.marks.values():
+            for (t0, msg), (t1, _) in zip(marks, marks[1:], strict=False):
+                step = next((name for prefix, name in STEPS if msg.startswith(prefix)),
+                            msg.split(" ")[0])
+                if step is not None:
+                    out[step] = max(out.get(step, 0.0), t1 - t0)
+        return out
+
+
 def _time_up(h: Harness, workdir: Path, reps: int) -> None:
-    """Wall time of ``papycluster up`` on one bare node and on four (median, ratio)."""
+    """Wall time of ``papycluster up`` on one bare node and on four (median, ratio).
+
+    Also the time of each step (the slowest host's), from ``up``'s progress messages.
+    """
     groups = {"1 node": [h.nodes["node1"]], "4 nodes": list(h.nodes.values())}
     times: dict[str, list[float]] = {label: [] for label in groups}
+    steps: dict[str, dict[str, list[float]]] = {label: {} for label in groups}
     for rep in range(reps):
         for label, nodes in groups.items():
             text = h.hosts_toml(nodes, cluster_name=f"up{rep}" + secrets.token_hex(3))
             config = parse_hosts(text, str(workdir / "hosts.toml"))
+            clock = _StepClock()
             start = time.perf_counter()
-            result = controller.up(config)
+            result = controller.up(config, clock)
             elapsed = time.perf_counter() - start
             controller.down(purge_cache=True)
             if result.failed:
                 raise SystemExit(f"papycluster up failed: {result.failed}")
             times[label].append(elapsed)
+            for step, seconds in clock.steps().items():
+                steps[label].setdefault(step, []).append(seconds)
+        print(f"  up repetition {rep + 1}/{reps}: " + ", ".join(
+            f"{label} {times[label][-1]:.2f} s" for label in groups),
+            file=sys.stderr, flush=True)
     one = statistics.median(times["1 node"])
     print(f"\npapycluster up on bare nodes (ships the bundle), median of {reps}\n")
     print(f"{'hosts':<10} {'seconds':>8} {'x 1 node':>9}")
     for label, values in times.items():
         median = statistics.median(values)
         print(f"{label:<10} {median:>8.2f} {median / one:>9.2f}")
+    names = list(dict.fromkeys(s for label in groups for s in steps[label]))
+    print(f"\nsteps (slowest host, median seconds)\n{'step':<15}" +
+          "".join(f" {label:>8}" for label in groups))
+    for name in names:
+        print(f"{name:<15}" + "".join(
+            f" {statistics.median(steps[label][name]):>8.2f}" if steps[label].get(name)
+            else f" {'':>8}" for label in groups))
 
 
 if __name__ == "__main__":
