@@ -129,6 +129,28 @@ def capabilities(profile: str, shares: dict[str, str]) -> dict[str, Any]:
     }
 
 
+_PLATFORM: list[str] = []
+
+
+def platform_name() -> str:
+    """``platform.platform()``, without its ``uname -p`` child process on Linux.
+
+    ``platform.platform()`` reads the processor name, which on Linux means running
+    ``uname -p``: a fork and exec in the first ``info()`` of every ``up``, for a word
+    that it then drops ("unknown" on most distributions). The rest is the same.
+    """
+    if not _PLATFORM:
+        u = platform.uname()  # its processor field is only computed when read
+        if u.system == "Linux":
+            lib, version = platform.libc_ver()
+            parts = [u.system, u.release, u.machine] + (["with", lib + version] if lib
+                                                         else [])
+            _PLATFORM.append("-".join(p.replace(" ", "_") for p in parts if p))
+        else:
+            _PLATFORM.append(platform.platform())
+    return _PLATFORM[0]
+
+
 class _RemoteProc:
     """One worker process of one controller connection, with its relay thread."""
 
@@ -285,7 +307,7 @@ class Agent:
             "name": self.name, "cluster": self.cluster, "pid": os.getpid(),
             "hostname": socket.gethostname(), "address": self.advertise, "port": self.port,
             "python": platform.python_version(), "executable": sys.executable,
-            "platform": platform.platform(), "profile": self.profile,
+            "platform": platform_name(), "profile": self.profile,
             "started": self.started, "uptime": time.time() - self.started,
             "workers": self.workers, "workers_running": running,
             "items_done": self.items_done, "load": load, "cpus": os.cpu_count(),
@@ -467,10 +489,11 @@ def main(argv: list | None = None) -> None:
                             logger=logging.getLogger("papycluster.agent.rpyc"))
     agent.server = server
     agent.port = server.port
-    # start the worker start-method machinery before threads multiply
-    if agent.mp.get_start_method() == "forkserver":
-        from multiprocessing import forkserver
-        forkserver.ensure_running()
+    # The forkserver is not started here: the first worker starts it (multiprocessing
+    # does that on first use; it is exec'd, not forked, so the server's threads do not
+    # matter). An agent is ready as soon as it listens; a host that `up` brings up but
+    # never gets a worker pays for no second interpreter, and on hosts that share cores
+    # the `up` of the others does not wait behind it.
 
     def _term(signum: int, frame: Any) -> None:
         threading.Thread(target=agent.shutdown, daemon=True).start()
