@@ -37,6 +37,7 @@ import sys
 import sysconfig
 import time
 import traceback
+from collections import deque
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 from multiprocessing.connection import wait as mp_wait
@@ -154,6 +155,8 @@ def encode_result(task_key: Any, index: int, ok: bool, value: Any) -> bytes:
 COALESCE_FOR = 0.002
 FAST = 0.0005
 COALESCE_MAX = 64
+#: Messages a worker reads ahead of the one it runs, to prefetch their items.
+LOOK_AHEAD = 4
 
 
 def encode_results(results: list[tuple[Any, int, bool, Any]]) -> bytes:
@@ -194,6 +197,8 @@ def serve(conn: Connection) -> None:
             poller.register(sentinel, select.POLLIN)
     pending: list[tuple[Any, int, bool, Any]] = []
     since = 0.0
+    # Messages read early, in order, so that their items could be prefetched.
+    ahead: deque = deque()
 
     def flush() -> None:
         conn.send_bytes(encode_results(pending))
@@ -218,17 +223,46 @@ def serve(conn: Connection) -> None:
             raise EOFError("the manager process is gone")
         return False
 
+    def define(message: tuple) -> None:
+        _, task_key, blob = message
+        try:
+            functions[task_key] = loads(blob)
+        except Exception as exc:
+            functions[task_key] = (_raiser(describe_exception(exc)), (), {})
+
+    def look_ahead() -> None:
+        """Read the messages already waiting and start the prefetch of their items.
+
+        Only done before a tasklet whose Worker can prefetch (``load_item`` first), so
+        that the next item travels while this one is computed. Definitions are taken
+        at once (a key is never reused); everything else keeps its order in ``ahead``.
+        """
+        while len(ahead) < LOOK_AHEAD and input_ready(0):
+            message = loads(conn.recv_bytes())
+            if message[0] == "def":
+                define(message)
+                continue
+            ahead.append(message)
+            if message[0] == "run":
+                for task_key, _, item in message[1]:
+                    func = functions.get(task_key, (None,))[0]
+                    if getattr(func, "can_prefetch", False):
+                        func.prefetch(item)
+
     try:
         while True:
             if pending and not (len(pending) < COALESCE_MAX
                                 and time.monotonic() - since < COALESCE_FOR
-                                and input_ready(0)):
+                                and (ahead or input_ready(0))):
                 flush()
-            input_ready(None)
-            try:
-                message = loads(conn.recv_bytes())
-            except (EOFError, OSError):
-                return
+            if ahead:
+                message = ahead.popleft()
+            else:
+                input_ready(None)
+                try:
+                    message = loads(conn.recv_bytes())
+                except (EOFError, OSError):
+                    return
             kind = message[0]
             if kind == "run":
                 for task_key, index, item in message[1]:
@@ -239,6 +273,8 @@ def serve(conn: Connection) -> None:
                         ok, value = False, RemoteError(
                             "KeyError", f"task {task_key!r} was never defined", "", where())
                     else:
+                        if getattr(func, "can_prefetch", False):
+                            look_ahead()
                         ok, value = call(func, args, kwargs, item)
                     if not pending:
                         since = started
@@ -246,11 +282,7 @@ def serve(conn: Connection) -> None:
                     if time.monotonic() - started > FAST:
                         flush()
             elif kind == "def":
-                _, task_key, blob = message
-                try:
-                    functions[task_key] = loads(blob)
-                except Exception as exc:
-                    functions[task_key] = (_raiser(describe_exception(exc)), (), {})
+                define(message)
             elif kind == "drop":
                 functions.pop(message[1], None)
             elif kind == "exit":

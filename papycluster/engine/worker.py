@@ -110,6 +110,29 @@ class Worker:
         return box[0]
 
 
+    @property
+    def can_prefetch(self) -> bool:
+        """Does the first function know how to start its work early (``prefetch``)?"""
+        return hasattr(self.task[0], "prefetch")
+
+    def prefetch(self, inbox: Sequence) -> None:
+        """Let the first function start fetching what it will need for ``inbox``.
+
+        A worker process calls this for a tasklet that waits behind the one it runs
+        (see ``engine.process.serve``), so that, for example, ``workers.io.load_item``
+        transfers the next item while this one is computed. Functions without a
+        ``prefetch`` attribute are left alone. Never raises: the real call reports
+        every error, as it would without a prefetch.
+        """
+        hook = getattr(self.task[0], "prefetch", None)
+        if hook is None or _upstream_errors(inbox):
+            return
+        try:
+            hook(inbox, *self.args[0], **self.kwargs[0])
+        except Exception:
+            pass
+
+
 def _upstream_errors(inbox: Any) -> list:
     if not isinstance(inbox, list | tuple):
         return []

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from papycluster.transport import base, shares, ticket
+from papycluster.transport import base, read_ahead, shares, ticket
 from papycluster.transport.base import (
     SecretError,
     StaleTicketError,
@@ -48,6 +48,7 @@ __all__ = [
     "find",
     "get_share",
     "load",
+    "prefetch",
     "set_share",
     "shares",
 ]
@@ -113,7 +114,11 @@ def load(tk: Any, remove: bool | None = None, timeout: float | None = None,
     transport, flags, fields = ticket.parse(tk, family)
     if remove is None:
         remove = not flags & ticket.FLAG_KEEP
-    data = transport.load(fields, tk, remove=remove, timeout=timeout, **options)
+    ahead = read_ahead.take((tk, remove))
+    if ahead is not None:  # started by prefetch: its load has the same timeout
+        data = ahead.result()
+    else:
+        data = transport.load(fields, tk, remove=remove, timeout=timeout, **options)
     if flags & ticket.FLAG_STR:
         try:
             return bytes(data).decode("utf-8")
@@ -121,6 +126,29 @@ def load(tk: Any, remove: bool | None = None, timeout: float | None = None,
             raise TicketError(tk, f"the ticket says text, but the item is not UTF-8 ({exc})",
                               transport.name) from None
     return data
+
+
+def prefetch(tk: Any, remove: bool | None = None, timeout: float | None = None,
+             family: tuple[str, ...] | None = None, **options: Any) -> bool:
+    """Start loading ``tk`` in the background; the next :func:`load` of it (with the
+    same ``remove``) returns what this fetched. See :mod:`.read_ahead`.
+
+    Returns whether a fetch was started. Never raises: a bad ticket is reported by the
+    load that follows, exactly as without a prefetch.
+    """
+    try:
+        transport, flags, fields = ticket.parse(tk, family)
+    except Exception:
+        return False
+    if transport.name not in read_ahead.TRANSPORTS:
+        return False
+    if remove is None:
+        remove = not flags & ticket.FLAG_KEEP
+    try:
+        return read_ahead.start((tk, remove), lambda: transport.load(
+            fields, tk, remove=remove, timeout=timeout, **options))
+    except TypeError:  # unhashable ticket parts: no read-ahead, the load reports it
+        return False
 
 
 def find(type: str, key: str, table: str = "temp", db: str | None = None,

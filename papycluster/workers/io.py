@@ -79,6 +79,16 @@ def load_item(inbox: Sequence, remove: bool = True, timeout: float | None = None
                            family=_transport.STREAM, **options)
 
 
+def _prefetch_item(inbox: Sequence, remove: bool = True, timeout: float | None = None,
+                   **options: Any) -> None:
+    """``load_item``'s read-ahead, with the same arguments (see ``Worker.prefetch``)."""
+    _transport.prefetch(inbox[0], remove=remove, timeout=timeout,
+                        family=_transport.STREAM, **options)
+
+
+load_item.prefetch = _prefetch_item  # type: ignore[attr-defined]
+
+
 def dump_db_item(inbox: Sequence, type: str = "sqlite", table: str = "temp",
                  key: Any = None, keep: bool = False, db: str | None = None,
                  **options: Any) -> tuple:
