@@ -9,11 +9,17 @@ is installed). Each transport is compared with:
   socket (for tcp and udp) or a plain shared-memory copy into a reused segment (for
   shm, fifo and file).
 
+Every path runs with each NuMap ``buffer`` of ``--buffers`` (default 1 and 4): 1 is
+PaPy's default here (stride x tasks), where each item waits for the previous one; with
+a deeper buffer a worker holds its next tasklet and ``load_item`` reads its item ahead
+(see ``papycluster.transport.read_ahead``), while the manager path does not gain from it
+on two cores. "x manager" compares with the manager path at its best buffer.
+
 Throughput is measured between the first and the last result, so pool start-up does
 not count. Every configuration runs ``--reps`` times, interleaved (each repetition
 goes through all configurations in a rotated order), and the median is printed.
 
-    python bench/transports.py [--reps 3] [--quick] [--only tcp,shm]
+    python bench/transports.py [--reps 3] [--quick] [--only tcp,shm] [--buffers 1,4]
 """
 
 from __future__ import annotations
@@ -81,8 +87,10 @@ def nbytes(inbox: Any) -> int:
 
 # -- pipelines -------------------------------------------------------------------
 
-def run_pipeline(kind: str, size: int, n: int, array: bool = False) -> float:
-    """Items per second through two process NuMaps with transport ``kind``."""
+def run_pipeline(kind: str, size: int, n: int, array: bool = False, buffer: int = 1
+                 ) -> float:
+    """Items per second through two process NuMaps with transport ``kind``; ``buffer``
+    items in flight per NuMap."""
     make = make_array if array else make_item
     up_funcs: list[Callable] = [make]
     up_args: list[tuple] = [(size,)]
@@ -106,8 +114,10 @@ def run_pipeline(kind: str, size: int, n: int, array: bool = False) -> float:
         down_args.append(())
     down_funcs.append(nbytes)
     down_args.append(())
-    up = Piper(Worker(tuple(up_funcs), tuple(up_args)), parallel=NuMap(worker_num=1))
-    down = Piper(Worker(tuple(down_funcs), tuple(down_args)), parallel=NuMap(worker_num=1))
+    up = Piper(Worker(tuple(up_funcs), tuple(up_args)), parallel=NuMap(worker_num=1,
+                                                                    buffer=buffer))
+    down = Piper(Worker(tuple(down_funcs), tuple(down_args)),
+                 parallel=NuMap(worker_num=1, buffer=buffer))
     return items_per_second(up, down, n, size, kind)
 
 
@@ -205,6 +215,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="a quarter of the items")
     parser.add_argument("--only", default="", help="comma-separated transports")
     parser.add_argument("--sizes", default="", help="comma-separated labels, e.g. '1 MB'")
+    parser.add_argument("--buffers", default="1,4",
+                        help="comma-separated NuMap buffers to run every path with")
     args = parser.parse_args()
     os.environ.setdefault("PAPYCLUSTER_SECRET", secrets.token_hex(32))
     global SQLITE_DB
@@ -220,54 +232,64 @@ def _run(args: argparse.Namespace) -> None:
     kinds = ["manager", *STREAM, "sqlite"]
     if args.only:
         kinds = ["manager"] + [k for k in args.only.split(",") if k != "manager"]
+    buffers = [int(b) for b in args.buffers.split(",")]
     sizes = [s for s in SIZES if not args.sizes or s[0] in args.sizes.split(",")]
-    cases: list[tuple[str, str, int, bool]] = [(label, kind, size, False)
-                                               for label, size in sizes for kind in kinds]
+    cases: list[tuple[str, str, int, bool, int]] = [
+        (label, kind, size, False, buffer)
+        for label, size in sizes for kind in kinds for buffer in buffers]
     raws = [(label, raw, size) for label, size in sizes for raw in ("socket", "shm copy")]
     try:
         import numpy  # noqa: F401
 
-        cases += [("16 MB numpy", kind, 16 << 20, True) for kind in kinds if kind != "sqlite"]
+        cases += [("16 MB numpy", kind, 16 << 20, True, buffer)
+                  for kind in kinds if kind != "sqlite" for buffer in buffers]
     except ImportError:
         pass
-    rates: dict[tuple[str, str], list[float]] = {}
+    rates: dict[tuple, list[float]] = {}
     started = time.perf_counter()
     for rep in range(args.reps):
         order = cases[rep % len(cases):] + cases[:rep % len(cases)]
-        for label, kind, size, array in order:
+        for label, kind, size, array, buffer in order:
             n = count_for(size, args.quick)
-            rates.setdefault((label, kind), []).append(run_pipeline(kind, size, n, array))
+            rates.setdefault((label, kind, buffer), []).append(
+                run_pipeline(kind, size, n, array, buffer))
         for label, raw, size in raws:
             n = count_for(size, args.quick)
             fn = raw_socket if raw == "socket" else raw_shm_copy
-            rates.setdefault((label, raw), []).append(fn(size, n))
+            rates.setdefault((label, raw, 0), []).append(fn(size, n))
         print(f"  repetition {rep + 1}/{args.reps} done at "
               f"{time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
     med = {k: statistics.median(v) for k, v in rates.items()}
     print(f"\npapycluster transports: two process NuMaps (1 worker each), median of "
-          f"{args.reps} interleaved repetitions, {os.cpu_count()} CPUs\n")
-    head = (f"{'size':<12} {'path':<9} {'items/s':>10} {'MB/s':>9} {'x manager':>10} "
-            f"{'x raw':>7}  raw baseline")
+          f"{args.reps} interleaved repetitions, {os.cpu_count()} CPUs")
+    print("buffer: items in flight per NuMap (1 is PaPy's default here; deeper lets a "
+          "worker read its next item ahead).\nx manager: against the manager path at "
+          "its best buffer; x raw: against the raw baseline named at the right.\n")
+    head = (f"{'size':<12} {'path':<9} {'buffer':>6} {'items/s':>10} {'MB/s':>9} "
+            f"{'x manager':>10} {'x raw':>7}  raw baseline")
     print(head)
     print("-" * len(head))
     labels = [label for label, _ in sizes] + (["16 MB numpy"] if any(c[3] for c in cases)
                                                else [])
     for label in labels:
         size = 16 << 20 if label == "16 MB numpy" else dict(sizes)[label]
-        base = med.get((label, "manager"))
         raw_label = "16 MB" if label == "16 MB numpy" else label
-        for kind in kinds + ["socket", "shm copy"]:
-            rate = med.get((label, kind)) if kind not in ("socket", "shm copy") else \
-                med.get((raw_label, kind)) if label != "16 MB numpy" else None
+        base = max((med[(label, "manager", b)] for b in buffers
+                    if (label, "manager", b) in med), default=None)
+        rows = [(kind, b, med.get((label, kind, b))) for kind in kinds for b in buffers]
+        if label != "16 MB numpy":
+            rows += [(raw, 0, med.get((raw_label, raw, 0))) for raw in ("socket", "shm copy")]
+        for kind, buffer, rate in rows:
             if rate is None:
                 continue
             mbs = rate * size / 1e6
             xman = f"{rate / base:.2f}" if base and kind != "manager" else ""
             raw_name = RAW_FOR.get(kind)
-            raw = med.get((raw_label, raw_name)) if raw_name else None
+            raw = med.get((raw_label, raw_name, 0)) if raw_name else None
             xraw = f"{rate / raw:.2f}" if raw else ""
-            print(f"{label:<12} {kind:<9} {rate:>10.1f} {mbs:>9.1f} {xman:>10} {xraw:>7}  "
-                  f"{raw_name or ''}")
+            shown = str(buffer) if buffer else ""
+            print(f"{label:<12} {kind:<9} {shown:>6} {rate:>10.1f} {mbs:>9.1f} {xman:>10} "
+                  f"{xraw:>7}  {raw_name or ''}")
         print()
     print(f"total {time.perf_counter() - started:.0f} s")
 
