@@ -1,4 +1,4 @@
-"""A thin, fabric-like layer over paramiko: connect, run a script, put a file.
+"""A thin, fabric-like layer over paramiko: connect, run a script.
 
 What it adds to paramiko is what ``up`` needs: OpenSSH client config, the SSH agent and
 known_hosts honoured as ``ssh`` would; one bounded timeout for every wait; and every
@@ -14,6 +14,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import select
 import shlex
 import socket
 import time
@@ -208,11 +209,18 @@ def run(client: paramiko.SSHClient, command: str, stdin: str | None, timeout: fl
     deadline = time.monotonic() + timeout
     out, err = bytearray(), bytearray()
     try:
-        chan.settimeout(1.0)
+        # a script may carry the bundle (a megabyte): its sending is bounded by the
+        # whole timeout, not by the one-second slices of the reads below
+        chan.settimeout(timeout)
         chan.exec_command(command)
         if stdin is not None:
-            chan.sendall(stdin.encode("utf-8"))
+            try:
+                chan.sendall(stdin.encode("utf-8"))
+            except TimeoutError:
+                raise HostError(host, "timeout", f"{command!r} did not read its input in "
+                                f"{timeout:g} s")
         chan.shutdown_write()
+        chan.settimeout(1.0)
         while True:
             if time.monotonic() > deadline:
                 raise HostError(host, "timeout",
@@ -230,7 +238,7 @@ def run(client: paramiko.SSHClient, command: str, stdin: str | None, timeout: fl
                     not chan.recv_stderr_ready():
                 break
             if not progressed:
-                time.sleep(0.02)
+                _wait_channel(chan, min(0.1, max(0.0, deadline - time.monotonic())))
         code = chan.recv_exit_status()
     finally:
         chan.close()
@@ -238,22 +246,18 @@ def run(client: paramiko.SSHClient, command: str, stdin: str | None, timeout: fl
                      err.decode("utf-8", errors="replace"))
 
 
-def put_file(client: paramiko.SSHClient, local: str, remote: str, timeout: float,
-             host: str = "?") -> None:
-    """Copy ``local`` to ``remote`` over SFTP (the path as the SFTP server spells it)."""
-    try:
-        sftp = client.open_sftp()
-    except Exception as exc:
-        raise HostError(host, "deploy failed", f"cannot open SFTP: {exc}")
-    try:
-        channel = sftp.get_channel()
-        if channel is not None:
-            channel.settimeout(timeout)
-        sftp.put(local, remote)
-    except Exception as exc:
-        raise HostError(host, "deploy failed", f"cannot copy {local} to {remote}: {exc}")
-    finally:
-        sftp.close()
+def _wait_channel(chan: paramiko.Channel, timeout: float) -> None:
+    """Sleep until ``chan`` has output, its exit status, or ``timeout`` passes.
+
+    Woken by the data itself rather than a fixed poll, so a short script's result is
+    read the moment it arrives. The channel's pipe wakes ``select`` for stdout, stderr
+    and end-of-file; after end-of-file it stays readable, so from then on only the exit
+    status is waited for.
+    """
+    if chan.eof_received:
+        chan.status_event.wait(timeout)
+    else:
+        select.select([chan], [], [], timeout)
 
 
 def sftp_path(path: str, os_name: str) -> str:

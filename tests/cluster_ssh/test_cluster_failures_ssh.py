@@ -134,6 +134,31 @@ def test_scripts_through_a_file_as_for_powershell(sshd, cluster_name, remote_cac
     assert agent_pids(cluster_name) == [] and run_dirs(cluster_name) == []
 
 
+@pytest.mark.parametrize("sftp", ["works", "cannot tell", "sees another home"])
+def test_bundle_by_sftp_or_inside_the_launch_script(sshd, cluster_name, tmp_path,
+                                                    monkeypatch, sftp):
+    """SFTP places the bundle (making its folders); with no SFTP, or one that looks
+    elsewhere than Python does, the launch script gets the bundle inside itself."""
+    from papycluster.cluster import deploy
+
+    if sftp != "works":
+        monkeypatch.setattr(deploy, "_ship", lambda *args: sftp == "sees another home")
+    cache = tmp_path / "not" / "yet" / "cache"  # the bundle must be shipped
+    config = parse_hosts(hosts_toml(sshd, cluster_name, [{"name": "a"}], cache), "h.toml")
+    messages: list[str] = []
+    result = controller.up(config, progress=lambda h, m: messages.append(m))
+    assert result.up == ["a"], result.failed
+    inside = any("inside the launch script" in m for m in messages)
+    assert inside == (sftp != "works"), messages
+    [zipped] = cache.iterdir()  # the zip alone: no temporary file left beside it
+    assert zipped.suffix == ".zip"
+    assert oct(cache.stat().st_mode & 0o777) == "0o700"
+    rows = {r["name"]: r for r in controller.status()}
+    assert Path(rows["a"]["package"]).is_relative_to(zipped)
+    assert all(d.ok for d in controller.down())
+    assert agent_pids(cluster_name) == [] and run_dirs(cluster_name) == []
+
+
 def test_ssh_config_alias_gives_hostname_port_user_and_key(sshd, cluster_name, remote_cache,
                                                            tmp_path):
     cfg = tmp_path / "ssh_config"

@@ -49,10 +49,11 @@ def test_no_python_detection(code, err, missing):
 
 
 def test_render_inlines_config_safely():
-    text = render("probe", {"bundle_dir": "C:\\x\\'\"", "agent_port": 1})
+    config = {"check": {"bundle": "C:\\x\\'\"", "agent_port": 1}}
+    text = render("launch", config)
     namespace: dict = {}
-    exec(text.split("\n\ndef main")[0], namespace)  # the header with CONFIG only
-    assert namespace["CONFIG"] == {"bundle_dir": "C:\\x\\'\"", "agent_port": 1}
+    exec(text.split("\n\ndef main")[0], namespace)  # the preludes and CONFIG only
+    assert namespace["CONFIG"] == config
     assert parse_result('noise\nPAPYCLUSTER-RESULT {"ok": true}\n') == {"ok": True}
     assert parse_result("Traceback ...") is None
 
@@ -62,3 +63,16 @@ def test_shell_choice():
     assert deploy._shell(HostConfig("h", "a"), "windows") == "cmd"
     assert deploy._shell(HostConfig("h", "a", shell="powershell"), "windows") == "powershell"
     assert deploy._via_file("powershell") and not deploy._via_file("cmd")
+
+
+@pytest.mark.parametrize("path, spelled", [
+    ("~/.cache/papycluster/0.1.0-ab.zip", ".cache/papycluster/0.1.0-ab.zip"),
+    ("~\\cache\\x.zip", "cache/x.zip"),
+    ("/srv/cache/x.zip", "/srv/cache/x.zip"),
+    (r"C:\cache\x.zip", "/C:/cache/x.zip"),
+    ("~lab/cache/x.zip", None),  # another user's home: only Python expands it
+    ("%LOCALAPPDATA%\\x.zip", None),
+    ("$HOME/x.zip", None)])
+def test_sftp_spelling_of_the_bundle_path(path, spelled):
+    """Where SFTP looks for the cached bundle; None leaves it to the launch script."""
+    assert deploy._sftp_spelling(path) == spelled

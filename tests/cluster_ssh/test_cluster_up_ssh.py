@@ -40,7 +40,7 @@ def test_up_status_worker_down(sshd, cluster_name, remote_cache, tmp_path):
     # (the same interpreter may serve both here: where papycluster comes from tells)
     assert Path(rows["alpha"]["package"]).is_relative_to(remote_cache)
     assert rows["alpha"]["profile"] == "native" and rows["alpha"]["fork"] is True
-    assert list(remote_cache.glob("*/papycluster/__init__.py"))  # shipped and cached
+    assert list(remote_cache.glob("*.zip"))  # shipped and cached (imported from the zip)
     pids = agent_pids(cluster_name, children=False)
     assert len(pids) == 2
     # the secret is on no command line and in no environment of the agent

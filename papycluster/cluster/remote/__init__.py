@@ -17,16 +17,16 @@ MARKER = "PAPYCLUSTER-RESULT "
 _PLACEHOLDER = "CONFIG = {}  # replaced by render()"
 
 
-#: Scripts that get the process helpers of ``_procs.py`` put in front of them.
-_WITH_PROCS = {"launch", "stop"}
+#: The preludes put in front of each script: ``_procs.py`` (process helpers) and
+#: ``_probe.py`` (what a host has), so that each script still runs alone as ``python -``.
+_PRELUDES = {"launch": ("_procs", "_probe"), "stop": ("_procs",)}
 
 
 def render(name: str, config: dict[str, Any]) -> str:
-    """The text of script ``name`` (probe, launch, stop, extract) with ``config`` inlined."""
+    """The text of script ``name`` (launch, stop) with ``config`` inlined."""
     here = Path(__file__).parent
-    text = (here / f"{name}.py").read_text(encoding="utf-8")
-    if name in _WITH_PROCS:
-        text = (here / "_procs.py").read_text(encoding="utf-8") + "\n\n" + text
+    parts = [*_PRELUDES.get(name, ()), name]
+    text = "\n\n".join((here / f"{part}.py").read_text(encoding="utf-8") for part in parts)
     if _PLACEHOLDER not in text:
         raise RuntimeError(f"remote script {name} lacks its CONFIG placeholder")
     return text.replace(_PLACEHOLDER, f"CONFIG = json.loads({json.dumps(config)!r})", 1)
