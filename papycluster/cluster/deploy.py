@@ -401,7 +401,8 @@ def start_host(config: ClusterConfig, host: HostConfig, secret: str,
             "workers": host.workers, "timeout": config.start_timeout,
             "pythonpath": [bundle_path],
             "check": {"bundle": bundle_path, "min_python": list(MIN_PYTHON),
-                      "agent_port": host.agent_port}}
+                      "agent_port": host.agent_port,
+                      "cache_tag": sys.implementation.cache_tag}}
         progress(host.name, "checking Python, OS, temp dir, port; starting agent")
         launched = launch(client, host, shell, script, config.start_timeout + timeout)
         info = launched["probe"]

@@ -42,6 +42,11 @@ def test_python_39_host_runs_the_shipped_agent(sshd, cluster_name, remote_cache)
     assert any("warning: Python 3.9 there" in m for m in messages), messages
     try:
         assert result.results[0].info["python"].startswith("3.9.")
+        # the zip's compiled code is for this Python: 3.9 runs from a copy unpacked
+        # beside it (its own __pycache__), not from the zip (compiling in every process)
+        package = Path(result.results[0].info["package"])
+        assert package.parent.name.endswith(".cpython-39") and package.is_dir(), package
+        assert list((package / "__pycache__").glob("*.cpython-39.pyc"))
         w = open_remote_worker("py39")
         try:
             # by reference (a stdlib function): portable across Python versions

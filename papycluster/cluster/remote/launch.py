@@ -5,9 +5,10 @@
 #
 # For `up` over SSH it does the whole visit in this one run: with a "check" in CONFIG it
 # first probes the host (probe and fit come from _probe.py) and stops there if the host
-# does not fit; then, if the bundle is not cached, it writes the one the controller put
-# in CONFIG ("bundle_data"), or, when there is none, returns need_bundle so that the
-# controller sends it. A cached host thus costs one Python start, a bare one two.
+# does not fit; then, if the bundle is not cached (SFTP normally put it there first), it
+# writes the one the controller put in CONFIG ("bundle_data"), or, when there is none,
+# returns need_bundle so that the controller sends it. The agent imports from the zip,
+# or, on a Python other than the controller's, from a copy unpacked beside it.
 import base64
 import getpass
 import json
@@ -52,12 +53,38 @@ def install_bundle(path, data):
     return True
 
 
+def unpacked(archive):
+    """The bundle unpacked beside its zip, for a Python other than the controller's.
+
+    The code compiled inside the zip is for the controller's Python; another one would
+    compile every module in every process it starts (agent, forkserver, each worker),
+    as a zip has no __pycache__. Unpacked once, its __pycache__ fills up as usual.
+    """
+    target = "{}.{}".format(archive[:-len(".zip")], sys.implementation.cache_tag)
+    if not os.path.isfile(os.path.join(target, "papycluster", "__init__.py")):
+        import shutil
+        import zipfile
+
+        tmp = f"{target}.{socket.gethostname()}-{os.urandom(4).hex()}.tmp"
+        try:
+            with zipfile.ZipFile(archive) as z:
+                z.extractall(tmp, [n for n in z.namelist() if not n.endswith(".pyc")])
+            try:
+                os.replace(tmp, target)
+            except OSError:  # another `up` won the race: theirs is as good as ours
+                pass
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
 def main():
     run_dir = os.path.expanduser(CONFIG.get("run_dir") or os.path.join(
         tempfile.gettempdir(), "papycluster-{}-{}-{}".format(
             getpass.getuser(), CONFIG["cluster"], CONFIG["name"])))
     check = CONFIG.get("check")
     found = None
+    pythonpath = [os.path.expanduser(p) for p in CONFIG.get("pythonpath", [])]
     if check is not None:
         found = probe(check, run_dir)
         if not fit(found, check):
@@ -66,12 +93,16 @@ def main():
             if not CONFIG.get("bundle_data"):
                 return result(ok=False, need_bundle=True, probe=found)
             found["shipped"] = install_bundle(found["bundle"], CONFIG["bundle_data"])
-    launched = launch(run_dir)
+        tag = check.get("cache_tag")
+        if check.get("bundle") and tag and tag != sys.implementation.cache_tag:
+            pythonpath = [unpacked(found["bundle"]) if p == found["bundle"] else p
+                          for p in pythonpath]
+    launched = launch(run_dir, pythonpath)
     launched["probe"] = found
     return result(**launched)
 
 
-def launch(run_dir):
+def launch(run_dir, pythonpath):
     os.makedirs(run_dir, mode=0o700, exist_ok=True)
     if os.path.islink(run_dir):  # planted in a shared temp dir: never follow it
         return dict(ok=False, cause="agent failed",
@@ -103,7 +134,7 @@ def launch(run_dir):
         os.close(fd)
     env = dict(os.environ)
     env.pop("PAPYCLUSTER_SECRET", None)
-    paths = [os.path.expanduser(p) for p in CONFIG.get("pythonpath", [])]
+    paths = list(pythonpath)
     if env.get("PYTHONPATH"):
         paths.append(env["PYTHONPATH"])
     env["PYTHONPATH"] = os.pathsep.join(paths)
