@@ -77,6 +77,10 @@ def tune(sock: socket.socket, option: int) -> None:
 
 def send_frame(sock: socket.socket, header: bytes, item: memoryview) -> None:
     """``header`` then ``item`` in as few system calls as the kernel allows."""
+    if not hasattr(sock, "sendmsg"):  # Windows
+        sock.sendall(header)
+        sock.sendall(item)
+        return
     sent = sock.sendmsg([header, item])
     if sent < len(header):
         sock.sendall(header[sent:])
