@@ -275,6 +275,13 @@ def down(config: ClusterConfig | None = None, progress: Progress = _quiet,
     def stop(name: str, entry: dict[str, Any]) -> DownResult:
         progress(name, "stopping")
         wait_exit = 0.0
+
+        def asked(run_dir: str | None) -> dict[str, int]:
+            # the agent we just asked to shut down: the stop script waits for it and its
+            # children even if it has removed its run dir (and pid file) already
+            if wait_exit and run_dir and entry.get("pid"):
+                return {run_dir: int(entry["pid"])}
+            return {}
         if state is not None and "agent_port" in entry:
             try:
                 conn = AgentConnection(entry["connect"], int(entry["agent_port"]),
@@ -289,14 +296,16 @@ def down(config: ClusterConfig | None = None, progress: Progress = _quiet,
         try:
             if entry.get("local"):
                 from papycluster.cluster.agent import default_run_dir
+                run_dir = entry.get("run_dir") or default_run_dir(cluster, name)
                 res = run_local_script("stop", {
-                    "cluster": cluster, "run_dirs": [entry.get("run_dir") or
-                                                     default_run_dir(cluster, name)],
-                    "scan": False, "grace": 5.0, "wait_exit": wait_exit}, timeout)
+                    "cluster": cluster, "run_dirs": [run_dir], "scan": False,
+                    "grace": 5.0, "wait_exit": wait_exit,
+                    "asked": asked(run_dir)}, timeout)
             else:
                 host_cfg = entry.get("config") or _host_from_state(name, entry, config)
                 res = stop_host(config, host_cfg, cluster, entry.get("run_dir"),
-                                purge_cache, timeout, wait_exit)
+                                purge_cache, timeout, wait_exit,
+                                asked(entry.get("run_dir")))
         except HostError as exc:
             progress(name, f"FAILED: {exc.cause}: {exc.detail}")
             return DownResult(name, False, f"{exc.cause}: {exc.detail}")

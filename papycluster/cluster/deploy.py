@@ -462,15 +462,21 @@ def start_host(config: ClusterConfig, host: HostConfig, secret: str,
 
 def stop_host(config: ClusterConfig | None, host: HostConfig, cluster: str,
               run_dir: str | None, purge_cache: bool, timeout: float,
-              wait_exit: float = 0.0) -> dict[str, Any]:
-    """Sweep ``host``: kill any agent of ``cluster`` and remove its run directories."""
+              wait_exit: float = 0.0, asked: dict[str, int] | None = None
+              ) -> dict[str, Any]:
+    """Sweep ``host``: kill any agent of ``cluster`` and remove its run directories.
+
+    ``asked`` maps a run dir to the pid of an agent that was just asked to shut down:
+    it is waited for (``wait_exit`` seconds), with its children, never killed by that pid.
+    """
     target = ssh.resolve_target(config, host)
     client = ssh.connect(target)
     try:
         shell = _shell(host, host.os)
         return _run_script(client, host, shell, "stop", {
             "cluster": cluster, "run_dirs": [run_dir] if run_dir else [], "scan": True,
-            "grace": 5.0, "wait_exit": wait_exit, "purge_cache": purge_cache,
+            "grace": 5.0, "wait_exit": wait_exit, "asked": asked or {},
+            "purge_cache": purge_cache,
             "cache_dir": host.cache_dir or DEFAULT_CACHE_DIR}, timeout, "check failed")
     finally:
         client.close()

@@ -23,14 +23,20 @@ def main():
         pattern = "papycluster-{}-{}-*".format(user, CONFIG["cluster"])
         dirs += glob.glob(os.path.join(tempfile.gettempdir(), pattern))
     killed, removed = [], []
+    asked = {os.path.expanduser(k): v for k, v in CONFIG.get("asked", {}).items()}
     for d in sorted(set(dirs)):
         try:
             with open(os.path.join(d, "agent.json")) as f:
                 pid = int(json.load(f)["pid"])
         except (OSError, ValueError, KeyError):
             pid = None
+        # Asked to shut down: let the agent and its children (forkserver, workers) end.
+        # The agent may have removed its run dir, agent.json with it, before we look:
+        # then the pid the controller just talked to ("asked") is waited for; it is never
+        # used to kill (an old pid may belong to someone else by now).
+        waited = pid or asked.get(d)
         end = time.time() + float(CONFIG.get("wait_exit", 0))
-        while pid and time.time() < end and alive(pid):  # asked to shut down: let it
+        while waited and time.time() < end and (alive(waited) or group_alive(waited)):
             time.sleep(0.05)
         if pid and alive(pid) and ours(pid):
             kill_tree(pid, float(CONFIG.get("grace", 5.0)))
