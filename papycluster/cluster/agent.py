@@ -167,8 +167,40 @@ class _RemoteProc:
         self._unacked: deque = deque()
         self._acks = threading.Condition()
         self._ack_error = ""
+        # The worker's stream to its controller, once attached (see cluster.stream):
+        # replies go there instead of through the RPyC callback.
+        self.stream: socket.socket | None = None
+        self._stream_lock = threading.Lock()
         self.thread = threading.Thread(target=self._relay, name=f"relay-{wid}", daemon=True)
         self.thread.start()
+
+    def attach(self, sock: socket.socket, deliver: Callable[[Any], None]) -> None:
+        """Take the controller's stream: its frames go to the worker (``deliver``), the
+        worker's replies go back on it."""
+        self.stream = sock  # with stream.TIMEOUT on sends: a stuck controller is dropped
+        threading.Thread(target=self._read_stream, args=(sock, deliver), daemon=True,
+                         name=f"stream-{self.wid}").start()
+
+    def _read_stream(self, sock: socket.socket, deliver: Callable[[Any], None]) -> None:
+        """Frames from the controller to the worker, until the stream ends."""
+        from papycluster.cluster.stream import recv_frame
+
+        reason = "the controller closed the stream"
+        while not self.closed:
+            try:
+                data = recv_frame(sock)
+            except (OSError, ValueError) as exc:  # ValueError: closed under us
+                reason = f"the stream failed: {exc}"
+                break
+            if data is None:
+                break
+            try:
+                deliver(data)
+            except EOFError:
+                return  # the worker is gone; the relay says so
+        if not self.closed:
+            log.info("worker %s: %s; stopping it", self.wid, reason)
+            threading.Thread(target=self.on_broken, daemon=True).start()
 
     def _hand_over(self, data: Any) -> None:
         """Give one reply to the controller; do not wait for its acknowledgement.
@@ -238,7 +270,11 @@ class _RemoteProc:
                     except (EOFError, OSError, ValueError):
                         break
                     self.on_result()
-                    self._hand_over(data)
+                    if self.stream is not None:
+                        from papycluster.cluster.stream import send_frame
+                        send_frame(self.stream, data, self._stream_lock)
+                    else:
+                        self._hand_over(data)
                 elif self.worker.sentinel in ready:
                     break
             except Exception as exc:  # controller gone or stuck: the reply is lost
@@ -252,10 +288,24 @@ class _RemoteProc:
         if not self.closed:
             log.info("worker %s (pid %s) ended", self.wid, self.worker.pid)
             try:
-                self.callback(None)  # tell the controller the process is gone
+                if self.stream is not None:  # an empty frame: the process is gone
+                    from papycluster.cluster.stream import send_frame
+                    send_frame(self.stream, b"", self._stream_lock)
+                else:
+                    self.callback(None)  # tell the controller the process is gone
             except Exception:
                 pass
         self.closed = True
+        self._close_stream()
+
+    def _close_stream(self) -> None:
+        stream, self.stream = self.stream, None
+        if stream is not None:
+            try:
+                stream.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            stream.close()
 
     def stop(self) -> None:
         self.closed = True
@@ -263,6 +313,7 @@ class _RemoteProc:
             self.worker.stop()
         except Exception as exc:  # already gone
             log.debug("stopping worker %s: %s", self.wid, exc)
+        self._close_stream()
 
 
 class Agent:
@@ -286,6 +337,9 @@ class Agent:
         self.next_id = 0
         self.caps = capabilities(profile, shares)
         self.mp = self._context()
+        self.secret: str | bytes = b""  # set by main: the stream listener checks it
+        self.bind = "0.0.0.0"
+        self.streams: Any = None  # cluster.stream.StreamListener, started on first use
 
     def _context(self) -> Any:
         # forkserver: forking a threaded agent is unsafe; spawn where fork does not exist.
@@ -339,6 +393,24 @@ class Agent:
         log.info("worker %s started (pid %s)", wid, worker.pid)
         return wid
 
+    def open_stream(self, wid: int) -> tuple[int, str]:
+        """The port of the stream listener and a one-time token for worker ``wid``."""
+        from papycluster.cluster.stream import StreamListener
+
+        with self.lock:
+            if self.streams is None:
+                self.streams = StreamListener(self.bind, self.secret, self._attach)
+            listener = self.streams
+        return listener.port, listener.issue(wid)
+
+    def _attach(self, wid: int, sock: socket.socket) -> bool:
+        """Give a stream to worker ``wid``; False if it is gone or has one already."""
+        proc = self.procs.get(wid)
+        if proc is None or proc.closed or proc.stream is not None:
+            return False
+        proc.attach(sock, lambda data: self.send(wid, data))
+        return True
+
     def send(self, wid: int, data: bytes) -> None:
         proc = self.procs.get(wid)
         if proc is None or proc.closed:
@@ -365,6 +437,8 @@ class Agent:
         """Stop workers and the server, remove the run directory, exit."""
         log.info("shutting down")
         self.stop_all()
+        if self.streams is not None:
+            self.streams.close()
         if self.server is not None:
             try:
                 self.server.close()
@@ -418,6 +492,11 @@ def make_service(agent: Agent) -> type:
             wid = agent.open_worker(rpyc.async_(callback), drop)
             self._wids.add(wid)
             return wid
+
+        def exposed_open_stream(self, wid: int) -> tuple[int, str]:
+            if wid not in self._wids:
+                raise KeyError(f"worker {wid} does not belong to this connection")
+            return agent.open_stream(wid)
 
         def exposed_send(self, wid: int, data: bytes) -> None:
             if wid not in self._wids:
@@ -483,6 +562,8 @@ def main(argv: list | None = None) -> None:
     tempfile.tempdir = run_dir
     agent = Agent(args.name, args.cluster, args.profile, shares, args.workers, run_dir,
                   advertise)
+    agent.secret = secret
+    agent.bind = args.bind
     server = ThreadedServer(make_service(agent), hostname=args.bind, port=args.port,
                             authenticator=HmacAuthenticator(secret),
                             protocol_config=protocol_config(), reuse_addr=True,

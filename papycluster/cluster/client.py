@@ -20,6 +20,7 @@ import rpyc
 from rpyc.core.channel import Channel
 from rpyc.core.stream import SocketStream
 
+from papycluster.cluster import stream
 from papycluster.cluster.agent import PROTOCOL, protocol_config
 from papycluster.cluster.auth import client_handshake, secret_from_env
 from papycluster.cluster.errors import AuthError, ClusterError, VersionMismatchError
@@ -53,6 +54,7 @@ class AgentConnection:
         self.address = address
         self.port = port
         self.name = name or f"{address}:{port}"
+        self._secret = secret  # for the worker streams (cluster.stream)
         try:
             sock = socket.create_connection((address, port), timeout=timeout)
         except TimeoutError:
@@ -161,6 +163,46 @@ class RemoteWorker:
         self._send = rpyc.async_(root.send)
         self._alive = rpyc.async_(root.worker_alive)
         self._close_worker = root.close_worker
+        self._stream: socket.socket | None = None
+        self._stream_lock = threading.Lock()
+        self._open_stream(root)
+
+    def _open_stream(self, root: Any) -> None:
+        """Carry this worker's bytes on a direct socket (see :mod:`.stream`); if that
+        fails, they keep going through RPyC, slower but the same."""
+        try:
+            port, token = root.open_stream(self.wid)
+            sock = stream.connect(self._conn.address, int(port), token, self._conn._secret,
+                                  timeout=10.0)
+        except Exception as exc:
+            log.info("worker on %s: no stream (%s); its bytes go through RPyC", self.name,
+                     exc)
+            return
+        self._stream = sock
+        threading.Thread(target=self._read_stream, args=(sock,), daemon=True,
+                         name=f"papycluster-stream-{self.name}").start()
+
+    def _read_stream(self, sock: socket.socket) -> None:
+        reason = "the stream to the agent closed"
+        while True:
+            try:
+                data = stream.recv_frame(sock)
+            except (OSError, ValueError) as exc:  # ValueError: closed under us
+                reason = f"the stream to the agent failed: {exc}"
+                break
+            if not data:  # None: closed; empty frame: the agent says the process ended
+                if data is not None:
+                    reason = "the worker process ended"
+                break
+            self._queue.put(data)
+        if not self._lost_reason:
+            self._lost_reason = reason
+        self._queue.put(_LOST)
+
+    @property
+    def streaming(self) -> bool:
+        """Do this worker's bytes travel on a direct stream (not through RPyC)?"""
+        return self._stream is not None
 
     def _on_message(self, data: bytes | None) -> None:
         # runs in the connection's serving thread; must not block
@@ -192,6 +234,13 @@ class RemoteWorker:
         """
         if self._conn.closed:
             raise WorkerLostError(f"worker on {self.name}: {self._lost_reason or 'closed'}")
+        if self._stream is not None:
+            try:  # bounded by stream.TIMEOUT per write: a host that takes nothing is lost
+                stream.send_frame(self._stream, data, self._stream_lock)
+            except OSError as exc:
+                raise WorkerLostError(f"worker on {self.name}: sending on its stream: "
+                                      f"{exc}")
+            return
         try:
             res = self._send(self.wid, data)
         except (EOFError, OSError) as exc:
@@ -237,6 +286,13 @@ class RemoteWorker:
         except Exception:
             pass
         finally:
+            sock, self._stream = self._stream, None
+            if sock is not None:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                sock.close()
             if getattr(self, "_owns_conn", False):
                 self._conn.close()
 

@@ -1,0 +1,176 @@
+"""Worker streams: one direct, authenticated socket per remote worker for its bytes.
+
+RPyC carries the control of a remote worker well (open, ping, close), its data less
+so: every message is a request that is answered, brine-encoded and dispatched by a
+serving thread at both ends. Measured between two docker nodes sharing two cores, that
+cost the controller 0.40 s of CPU and each agent 0.13 s for 1,000 items of 1 MB, on a
+machine that was then 87% busy. A stream is one TCP connection per worker that carries
+length-prefixed frames and nothing else: the controller's protocol messages one way,
+the worker's replies the other, both unchanged (the agent still never unpickles).
+
+Opening: the controller asks the agent over RPyC (``open_stream(wid)``) for the port of
+the agent's stream listener and a one-time token. It connects, both ends prove the
+cluster secret with the same HMAC handshake as the agent's RPyC port, and then it sends
+the token, which binds the connection to that worker. Nothing is read from a peer
+before it has proved the secret, and nothing but the token until the token matched.
+A zero-length frame from the agent says that the worker process ended.
+
+The listener uses an ephemeral port (hosts already reach each other's ephemeral ports
+for the tcp transport). A controller that cannot open a stream keeps RPyC for that
+worker, so a firewall costs speed, not function.
+
+This module runs on the agent too: Python 3.9, no ``match``, no runtime ``X | Y``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+import socket
+import struct
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from papycluster.cluster.auth import AuthError, client_handshake, server_handshake
+
+log = logging.getLogger("papycluster.stream")
+
+FRAME = struct.Struct("!Q")
+TOKEN = 32
+#: Frames up to this size go out as one buffer with their header (one system call).
+SMALL = 64 * 1024
+HANDSHAKE_TIMEOUT = 10.0
+#: Bound on every send, and on every read inside a frame, on an open stream (seconds).
+TIMEOUT = 10.0
+
+
+def send_frame(sock: socket.socket, data: Any, lock: threading.Lock) -> None:
+    """Send one frame; ``lock`` keeps frames of several threads whole."""
+    header = FRAME.pack(len(data))
+    with lock:
+        if len(data) < SMALL:
+            sock.sendall(header + bytes(data))
+        else:
+            sock.sendall(header)
+            sock.sendall(data)
+
+
+def _recv_into(sock: socket.socket, view: memoryview) -> bool:
+    """Fill ``view``; False on an end of stream before the first byte."""
+    got = 0
+    while got < view.nbytes:
+        n = sock.recv_into(view[got:])
+        if n == 0:
+            if got == 0:
+                return False
+            raise ConnectionError(f"stream closed after {got} of {view.nbytes} bytes")
+        got += n
+    return True
+
+
+def recv_frame(sock: socket.socket) -> bytearray | None:
+    """The next frame, or None at the end of the stream.
+
+    It waits for the first byte without a bound (an idle peer is no error; the stream
+    is closed from our side when its worker is dropped). Once a frame has begun, every
+    read is bounded by the socket's timeout (:data:`TIMEOUT`).
+    """
+    select.select([sock], [], [])
+    header = bytearray(FRAME.size)
+    if not _recv_into(sock, memoryview(header)):
+        return None
+    (size,) = FRAME.unpack(header)
+    data = bytearray(size)
+    if size and not _recv_into(sock, memoryview(data)):
+        raise ConnectionError("stream closed inside a frame")
+    return data
+
+
+def _tune(sock: socket.socket) -> None:
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+
+
+class StreamListener:
+    """The agent's side: accepts streams, admits those that prove the secret and
+    present a token that :meth:`issue` handed out, and gives them to ``attach``."""
+
+    def __init__(self, bind: str, secret: str | bytes,
+                 attach: Callable[[int, socket.socket], bool]) -> None:
+        self.secret = secret
+        self.attach = attach
+        self.tokens: dict = {}
+        self.lock = threading.Lock()
+        family = socket.AF_INET6 if ":" in bind else socket.AF_INET
+        self.sock = socket.socket(family, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((bind, 0))
+        self.sock.listen(64)
+        self.port = self.sock.getsockname()[1]
+        self.closed = False
+        threading.Thread(target=self._accept, name="papycluster-streams",
+                         daemon=True).start()
+
+    def issue(self, wid: int) -> str:
+        """A one-time token that binds the next stream presenting it to worker ``wid``."""
+        token = os.urandom(TOKEN)
+        with self.lock:
+            self.tokens[token] = wid
+        return token.hex()
+
+    def _accept(self) -> None:
+        while not self.closed:
+            try:
+                conn, peer = self.sock.accept()
+            except OSError:
+                if self.closed:
+                    return
+                continue
+            threading.Thread(target=self._admit, args=(conn, peer), daemon=True,
+                             name="papycluster-stream-admit").start()
+
+    def _admit(self, conn: socket.socket, peer: Any) -> None:
+        where = "{}:{}".format(*peer[:2])
+        try:
+            _tune(conn)
+            server_handshake(conn, self.secret, HANDSHAKE_TIMEOUT)
+            conn.settimeout(HANDSHAKE_TIMEOUT)
+            token = bytearray(TOKEN)
+            if not _recv_into(conn, memoryview(token)):
+                raise ConnectionError("closed before its token")
+            with self.lock:
+                wid = self.tokens.pop(bytes(token), None)
+            if wid is None:
+                raise AuthError("a token this agent did not issue (or issued and used)")
+            conn.settimeout(TIMEOUT)
+            if self.attach(wid, conn):
+                return
+            raise ConnectionError(f"worker {wid} is gone or has its stream already")
+        except (AuthError, OSError) as exc:
+            log.warning("stream from %s refused: %s", where, exc)
+        conn.close()
+
+    def close(self) -> None:
+        self.closed = True
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+
+def connect(address: str, port: int, token: str, secret: str | bytes,
+            timeout: float) -> socket.socket:
+    """The controller's side: connect, prove the secret both ways, present the token."""
+    sock = socket.create_connection((address, port), timeout=timeout)
+    try:
+        _tune(sock)
+        client_handshake(sock, secret, timeout)
+        sock.settimeout(timeout)
+        sock.sendall(bytes.fromhex(token))
+        sock.settimeout(TIMEOUT)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
