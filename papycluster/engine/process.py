@@ -223,12 +223,20 @@ def serve(conn: Connection) -> None:
             raise EOFError("the manager process is gone")
         return False
 
+    # Tasks whose function can start its work early (Worker.prefetch): found once, at
+    # definition, so that other tasklets pay nothing for the read-ahead.
+    prefetching: set = set()
+
     def define(message: tuple) -> None:
         _, task_key, blob = message
         try:
             functions[task_key] = loads(blob)
         except Exception as exc:
             functions[task_key] = (_raiser(describe_exception(exc)), (), {})
+        if getattr(functions[task_key][0], "can_prefetch", False):
+            prefetching.add(task_key)
+        else:
+            prefetching.discard(task_key)
 
     def look_ahead() -> None:
         """Read the messages already waiting and start the prefetch of their items.
@@ -245,9 +253,8 @@ def serve(conn: Connection) -> None:
             ahead.append(message)
             if message[0] == "run":
                 for task_key, _, item in message[1]:
-                    func = functions.get(task_key, (None,))[0]
-                    if getattr(func, "can_prefetch", False):
-                        func.prefetch(item)
+                    if task_key in prefetching:
+                        functions[task_key][0].prefetch(item)
 
     try:
         while True:
@@ -273,7 +280,7 @@ def serve(conn: Connection) -> None:
                         ok, value = False, RemoteError(
                             "KeyError", f"task {task_key!r} was never defined", "", where())
                     else:
-                        if getattr(func, "can_prefetch", False):
+                        if task_key in prefetching:
                             look_ahead()
                         ok, value = call(func, args, kwargs, item)
                     if not pending:
@@ -285,6 +292,7 @@ def serve(conn: Connection) -> None:
                 define(message)
             elif kind == "drop":
                 functions.pop(message[1], None)
+                prefetching.discard(message[1])
             elif kind == "exit":
                 return
     except (EOFError, OSError, BrokenPipeError):
