@@ -270,14 +270,17 @@ class _RemoteProc:
                     except (EOFError, OSError, ValueError):
                         break
                     self.on_result()
-                    if self.stream is not None:
+                    stream = self.stream  # stop() may drop it meanwhile
+                    if stream is not None:
                         from papycluster.cluster.stream import send_frame
-                        send_frame(self.stream, data, self._stream_lock)
+                        send_frame(stream, data, self._stream_lock)
                     else:
                         self._hand_over(data)
                 elif self.worker.sentinel in ready:
                     break
             except Exception as exc:  # controller gone or stuck: the reply is lost
+                if self.closed:
+                    break  # stopped meanwhile: nobody waits for this reply
                 log.warning("worker %s: cannot hand a reply to the controller (%s); "
                             "stopping it and dropping the connection", self.wid, exc)
                 self.closed = True
@@ -288,9 +291,10 @@ class _RemoteProc:
         if not self.closed:
             log.info("worker %s (pid %s) ended", self.wid, self.worker.pid)
             try:
-                if self.stream is not None:  # an empty frame: the process is gone
+                stream = self.stream
+                if stream is not None:  # an empty frame: the process is gone
                     from papycluster.cluster.stream import send_frame
-                    send_frame(self.stream, b"", self._stream_lock)
+                    send_frame(stream, b"", self._stream_lock)
                 else:
                     self.callback(None)  # tell the controller the process is gone
             except Exception:

@@ -225,18 +225,20 @@ class RemoteWorker:
     def send(self, data: bytes, timeout: float | None = None) -> None:
         """Hand one message to the remote process without waiting for the agent.
 
-        The message goes out as an asynchronous request, in order with the others on
-        this connection: waiting for each acknowledgement put a network round trip
-        between two tasklets. An agent that refuses the message (its worker process is
-        gone) makes the next ``recv`` raise ``WorkerLostError``; a host that is cut off or
-        frozen is found by the engine's heartbeat (``ping``). ``timeout`` is accepted for
-        callers that pass one and is not needed.
+        It goes on the worker's stream (each write bounded by ``stream.TIMEOUT``) or,
+        without one, as an asynchronous RPyC request; either way in order with the
+        others: waiting for an acknowledgement put a network round trip between two
+        tasklets. A worker process that is gone makes the next ``recv`` raise
+        ``WorkerLostError``; a host that is cut off or frozen is found by the engine's
+        heartbeat (``ping``). ``timeout`` is accepted for callers that pass one and is
+        not needed.
         """
         if self._conn.closed:
             raise WorkerLostError(f"worker on {self.name}: {self._lost_reason or 'closed'}")
-        if self._stream is not None:
-            try:  # bounded by stream.TIMEOUT per write: a host that takes nothing is lost
-                stream.send_frame(self._stream, data, self._stream_lock)
+        sock = self._stream  # close() may drop it meanwhile
+        if sock is not None:
+            try:
+                stream.send_frame(sock, data, self._stream_lock)
             except OSError as exc:
                 raise WorkerLostError(f"worker on {self.name}: sending on its stream: "
                                       f"{exc}")
