@@ -303,13 +303,11 @@ class _RemoteProc:
         self._close_stream()
 
     def _close_stream(self) -> None:
+        from papycluster.cluster import stream as streams
+
         stream, self.stream = self.stream, None
         if stream is not None:
-            try:
-                stream.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            stream.close()
+            streams.close(stream)
 
     def stop(self) -> None:
         self.closed = True

@@ -290,11 +290,7 @@ class RemoteWorker:
         finally:
             sock, self._stream = self._stream, None
             if sock is not None:
-                try:
-                    sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-                sock.close()
+                stream.close(sock)
             if getattr(self, "_owns_conn", False):
                 self._conn.close()
 

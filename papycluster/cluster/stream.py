@@ -88,6 +88,15 @@ def recv_frame(sock: socket.socket) -> bytearray | None:
     return data
 
 
+def close(sock: socket.socket) -> None:
+    """End a stream at once, waking a reader that waits on it at either end."""
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    sock.close()
+
+
 def _tune(sock: socket.socket) -> None:
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)

@@ -112,3 +112,16 @@ def remote_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("remote-cache")
 
 
+@pytest.fixture
+def local_cluster(cluster_name):
+    """Two agents on this machine by ``up_local`` (no SSH; native and Windows profile);
+    ``down`` must leave no agent process and no run dir."""
+    from papycluster.cluster import controller
+    from papycluster.cluster.state import load_state
+
+    result = controller.up_local(2, cluster=cluster_name, profiles=["native", "windows"])
+    assert result.failed == [], result.failed
+    yield load_state()
+    controller.down()
+    assert agent_pids(cluster_name) == []
+    assert run_dirs(cluster_name) == []

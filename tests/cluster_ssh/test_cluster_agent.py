@@ -23,19 +23,8 @@ from papycluster.cluster.auth import (
 )
 from papycluster.cluster.client import AgentConnection, open_remote_worker
 from papycluster.cluster.errors import AuthError
-from papycluster.cluster.state import load_state
 from papycluster.engine.process import decode_results
 from papycluster.errors import WorkerLostError
-
-
-@pytest.fixture
-def local_cluster(cluster_name):
-    result = controller.up_local(2, cluster=cluster_name, profiles=["native", "windows"])
-    assert result.failed == [], result.failed
-    yield load_state()
-    controller.down()
-    assert agent_pids(cluster_name) == []
-    assert run_dirs(cluster_name) == []
 
 
 def _run(worker, func, items, args=(), key="t", timeout=30.0):

@@ -1,6 +1,6 @@
 """Worker streams: a remote worker's bytes on a direct socket, behind the same proof.
 
-Real agents on loopback (started over SSH by ``up_local``). The stream listener must
+Real agents on loopback (``up_local``: no SSH, the same agent). The stream listener must
 refuse a peer without the cluster secret before reading anything it would deserialize,
 refuse a token it did not issue and a second stream for a worker, and a controller that
 cannot open a stream must keep working through RPyC.
@@ -14,24 +14,12 @@ import secrets
 import socket
 
 import pytest
-from cluster_ssh_helpers import agent_pids, run_dirs
 from test_cluster_agent import _Bomb, _run
 
-from papycluster.cluster import controller, stream
+from papycluster.cluster import stream
 from papycluster.cluster.auth import MAGIC, NONCE, new_secret
 from papycluster.cluster.client import open_remote_worker
 from papycluster.cluster.errors import AuthError
-from papycluster.cluster.state import load_state
-
-
-@pytest.fixture
-def local_cluster(cluster_name):
-    result = controller.up_local(2, cluster=cluster_name, profiles=["native", "windows"])
-    assert result.failed == [], result.failed
-    yield load_state()
-    controller.down()
-    assert agent_pids(cluster_name) == []
-    assert run_dirs(cluster_name) == []
 
 
 def _log(state, host: str) -> str:
