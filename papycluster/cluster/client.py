@@ -222,7 +222,7 @@ class RemoteWorker:
         """The connection or the worker process is known to be gone (no request made)."""
         return self._conn.closed or bool(self._lost_reason)
 
-    def send(self, data: bytes, timeout: float | None = None) -> None:
+    def send(self, data: bytes) -> None:
         """Hand one message to the remote process without waiting for the agent.
 
         It goes on the worker's stream (each write bounded by ``stream.TIMEOUT``) or,
@@ -230,8 +230,7 @@ class RemoteWorker:
         others: waiting for an acknowledgement put a network round trip between two
         tasklets. A worker process that is gone makes the next ``recv`` raise
         ``WorkerLostError``; a host that is cut off or frozen is found by the engine's
-        heartbeat (``ping``). ``timeout`` is accepted for callers that pass one and is
-        not needed.
+        heartbeat (``ping``).
         """
         if self._conn.closed:
             raise WorkerLostError(f"worker on {self.name}: {self._lost_reason or 'closed'}")

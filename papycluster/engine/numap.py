@@ -750,14 +750,12 @@ class NuMap:
                     return
                 held.append(tasklet)
                 try:
-                    # Sends do not wait for the agent (a refused one fails the next
-                    # reply), so a send is no sign of life: only replies and pings are.
+                    # A send waits for room in a buffer, never for the agent (a refused
+                    # one fails the next reply): no sign of life, only replies and pings.
                     if task.id not in defined:
-                        remote.send(proto.dumps(("def", task.id, task.blob)),
-                                    timeout=alive.left(self.heartbeat))
+                        remote.send(proto.dumps(("def", task.id, task.blob)))
                         defined.add(task.id)
-                    remote.send(proto.dumps(("run", [(task.id, index, item)])),
-                                timeout=alive.left(self.heartbeat))
+                    remote.send(proto.dumps(("run", [(task.id, index, item)])))
                 except Exception as exc:
                     self._remote_lost(lane, spec, remote, exc, held)
                     return
@@ -1000,11 +998,6 @@ class _Liveness:
 
     def silent(self) -> float:
         return time.monotonic() - self.last
-
-    def left(self, heartbeat: float) -> float:
-        """How long a call may still wait, so that a silent host is declared lost
-        before ``heartbeat`` seconds pass since its last sign of life."""
-        return max(HEARTBEAT_EVERY, heartbeat - HEARTBEAT_EVERY - self.silent())
 
 
 class _Failed:
