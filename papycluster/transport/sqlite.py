@@ -73,10 +73,21 @@ class _State:
         self.lock = threading.Lock()
         self.unloaded = db.Unloaded()
 
-    def conn(self, path: str) -> _Conn:
+    def conn(self, path: str, check: Any = None) -> _Conn:
+        """This process's connection to ``path``; ``check(path)`` runs before it is made.
+
+        The check may open and close the file (to read its header): that is only safe
+        while this process holds no SQLite connection to it, because closing any
+        descriptor of a file drops every POSIX lock the process holds on it, SQLite's
+        included. Another process could then checkpoint and reset the WAL under ours, and
+        commits made after that would be lost (seen: the last deletes of a reader came
+        back after it ended). Hence here, under the lock, before the first connection.
+        """
         with self.lock:
             conn = self.conns.get(path)
             if conn is None:
+                if check is not None:
+                    check(path)
                 conn = self.conns[path] = _Conn(path)
             return conn
 
@@ -154,19 +165,22 @@ class SqliteTransport(base.Transport):
     def load(self, fields: tuple, tk: tuple, remove: bool = True,
              timeout: float | None = None) -> Any:
         path, table, rowid, _ = fields
-        try:
-            with open(path, "rb") as handle:
-                header = handle.read(16)
-        except OSError as exc:
-            raise StaleTicketError(tk, f"cannot open database file {path}: {exc}",
-                                   self.name) from None
-        if header != b"SQLite format 3\x00":
-            # Never let a forged ticket make SQLite open (and add -wal files beside)
-            # something that is not a database.
-            raise TicketError(tk, f"{path} is not an SQLite database", self.name)
+
+        def is_database(path: str) -> None:
+            try:
+                with open(path, "rb") as handle:
+                    header = handle.read(16)
+            except OSError as exc:
+                raise StaleTicketError(tk, f"cannot open database file {path}: {exc}",
+                                       self.name) from None
+            if header != b"SQLite format 3\x00":
+                # Never let a forged ticket make SQLite open (and add -wal files beside)
+                # something that is not a database.
+                raise TicketError(tk, f"{path} is not an SQLite database", self.name)
+
         state = self.state.get()
         try:
-            conn = state.conn(path)
+            conn = state.conn(path, check=is_database)
             with conn.lock:
                 # Read first (a WAL reader takes no lock), then delete in a short write
                 # transaction: holding the write lock while copying a big blob out
