@@ -218,6 +218,12 @@ class RemoteWorker:
         self._queue.put(_LOST)
 
     @property
+    def lost_reason(self) -> str:
+        """Why the worker is gone ('' while it is not known to be)."""
+        return self._lost_reason or ("the connection to the agent was lost"
+                                     if self._conn.closed else "")
+
+    @property
     def lost(self) -> bool:
         """The connection or the worker process is known to be gone (no request made)."""
         return self._conn.closed or bool(self._lost_reason)

@@ -740,9 +740,16 @@ class NuMap:
                 if not held:
                     alive.touch()  # silence counts only while the host owes us a reply
                 task, index, item, _ = tasklet
-                if spec in lane.lost_hosts or getattr(remote, "lost", False):
-                    # A worker of a host already known lost: this tasklet never left, so
-                    # it goes back unchanged (no retry is used up) and the worker ends.
+                known = spec in lane.lost_hosts
+                if known or getattr(remote, "lost", False):
+                    # A worker of a host already known lost, or whose connection ended
+                    # while it was idle: this tasklet never left, so it goes back
+                    # unchanged (no retry is used up) and the worker ends. The first
+                    # news of a host is a warning, as when a worker is lost with items.
+                    (log.info if known else log.warning)(
+                        "%s: remote worker on %s lost while idle (0 item(s) in flight): "
+                        "%s", self.name, spec, "its host was lost" if known else
+                        getattr(remote, "lost_reason", "its connection ended"))
                     lane.queue.put(tasklet)
                     self._lane_worker_lost(lane, spec, WorkerLostError(
                         f"worker on {spec}: its host was lost"), list(held))
