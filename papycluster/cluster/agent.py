@@ -309,10 +309,17 @@ class _RemoteProc:
         if stream is not None:
             streams.close(stream)
 
-    def stop(self) -> None:
+    def stop(self, sweep: bool = True) -> None:
+        """End the process, and with ``sweep`` remove what it left (nothing, normally).
+
+        A worker that ends when asked released its items itself. One that died by
+        itself (killed) left them behind; those are not removed here: its pool may
+        still load the ones it handed out before it died, and asks later
+        (:meth:`Agent.sweep`).
+        """
         self.closed = True
         try:
-            self.worker.stop()
+            self.worker.stop(sweep=sweep)
         except Exception as exc:  # already gone
             log.debug("stopping worker %s: %s", self.wid, exc)
         self._close_stream()
@@ -336,6 +343,9 @@ class Agent:
         self.server: ThreadedServer | None = None
         self.lock = threading.Lock()
         self.procs: dict[int, _RemoteProc] = {}
+        #: Workers that died by themselves -> their owner tags, until their pool (or
+        #: this agent's end) has what they left removed.
+        self.dead_owners: dict[int, str] = {}
         self.next_id = 0
         self.caps = capabilities(profile, shares)
         self.mp = self._context()
@@ -425,15 +435,36 @@ class Agent:
     def close_worker(self, wid: int) -> None:
         with self.lock:
             proc = self.procs.pop(wid, None)
+            died = proc is not None and not proc.worker.is_alive()
+            if died:
+                self.dead_owners[wid] = proc.worker.owner  # before a sweep can ask
         if proc is not None:
-            proc.stop()
+            proc.stop(sweep=not died)
+
+    def sweep(self, wid: int) -> int:
+        """Remove what worker ``wid`` left if it died by itself; how many things.
+
+        A dead worker that is not closed yet (its connection's end is on its way) is
+        closed first; a live one is left alone.
+        """
+        from papycluster.transport import base as transport_base
+
+        proc = self.procs.get(wid)
+        if proc is not None and not proc.worker.is_alive():
+            self.close_worker(wid)
+        with self.lock:
+            owner = self.dead_owners.pop(wid, None)
+        if owner is None:
+            return 0
+        removed = transport_base.sweep(owner)
+        log.info("worker %s had died; removed %d thing(s) it left", wid, removed)
+        return removed
 
     def stop_all(self) -> None:
-        with self.lock:
-            procs = list(self.procs.values())
-            self.procs.clear()
-        for proc in procs:
-            proc.stop()
+        for wid in list(self.procs):
+            self.close_worker(wid)
+        for wid in list(self.dead_owners):  # no pool is left to load their items
+            self.sweep(wid)
 
     def shutdown(self, remove_run_dir: bool = True) -> None:
         """Stop workers and the server, remove the run directory, exit."""
@@ -510,10 +541,22 @@ def make_service(agent: Agent) -> type:
             return bool(wid in self._wids and proc is not None and not proc.closed
                         and proc.worker.is_alive())
 
-        def exposed_close_worker(self, wid: int) -> None:
+        def exposed_close_worker(self, wid: int, sweep: bool = True) -> None:
+            """Stop worker ``wid``; if it had died, ``sweep`` removes what it left now
+            (a pool that stops), else that waits for :meth:`exposed_sweep_worker`."""
             if wid in self._wids:
                 self._wids.discard(wid)
                 agent.close_worker(wid)
+                if sweep:
+                    agent.sweep(wid)
+
+        def exposed_sweep_worker(self, wid: int) -> int:
+            """Remove what worker ``wid`` left, if it died by itself (and is closed).
+
+            Asked on a new connection (the worker's own ended with it), so any peer
+            that proved the secret may ask; it removes only a dead process's leftovers.
+            """
+            return agent.sweep(int(wid))
 
         def exposed_shutdown(self) -> None:
             # answer first, then exit from another thread
@@ -560,7 +603,12 @@ def main(argv: list | None = None) -> None:
 
     # multiprocessing's own temp dirs (the forkserver's socket) go in the run dir, so
     # that removing the run dir leaves nothing behind, even after a kill -9. Only this
-    # process: the workers keep the host's temp dir (the file transport's default share).
+    # process: the workers keep the host's temp dir (the file transport's default share),
+    # and the agent keeps knowing it as that share, to remove what a killed worker left.
+    if "default" not in shares:
+        from papycluster.transport import shares as transport_shares
+
+        transport_shares.set_share("default", tempfile.gettempdir())
     tempfile.tempdir = run_dir
     agent = Agent(args.name, args.cluster, args.profile, shares, args.workers, run_dir,
                   advertise)

@@ -285,11 +285,30 @@ class RemoteWorker:
         except Exception:
             return False
 
-    def close(self) -> None:
-        """Stop the remote process (and drop our connection if we own it)."""
+    def sweep(self, timeout: float = 5.0) -> int:
+        """After ``close(sweep=False)``: have the agent remove what the process left,
+        if it died by itself (the agent keeps that until asked, see ``Agent.sweep``).
+
+        A new connection, as the worker's own ended with it; bounded by ``timeout``.
+        """
+        conn = connect_agent(getattr(self, "_spec", self.name), timeout)
+        try:
+            res = rpyc.async_(conn.root.sweep_worker)(self.wid)
+            res.set_expiry(timeout)
+            return int(res.value)
+        finally:
+            conn.close()
+
+    def close(self, sweep: bool = True) -> None:
+        """Stop the remote process (and drop our connection if we own it).
+
+        If the process had died (killed), ``sweep`` has the agent remove what it left;
+        a pool that drops a lost worker mid-run passes False and calls :meth:`sweep`
+        when it stops, as the items it handed out may still be loaded until then.
+        """
         try:
             if not self._conn.closed:
-                self._close_worker(self.wid)
+                self._close_worker(self.wid, sweep)
         except Exception:
             pass
         finally:
@@ -360,4 +379,5 @@ def open_remote_worker(spec: str, timeout: float = 10.0) -> RemoteWorker:
         conn.close()
         raise
     worker._owns_conn = True
+    worker._spec = spec
     return worker

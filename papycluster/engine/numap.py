@@ -59,6 +59,10 @@ REMOTE_DEPTH = 2
 #: Most tasklets sent to a process in one message.
 BATCH_MAX = 32
 
+#: How long a stop waits for the agents of remote workers lost mid-run to remove what
+#: those left (a cut-off host cannot answer; its agent removes it when it ends).
+SWEEP_TIMEOUT = 2.0
+
 #: Iterators whose ``next()`` never blocks: their items may be batched.
 _NON_BLOCKING = {type(iter(x)) for x in ([], (), range(0), b"", "", {}.keys(),
                                           {}.values(), {}.items())}
@@ -219,6 +223,11 @@ class NuMap:
         self._closing = threading.Event()  # stop collecting too: the workers are ending
         self._threads: list[threading.Thread] = []
         self._slots: list[_ProcessSlot] = []
+        #: Worker processes that died mid-run: what they left is removed at stop.
+        self._dead_workers: list[proto.ProcessWorker] = []
+        #: Remote workers lost mid-run, with the thread closing each: the same, asked
+        #: of their agents at stop.
+        self._lost_remotes: list[tuple[Any, threading.Thread]] = []
         self._lanes: list[_SharedLane] = []
         self._remote_workers: list[Any] = []
         self._wake_r: Any = None
@@ -397,6 +406,11 @@ class NuMap:
         for thread in threads:
             if thread is not threading.current_thread():
                 thread.join(max(0.0, deadline - time.monotonic()))
+        with self._cond:
+            dead, self._dead_workers = self._dead_workers, []
+        for worker in dead:  # died mid-run: their unloaded items go now, as the others'
+            worker.sweep()
+        self._sweep_lost_remotes(SWEEP_TIMEOUT)
         for worker in self._remote_workers:
             try:
                 worker.close()
@@ -411,6 +425,36 @@ class NuMap:
         self._tasks = []
         self._started = self._stage1 = self._feeding = False
         _live.discard(self)
+
+    def _sweep_lost_remotes(self, timeout: float) -> None:
+        """Ask the agents of remote workers lost mid-run to remove what those left.
+
+        A host that is gone or cut off cannot answer: each request runs in its own
+        thread and the stop waits at most ``timeout`` for all of them (the agent
+        removes the rest when it ends).
+        """
+        with self._cond:
+            lost, self._lost_remotes = self._lost_remotes, []
+        threads = []
+        for remote, closing in lost:
+            if getattr(remote, "sweep", None) is None:
+                continue
+
+            def ask(remote: Any = remote, closing: threading.Thread = closing) -> None:
+                closing.join(timeout)  # the agent learns of the death by the close
+                try:
+                    remote.sweep(timeout=timeout)
+                except Exception as exc:
+                    log.info("%s: could not have %s remove what its lost worker left: "
+                             "%r", self.name, getattr(remote, "name", remote), exc)
+
+            thread = threading.Thread(target=ask, daemon=True,
+                                      name=f"{self.name}-sweep-{getattr(remote, 'name', '?')}")
+            thread.start()
+            threads.append(thread)
+        deadline = time.monotonic() + timeout
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
 
     def _close_tasks(self, tasks: list[_Task] | None = None) -> None:
         """Feeding has ended: every task's total is what has been handed out."""
@@ -695,7 +739,10 @@ class NuMap:
                 f"{self.name}: worker process pid {slot.worker.pid} died (exit code "
                 f"{code}) while running item {item_index} of task {task_id}")
             self._deliver(task_id, item_index, False, error)
-        slot.worker.stop(timeout=0.5)
+        # Not swept yet: the items it dumped before it died may still be loaded.
+        slot.worker.stop(timeout=0.5, sweep=False)
+        with self._cond:
+            self._dead_workers.append(slot.worker)
         return replacement
 
     def _thread_worker(self, lane: _SharedLane) -> None:
@@ -844,11 +891,13 @@ class NuMap:
 
     def _drop_remote(self, remote: Any) -> None:
         """Close a lost remote worker without waiting on a host that may be cut off."""
+        closing = threading.Thread(target=_close_quietly, args=(remote,), daemon=True,
+                                   name=f"{self.name}-drop-{getattr(remote, 'name', '?')}")
         with self._cond:
             if remote in self._remote_workers:
                 self._remote_workers.remove(remote)
-        threading.Thread(target=_close_quietly, args=(remote,), daemon=True,
-                         name=f"{self.name}-drop-{getattr(remote, 'name', '?')}").start()
+            self._lost_remotes.append((remote, closing))
+        closing.start()
 
     def _lane_worker_lost(self, lane: _SharedLane, spec: str, exc: BaseException,
                           held: list[tuple] | None) -> None:
@@ -1025,6 +1074,6 @@ def _lost(spec: str, index: int, task_id: int, exc: BaseException,
 
 def _close_quietly(remote: Any) -> None:
     try:
-        remote.close()
+        remote.close(sweep=False)  # swept when the NuMap stops (_sweep_lost_remotes)
     except Exception as exc:
         log.debug("closing lost remote worker %s: %r", getattr(remote, "name", remote), exc)

@@ -308,8 +308,16 @@ def _raiser(exc: BaseException) -> Callable:
     return raise_
 
 
-def worker_main(conn: Connection) -> None:
-    """Entry point of a worker process (picklable for spawn and forkserver)."""
+def worker_main(conn: Connection, owner: str | None = None) -> None:
+    """Entry point of a worker process (picklable for spawn and forkserver).
+
+    ``owner`` is the tag the starter chose for what this process leaves behind
+    (see :meth:`ProcessWorker.sweep`).
+    """
+    if owner is not None:
+        from papycluster.transport import base as transport_base
+
+        transport_base.set_owner_tag(owner)
     try:
         serve(conn)
     finally:
@@ -320,19 +328,25 @@ class ProcessWorker:
     """A handle on one worker process: its pipe, its sentinel, and how to end it.
 
     Used by local process pools and by the cluster agent, which relays remote
-    tasklets to processes like this one.
+    tasklets to processes like this one. The process names what it leaves on this host
+    (files, fifos, segments of the direct transports) with :attr:`owner`, so that when
+    it was killed, :meth:`sweep` still finds and removes them.
     """
 
     def __init__(self, context: Any, name: str = "papycluster-worker") -> None:
+        from papycluster.transport import base as transport_base
+
+        self.owner = transport_base.new_owner_tag()
         self.conn, child = context.Pipe(duplex=True)
-        self.process = context.Process(target=worker_main, args=(child,), name=name,
-                                       daemon=True)
+        self.process = context.Process(target=worker_main, args=(child, self.owner),
+                                       name=name, daemon=True)
         self.process.start()
+        self._pid = self.process.pid  # still known once the process object is closed
         child.close()
 
     @property
     def pid(self) -> int | None:
-        return self.process.pid
+        return self._pid
 
     @property
     def sentinel(self) -> int:
@@ -344,8 +358,14 @@ class ProcessWorker:
     def is_alive(self) -> bool:
         return self.process.is_alive()
 
-    def stop(self, timeout: float = 2.0) -> None:
-        """Ask the process to exit, then terminate and kill it if it does not."""
+    def stop(self, timeout: float = 2.0, sweep: bool = True) -> None:
+        """Ask the process to exit, then terminate and kill it if it does not.
+
+        Then, with ``sweep``, remove what it left if it did not end cleanly (see
+        :meth:`sweep`); one that returned released everything itself. A pool whose
+        worker died mid-run passes False and sweeps when it stops: the dead worker's
+        items may still be on their way to a loader until then.
+        """
         try:
             self.conn.send_bytes(dumps(("exit",)))
         except (OSError, EOFError, ValueError):
@@ -358,4 +378,22 @@ class ProcessWorker:
             self.process.kill()
             self.process.join(timeout)
         self.conn.close()
+        clean = self.process.exitcode == 0
         self.process.close()
+        if sweep and not clean:
+            self.sweep()
+
+    def sweep(self) -> None:
+        """Remove what the ended process left on this host under its owner tag.
+
+        A process that ended normally released everything itself, so this finds
+        nothing; one killed with SIGKILL (the OOM killer, a user) left its files in the
+        shares, its fifo directory and its shared-memory segments.
+        """
+        from papycluster.transport import base as transport_base
+
+        removed = transport_base.sweep(self.owner)
+        if removed:
+            transport_base.log.warning(
+                "removed %d thing(s) that worker pid %s left behind (it was killed)",
+                removed, self.pid)

@@ -30,6 +30,7 @@ from papycluster.transport.base import (
     TicketError,
     TransportError,
     close_all,
+    sweep,
 )
 from papycluster.transport.shares import get_share, set_share
 
@@ -51,6 +52,7 @@ __all__ = [
     "prefetch",
     "set_share",
     "shares",
+    "sweep",
 ]
 
 

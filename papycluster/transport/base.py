@@ -11,6 +11,11 @@ files and segments this process created). That state belongs to the process that
 it: after a ``fork`` the child starts empty, and when the process ends every resource
 it still owns is released, both from ``atexit`` (the main process) and from a
 ``multiprocessing.util.Finalize`` (worker processes, which skip ``atexit``).
+
+A process killed with SIGKILL releases nothing. So every name a process gives to what
+outlives it (a file in a share, a fifo directory, a shared-memory segment) carries the
+process's *owner tag*, which the process that started it chose (:func:`set_owner_tag`);
+when that pool stops, it removes what is left under the tag (:func:`sweep`).
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import re
+import secrets
 import threading
 from collections.abc import Callable
 from multiprocessing import util as mp_util
@@ -81,8 +88,89 @@ class Transport:
     def cleanup(self) -> None:
         """Release everything this process still owns (called once at process end)."""
 
+    def sweep(self, tag: str) -> int:
+        """Remove what an ended process with owner tag ``tag`` left on this host."""
+        return 0
+
 
 _REGISTRY: dict[str, Transport] = {}
+
+#: An owner tag: 12 hex digits, a part of the names and never a secret (the other part
+#: of each name is 128 random bits).
+OWNER_RE = re.compile(r"[0-9a-f]{12}\Z")
+_owner: tuple[int, str] = (-1, "")
+
+
+def new_owner_tag() -> str:
+    return secrets.token_hex(6)
+
+
+def set_owner_tag(tag: str) -> None:
+    """Name this process's leftovers with ``tag`` (a worker process, first thing)."""
+    global _owner
+    if not OWNER_RE.match(tag):
+        raise ValueError(f"invalid owner tag {tag!r}")
+    _owner = (os.getpid(), tag)
+
+
+def owner_tag() -> str:
+    """This process's owner tag: the one its starter set, else one of its own."""
+    global _owner
+    pid, tag = _owner
+    if pid != os.getpid():  # never set here, or inherited through fork
+        _owner = (os.getpid(), new_owner_tag())
+    return _owner[1]
+
+
+def sweep(tag: str) -> int:
+    """Remove what a process tagged ``tag`` left on this host; return how many things.
+
+    For the process that started it, once it has ended (killed, or ended without its
+    exit hooks). Each transport looks where its names go: the fifo root, ``/dev/shm``,
+    the shares this process knows. What the process released itself is not found.
+    """
+    if not OWNER_RE.match(tag):
+        raise ValueError(f"invalid owner tag {tag!r}")
+    _load_builtin()
+    removed = 0
+    for transport in list(_REGISTRY.values()):
+        try:
+            removed += transport.sweep(tag)
+        except Exception:  # one transport's failure must not keep the others' files
+            log.exception("%s: sweeping what owner %s left failed", transport.name, tag)
+    return removed
+
+
+def remove_tagged(directory: str, prefix: str, suffix: str = "") -> int:
+    """Unlink the entries of ``directory`` named ``prefix...suffix`` that this user owns.
+
+    Never follows a symbolic link: a link is removed, not what it points to. A directory
+    (a fifo directory) is emptied first, one level deep, which is all papycluster makes.
+    """
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return 0
+    uid = os.getuid() if hasattr(os, "getuid") else None
+    removed = 0
+    for entry in entries:
+        if not (entry.name.startswith(prefix) and entry.name.endswith(suffix)):
+            continue
+        try:
+            st = entry.stat(follow_symlinks=False)
+            if uid is not None and st.st_uid != uid:
+                continue
+            if entry.is_dir(follow_symlinks=False):
+                for inner in os.scandir(entry.path):
+                    if not inner.is_dir(follow_symlinks=False):
+                        os.unlink(inner.path)
+                os.rmdir(entry.path)
+            else:
+                os.unlink(entry.path)
+            removed += 1
+        except OSError as exc:
+            log.warning("cannot remove %s left by a killed process: %s", entry.path, exc)
+    return removed
 
 
 def register(transport: Transport) -> Transport:

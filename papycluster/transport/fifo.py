@@ -41,7 +41,8 @@ try:
 except ImportError:  # Windows: no named pipes of this kind anyway
     fcntl = None  # type: ignore[assignment]
 
-DIR_RE = re.compile(r"papyc-fifo-[0-9a-f]{32}\Z")
+#: ``papyc-fifo-<owner tag>-<128 random bits>`` (see :func:`base.owner_tag`)
+DIR_RE = re.compile(r"papyc-fifo-[0-9a-f]{12}-[0-9a-f]{32}\Z")
 CTL = "ctl"
 DEFAULT_TIMEOUT = 60.0
 _HDR = struct.Struct("!BQ")
@@ -68,7 +69,8 @@ class FifoServer:
     """The private directory, its control fifo and the thread that feeds loaders."""
 
     def __init__(self) -> None:
-        self.dir = os.path.join(_fifo_root(), "papyc-fifo-" + secrets.token_hex(16))
+        self.dir = os.path.join(_fifo_root(),
+                                f"papyc-fifo-{base.owner_tag()}-{secrets.token_hex(16)}")
         os.mkdir(self.dir, 0o700)
         self.ctl = os.path.join(self.dir, CTL)
         os.mkfifo(self.ctl, 0o600)
@@ -316,6 +318,10 @@ class FifoTransport(base.Transport):
 
     def cleanup(self) -> None:
         self.state.close()
+
+    def sweep(self, tag: str) -> int:
+        """A killed process's fifo directory (its control fifo and item fifos)."""
+        return base.remove_tagged(_fifo_root(), f"papyc-fifo-{tag}-")
 
 
 TRANSPORT = base.register(FifoTransport())

@@ -6,7 +6,8 @@ under their own mount point (see :mod:`~papycluster.transport.shares`). Files ar
 created ``O_EXCL`` with mode 0600 and an unguessable name; the ticket exists only once
 the file is complete, so a loader never sees half an item. The loader reads it in
 one read and deletes it; files this process wrote and nobody
-loaded are deleted when the process ends.
+loaded are deleted when the process ends, or, if it was killed, when its pool stops
+(the names carry the process's owner tag).
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from papycluster.transport.base import StaleTicketError, TicketError, TransportE
 
 PREFIX = "papyc-"
 SUFFIX = ".item"
-NAME_RE = re.compile(r"papyc-[0-9a-f]{32}\.item\Z")
+#: ``papyc-<owner tag>-<128 random bits>.item`` (see :func:`base.owner_tag`)
+NAME_RE = re.compile(r"papyc-[0-9a-f]{12}-[0-9a-f]{32}\.item\Z")
 PRUNE_AT = 4096
 _BINARY = getattr(os, "O_BINARY", 0)
 _CHUNK = 1 << 24
@@ -60,7 +62,7 @@ class FileTransport(base.Transport):
         if options:
             raise TypeError(f"file dump_item takes only share=, not {sorted(options)}")
         root = shares.resolve(share)
-        name = PREFIX + secrets.token_hex(16) + SUFFIX
+        name = f"{PREFIX}{base.owner_tag()}-{secrets.token_hex(16)}{SUFFIX}"
         path = os.path.join(root, name)
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _BINARY, 0o600)
@@ -147,6 +149,12 @@ class FileTransport(base.Transport):
 
     def cleanup(self) -> None:
         self.state.close()
+
+    def sweep(self, tag: str) -> int:
+        """A killed process's files, in every share this host knows."""
+        roots = {os.path.realpath(root) for root in shares.shares().values()}
+        return sum(base.remove_tagged(root, f"{PREFIX}{tag}-", SUFFIX)
+                   for root in sorted(roots))
 
 
 TRANSPORT = base.register(FileTransport())

@@ -21,6 +21,7 @@ with :mod:`mmap`, which keeps Python's ``resource_tracker`` out of it: it would
 unlink a segment when *any* process that attached it ends, and warn about segments
 that another process already removed. Instead the dumping process owns its segments
 and unlinks them all when it ends; a loaded-or-not item does not outlive its pool.
+(If the owner is killed, its pool removes the segments by their owner tag.)
 """
 
 from __future__ import annotations
@@ -44,7 +45,8 @@ except ImportError:  # Windows: no POSIX shared memory
     _posixshmem = None
 
 PREFIX = "papyc_"
-NAME_RE = re.compile(r"papyc_[0-9a-f]{32}\Z")
+#: ``papyc_<owner tag>_<128 random bits>`` (see :func:`base.owner_tag`)
+NAME_RE = re.compile(r"papyc_[0-9a-f]{12}_[0-9a-f]{32}\Z")
 HEADER = 64
 FREE, FULL = 0, 1
 MIN_CAPACITY = 1 << 16
@@ -128,7 +130,7 @@ class _State:
                     _STATE.pack_into(segment.map, 8, 0)
                     _STATE.pack_into(segment.map, 0, FULL)  # ours until the loader frees it
                     return segment
-            name = PREFIX + secrets.token_hex(16)
+            name = f"{PREFIX}{base.owner_tag()}_{secrets.token_hex(16)}"
             try:
                 mapping = _open(name, create=capacity)
             except OSError as exc:
@@ -244,6 +246,12 @@ class ShmTransport(base.Transport):
 
     def cleanup(self) -> None:
         self.state.close()
+
+    def sweep(self, tag: str) -> int:
+        """A killed process's segments (Linux lists them in /dev/shm; elsewhere none)."""
+        if not os.path.isdir("/dev/shm"):
+            return 0
+        return base.remove_tagged("/dev/shm", f"{PREFIX}{tag}_")
 
 
 TRANSPORT = base.register(ShmTransport())
