@@ -395,5 +395,5 @@ class ProcessWorker:
         removed = transport_base.sweep(self.owner)
         if removed:
             transport_base.log.warning(
-                "removed %d thing(s) that worker pid %s left behind (it was killed)",
+                "removed %d thing(s) that worker pid %s left behind (it did not end cleanly)",
                 removed, self.pid)
