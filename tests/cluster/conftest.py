@@ -25,6 +25,7 @@ from papycluster.cluster.hosts import parse_hosts
 from papycluster.cluster.state import load_state
 
 from .harness import (
+    AGENT,
     COMPOSE_FILE,
     COMPOSE_TIMEOUT,
     PROJECT_PREFIX,
@@ -110,21 +111,28 @@ def cluster(compose_guard: None, docker_services, harness_env: dict[str, str],
 
 
 @pytest.fixture
-def linux_up(cluster: Harness, tmp_path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """node1, node2 and node3 up (its own state and secret; the cluster's name);
-    afterwards every node restored, the cluster down and any agent left swept."""
+def papy(cluster: Harness, tmp_path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A fresh cluster name and state file; afterwards every node is restored, the
+    cluster down, and any agent and temporary file of the node's user swept."""
     monkeypatch.setenv("PAPYCLUSTER_STATE", str(tmp_path / "state" / "state.json"))
     monkeypatch.delenv("PAPYCLUSTER_SECRET", raising=False)
     monkeypatch.delenv("PAPYCLUSTER_SECRET_FILE", raising=False)
-    name = "f" + secrets.token_hex(4)
-    text = cluster.hosts_toml(cluster.linux_nodes, cluster_name=name, connect_timeout=5)
-    result = controller.up(parse_hosts(text, str(tmp_path / "hosts.toml")))
-    assert result.failed == [], result.failed
-    yield name
+    yield "h" + secrets.token_hex(4)
     cluster.restore()
     if load_state(missing_ok=True) is not None:
         try:
             controller.down()
         except Exception:
             pass
-    cluster.kill_agents()
+    for node in cluster.nodes.values():
+        cluster.docker_exec(node, f"pkill -9 -f '{AGENT}'; find /tmp /var/tmp /dev/shm "
+                                  f"-mindepth 1 -maxdepth 1 -user {node.user} -exec rm -rf {{}} +")
+
+
+@pytest.fixture
+def linux_up(cluster: Harness, papy: str, tmp_path) -> str:
+    """node1, node2 and node3 up under ``papy``'s name, state and clean-up."""
+    text = cluster.hosts_toml(cluster.linux_nodes, cluster_name=papy, connect_timeout=5)
+    result = controller.up(parse_hosts(text, str(tmp_path / "hosts.toml")))
+    assert result.failed == [], result.failed
+    return papy

@@ -4,7 +4,6 @@ reported by name while the others come up."""
 
 from __future__ import annotations
 
-import secrets
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -14,31 +13,12 @@ from papycluster.cluster import controller
 from papycluster.cluster.hosts import parse_hosts
 from papycluster.cluster.state import load_state
 
+from .harness import AGENT
+
 if TYPE_CHECKING:  # the fixture comes from conftest.py
     from tests.cluster.harness import Harness
 
 pytestmark = pytest.mark.timeout(900)
-
-AGENT = "papycluster.cluster.agent"
-
-
-@pytest.fixture
-def papy(cluster: Harness, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    """A fresh cluster name and state file; afterwards every node is swept and restored."""
-    monkeypatch.setenv("PAPYCLUSTER_STATE", str(tmp_path / "state" / "state.json"))
-    monkeypatch.delenv("PAPYCLUSTER_SECRET", raising=False)
-    monkeypatch.delenv("PAPYCLUSTER_SECRET_FILE", raising=False)
-    name = "h" + secrets.token_hex(4)
-    yield name
-    cluster.restore()
-    if load_state(missing_ok=True) is not None:
-        try:
-            controller.down()
-        except Exception:
-            pass
-    for node in cluster.nodes.values():
-        cluster.docker_exec(node, f"pkill -9 -f '{AGENT}'; find /tmp /var/tmp /dev/shm "
-                                  f"-mindepth 1 -maxdepth 1 -user {node.user} -exec rm -rf {{}} +")
 
 
 def config_for(cluster: Harness, name: str, tmp_path: Path, nodes=None, **kw):
