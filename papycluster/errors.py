@@ -14,8 +14,28 @@ import traceback
 from typing import Any
 
 
+def _rebuild(cls: type, args: tuple, state: dict) -> BaseException:
+    """Unpickle a papycluster exception without calling its ``__init__``."""
+    exc = cls.__new__(cls, *args)
+    exc.args = args
+    exc.__dict__.update(state)
+    return exc
+
+
 class PapyError(Exception):
-    """Base class of every papycluster error."""
+    """Base class of every papycluster error.
+
+    Errors cross processes and hosts (a remote worker's exception is an item of the
+    output stream), so each one must survive pickle and cloudpickle whatever its
+    ``__init__`` takes: the default ``BaseException.__reduce__`` calls ``cls(*args)``,
+    which fails for an ``__init__`` with other parameters than ``self.args`` (a
+    ``TicketError`` that could not be rebuilt on the controller once made the engine
+    declare a healthy host lost). Here the instance is rebuilt from its ``args`` and its
+    attributes, without calling ``__init__``.
+    """
+
+    def __reduce__(self) -> tuple:
+        return _rebuild, (type(self), self.args, dict(self.__dict__))
 
 
 class WorkerError(PapyError):
@@ -31,7 +51,7 @@ class WorkerError(PapyError):
         self.exception = exception
         self.function = function
         self.inbox = inbox
-        if tb is None and exception is not None:
+        if tb is None and isinstance(exception, BaseException):
             tb = getattr(exception, "remote_traceback", None) or "".join(
                 traceback.format_exception(exception))
         self.traceback = tb or ""
@@ -72,7 +92,7 @@ class PlumberError(PapyError):
     """An invalid Plumber transition (run before start, stop while running, ...)."""
 
 
-class NuMapTimeoutError(TimeoutError, multiprocessing.TimeoutError):
+class NuMapTimeoutError(PapyError, TimeoutError, multiprocessing.TimeoutError):
     """``NuMap.next(timeout=...)`` found no result in time.
 
     It is both the builtin ``TimeoutError`` and ``multiprocessing.TimeoutError`` (what

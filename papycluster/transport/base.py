@@ -30,10 +30,12 @@ from collections.abc import Callable
 from multiprocessing import util as mp_util
 from typing import Any, ClassVar
 
+from papycluster.errors import PapyError
+
 log = logging.getLogger("papycluster.transport")
 
 
-class TransportError(Exception):
+class TransportError(PapyError):
     """A transport could not move an item (a network, file or database failure)."""
 
 
@@ -48,15 +50,44 @@ class TicketError(TransportError, ValueError):
         self.ticket = ticket
         self.reason = reason
         self.transport = transport
-        text = repr(ticket)
-        if len(text) > 300:
-            text = text[:300] + "..."
         what = f"{transport} ticket" if transport else "ticket"
-        super().__init__(f"{what} {text}: {reason}")
+        super().__init__(f"{what} {_short(ticket)}: {reason}")
+
+
+def _short(ticket: Any) -> str:
+    text = repr(ticket)
+    return text[:300] + "..." if len(text) > 300 else text
 
 
 class StaleTicketError(TicketError):
     """The ticket was well formed but its item is gone (already loaded, or its owner ended)."""
+
+
+class ProducerLostError(TransportError):
+    """The process or host that holds a dumped item cannot give it any more.
+
+    Raised by the loaders of the transports whose bytes wait in the producer (tcp, udp,
+    fifo, shm) when it refuses, does not answer in time, is unreachable or breaks off
+    mid-item. The item is not wrong, only gone with its producer: the engine recomputes
+    it from the input that gave its ticket (see ``Piper``), as Dask recomputes lost keys.
+    ``ticket`` is the ticket that could not be loaded.
+    """
+
+    def __init__(self, ticket: Any, reason: str, transport: str | None = None) -> None:
+        self.ticket = ticket
+        self.reason = reason
+        self.transport = transport
+        what = f"{transport} ticket" if transport else "ticket"
+        super().__init__(f"{what} {_short(ticket)}: {reason}")
+
+
+def recoverable(exc: BaseException | None) -> bool:
+    """Can the item behind a failed load be had again by recomputing it?
+
+    True for a producer that is lost and for a stale ticket (its item is gone: already
+    taken by a consumer that died before answering, or its producer ended).
+    """
+    return isinstance(exc, ProducerLostError | StaleTicketError)
 
 
 class SecretError(TransportError):

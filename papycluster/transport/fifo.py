@@ -34,7 +34,13 @@ import time
 from typing import Any
 
 from papycluster.transport import base, buffers, ticket
-from papycluster.transport.base import StaleTicketError, TicketError, TransportError, log
+from papycluster.transport.base import (
+    ProducerLostError,
+    StaleTicketError,
+    TicketError,
+    TransportError,
+    log,
+)
 
 try:
     import fcntl
@@ -215,7 +221,8 @@ def _wait(fd: int, events: int, deadline: float, what: str, tk: tuple) -> None:
     poller.register(fd, events)
     left = deadline - time.monotonic()
     if left <= 0 or not poller.poll(left * 1000):
-        raise TransportError(f"fifo ticket {tk!r}: timed out {what}")
+        raise ProducerLostError(tk, f"timed out {what} (is the process that dumped the "
+                                "item frozen?)", "fifo")
 
 
 def _read_exact(fd: int, view: memoryview, deadline: float, tk: tuple) -> None:
@@ -227,7 +234,7 @@ def _read_exact(fd: int, view: memoryview, deadline: float, tk: tuple) -> None:
             _wait(fd, select.POLLIN, deadline, f"after {got} of {view.nbytes} bytes", tk)
             continue
         if k == 0:  # cannot happen while we hold a writer ourselves
-            raise TransportError(f"fifo ticket {tk!r}: end of file after {got} bytes")
+            raise ProducerLostError(tk, f"end of file after {got} bytes", "fifo")
         got += k
 
 

@@ -16,6 +16,8 @@ import re
 import tempfile
 import threading
 
+from papycluster.errors import PapyError
+
 SHARES_ENV = "PAPYCLUSTER_SHARES"
 DEFAULT = "default"
 NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}\Z")
@@ -24,7 +26,7 @@ _lock = threading.Lock()
 _overrides: dict[str, str] = {}
 
 
-class ShareError(LookupError):
+class ShareError(PapyError, LookupError):
     """A share is unknown on this host, or its configuration is invalid."""
 
 

@@ -32,7 +32,13 @@ import threading
 from typing import Any
 
 from papycluster.transport import auth, base, buffers, ticket
-from papycluster.transport.base import StaleTicketError, TicketError, TransportError, log
+from papycluster.transport.base import (
+    ProducerLostError,
+    StaleTicketError,
+    TicketError,
+    TransportError,
+    log,
+)
 
 ADVERTISE_ENV = "PAPYCLUSTER_ADVERTISE_HOST"
 BIND_ENV = "PAPYCLUSTER_BIND_HOST"
@@ -356,11 +362,11 @@ class TcpTransport(base.Transport):
                 raise StaleTicketError(tk, f"no tcp server at {where} any more (the process "
                                        "that dumped the item has ended)", self.name) from None
             except TimeoutError:
-                raise TransportError(f"tcp ticket {tk!r}: connecting to {where} timed out "
-                                     f"after {timeout}s") from None
+                raise ProducerLostError(tk, f"connecting to {where} timed out after "
+                                        f"{timeout}s", self.name) from None
             except OSError as exc:
-                raise TransportError(f"tcp ticket {tk!r}: cannot connect to {where}: "
-                                     f"{exc}") from None
+                raise ProducerLostError(tk, f"cannot connect to {where}: {exc}",
+                                        self.name) from None
             try:
                 sock.sendall(_REQ.pack(OP_GET, key.encode("ascii"), 1 if remove else 0,
                                        size))
@@ -370,7 +376,7 @@ class TcpTransport(base.Transport):
                 sock.close()
                 if reused and attempt == 0 and not isinstance(exc, TimeoutError):
                     continue  # a pooled connection the server had dropped: once more
-                raise TransportError(f"tcp ticket {tk!r}: {where} failed: {exc}") from None
+                raise ProducerLostError(tk, f"{where} failed: {exc}", self.name) from None
             status, length = _REP.unpack(header)
             if status == ST_SIZE:  # the server kept the item: the ticket is wrong
                 pool.put(host, port, sock)
@@ -388,8 +394,8 @@ class TcpTransport(base.Transport):
                 out = buffers.receive(length, lambda view, s=sock: recv_into_exact(s, view))
             except (ConnectionError, OSError) as exc:
                 sock.close()
-                raise TransportError(f"tcp ticket {tk!r}: {where} failed mid-item: {exc}") \
-                    from None
+                raise ProducerLostError(tk, f"{where} failed mid-item: {exc}",
+                                        self.name) from None
             pool.put(host, port, sock)
             return out
         raise AssertionError("unreachable")

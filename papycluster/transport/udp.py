@@ -37,7 +37,13 @@ import zlib
 from typing import Any
 
 from papycluster.transport import auth, base, buffers, ticket
-from papycluster.transport.base import StaleTicketError, TicketError, TransportError, log
+from papycluster.transport.base import (
+    ProducerLostError,
+    StaleTicketError,
+    TicketError,
+    TransportError,
+    log,
+)
 from papycluster.transport.tcp import ItemStore, advertise_host, bind_host
 
 MAGIC = b"PU"
@@ -383,7 +389,7 @@ class UdpTransport(base.Transport):
         try:
             sock, rcvbuf = _client_socket(host, port)
         except OSError as exc:
-            raise TransportError(f"udp ticket {tk!r}: cannot reach {host}:{port}: {exc}") \
+            raise ProducerLostError(tk, f"cannot reach {host}:{port}: {exc}", self.name) \
                 from None
         try:
             return buffers.receive(size, lambda view: self._load(
@@ -420,10 +426,10 @@ class UdpTransport(base.Transport):
                                            "dumped the item has ended)", self.name) from None
                 now = time.monotonic()
                 if now >= deadline:
-                    raise TransportError(f"udp ticket {tk!r}: {where} timed out")
+                    raise ProducerLostError(tk, f"{where} timed out", self.name)
                 if now >= end or not poller.poll((end - now) * 1000):
                     if time.monotonic() >= deadline:
-                        raise TransportError(f"udp ticket {tk!r}: {where} timed out")
+                        raise ProducerLostError(tk, f"{where} timed out", self.name)
                     return -1
 
         # 1. challenge
@@ -442,8 +448,8 @@ class UdpTransport(base.Transport):
                     break
             snonce = b""
         if not snonce:
-            raise TransportError(f"udp ticket {tk!r}: {where} did not answer "
-                                 f"{CONTROL_TRIES} greetings")
+            raise ProducerLostError(tk, f"{where} did not answer {CONTROL_TRIES} greetings",
+                                    self.name)
         # 2. get, with the first window
         first_count = min(window, count)
         get = _GET.pack(MAGIC, VERSION, T_GET, snonce, key, int(remove), 0, first_count,
@@ -468,7 +474,7 @@ class UdpTransport(base.Transport):
             if info is not None:
                 break
         if info is None:
-            raise TransportError(f"udp ticket {tk!r}: {where} did not answer the request")
+            raise ProducerLostError(tk, f"{where} did not answer the request", self.name)
         status, isize, icount, ichunk = info
         if status != ST_OK:
             raise StaleTicketError(tk, f"{where} has no item {key.decode()} (already loaded, "
@@ -491,9 +497,9 @@ class UdpTransport(base.Transport):
             if missing != -1:
                 if tries <= 0:
                     lost = got.count(0, first, end)
-                    raise TransportError(f"udp ticket {tk!r}: {lost} datagram(s) of item "
-                                         f"{key.decode()} from {where} were lost or corrupt "
-                                         f"(window {first}..{end - 1}); the item is an error")
+                    raise ProducerLostError(
+                        tk, f"{lost} datagram(s) of item {key.decode()} from {where} were "
+                        f"lost or corrupt (window {first}..{end - 1})", self.name)
                 tries -= 1
                 self._window(sock, secret, snonce, cnonce, missing, end - missing)
                 first = missing
