@@ -703,7 +703,7 @@ class NuMap:
         except (EOFError, OSError):
             return False  # the sentinel reports the death
         try:
-            results = proto.decode_results(data)
+            results = proto.decode_results(data, f"worker pid {slot.worker.pid}")
         except Exception as exc:  # a result that pickles but does not unpickle
             log.error("%s: undecodable result from pid %s: %r", self.name,
                       slot.worker.pid, exc)
@@ -817,7 +817,7 @@ class NuMap:
                 reply = self._await_reply(remote, spec, alive)
                 if reply is None:
                     return  # closing
-                results = proto.decode_results(reply)
+                results = proto.decode_results(reply, f"the worker on {spec}")
             except Exception as exc:
                 self._remote_lost(lane, spec, remote, exc, held)
                 return

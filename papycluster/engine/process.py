@@ -14,13 +14,19 @@ Manager to worker::
 
 Worker to manager::
 
-    ("res", task_key, index, ok, value)          one result
-    ("resn", [(task_key, index, ok, value), ...])  several (see ``serve``)
+    ("res", [(task_key, index, ok, kind, payload), ...])   one or more results
 
-``ok`` is False when ``value`` is the exception that the function raised; it carries
+``ok`` is False when the value is the exception that the function raised; it carries
 its traceback text in ``remote_traceback`` and a note that names the process and host.
-A result or an exception that cannot be pickled is replaced by a :class:`RemoteError`,
-so the manager always gets an answer for every tasklet it sent.
+Each value travels in its own envelope: ``kind`` None means ``payload`` is the value
+itself (bytes, str, numbers, flat tuples of them such as tickets: nothing that could
+fail to unpickle); otherwise ``kind`` is the value's type name and ``payload`` its own
+pickle. So a value that pickles on the worker but cannot be rebuilt by the manager (an
+exception whose ``__init__`` takes other arguments than its ``args``, a class the
+manager cannot import) becomes a :class:`RemoteError` for that item alone, naming the
+type and the host, and never costs the other results of the message or the worker.
+A value that cannot be pickled at all is replaced by a :class:`RemoteError` too, so
+the manager always gets an answer for every tasklet it sent.
 
 Functions travel with cloudpickle (lambdas, closures and ``__main__`` functions work);
 items with the standard pickle protocol 5, falling back to cloudpickle.
@@ -135,10 +141,18 @@ def call(func: Callable, args: tuple, kwargs: dict, item: Any) -> tuple[bool, An
         return False, describe_exception(exc)
 
 
-def encode_result(task_key: Any, index: int, ok: bool, value: Any) -> bytes:
-    """Pickle a result; an unpicklable value or exception becomes a RemoteError."""
+#: Types whose values are put in a result envelope as they are: their unpickling
+#: cannot fail.
+_PLAIN = (bytes, bytearray, str, int, float, bool, type(None))
+
+
+def _envelope(task_key: Any, index: int, ok: bool, value: Any) -> tuple:
+    """``(task_key, index, ok, kind, payload)`` for one result (see the module doc)."""
+    if isinstance(value, _PLAIN) or (type(value) is tuple and all(
+            isinstance(part, _PLAIN) for part in value)):
+        return (task_key, index, ok, None, value)
     try:
-        return dumps(("res", task_key, index, ok, value))
+        return (task_key, index, ok, type(value).__qualname__, dumps(value))
     except Exception as exc:
         if ok:
             culprit = f"result {type(value).__name__} could not be pickled: {exc!r}"
@@ -147,7 +161,38 @@ def encode_result(task_key: Any, index: int, ok: bool, value: Any) -> bytes:
                        f"({exc!r})\n" + getattr(value, "remote_traceback", ""))
         error = RemoteError("PicklingError", culprit,
                             getattr(value, "remote_traceback", ""), where())
-        return dumps(("res", task_key, index, False, error))
+        return (task_key, index, False, "RemoteError", dumps(error))
+
+
+def encode_results(results: list[tuple[Any, int, bool, Any]]) -> bytes:
+    """One message for one or more results ``(task_key, index, ok, value)``."""
+    return pickle.dumps(("res", [_envelope(*r) for r in results]), PROTOCOL)
+
+
+def decode_results(data: bytes, source: str = "a worker"
+                   ) -> list[tuple[Any, int, bool, Any]]:
+    """The results ``(task_key, index, ok, value)`` carried by one worker message.
+
+    A value that cannot be rebuilt here becomes that item's :class:`RemoteError`,
+    naming its type and ``source`` (the host or process it came from).
+    """
+    message = loads(data)
+    if message[0] != "res":
+        raise ValueError(f"not a result message from {source}: {message[0]!r}")
+    results = []
+    for task_key, index, ok, kind, payload in message[1]:
+        if kind is None:
+            results.append((task_key, index, ok, payload))
+            continue
+        try:
+            value = loads(payload)
+        except Exception as exc:
+            what = "exception" if not ok else "result"
+            value = RemoteError(kind, f"the {what} of item {index} ({kind}) from {source} "
+                                f"cannot be rebuilt here: {exc!r}", "", source)
+            ok = False
+        results.append((task_key, index, ok, value))
+    return results
 
 
 #: Results of fast tasklets are sent together while more input waits, but never held
@@ -157,26 +202,6 @@ FAST = 0.0005
 COALESCE_MAX = 64
 #: Messages a worker reads ahead of the one it runs, to prefetch their items.
 LOOK_AHEAD = 4
-
-
-def encode_results(results: list[tuple[Any, int, bool, Any]]) -> bytes:
-    """One message for several results (each checked on its own if that fails)."""
-    if len(results) == 1:
-        return encode_result(*results[0])
-    try:
-        return pickle.dumps(("resn", results), PROTOCOL)
-    except Exception:
-        fixed = [loads(encode_result(*r))[1:] for r in results]
-        return pickle.dumps(("resn", fixed), PROTOCOL)
-
-
-def decode_results(data: bytes) -> list[tuple[Any, int, bool, Any]]:
-    """The results carried by one worker message."""
-    message = loads(data)
-    if message[0] == "resn":
-        return message[1]
-    _, task_key, index, ok, value = message
-    return [(task_key, index, ok, value)]
 
 
 def serve(conn: Connection) -> None:

@@ -11,7 +11,7 @@ import os
 import signal
 import time
 
-from papycluster import NuMap, WorkerLostError
+from papycluster import NuMap, RemoteError, WorkerLostError
 from papycluster.cluster import controller
 from papycluster.cluster.state import load_state
 
@@ -83,3 +83,42 @@ def test_items_fail_only_when_no_remote_worker_survives(cluster_name):
     assert lost and all("local1" in str(x) for x in lost), [str(x) for x in lost
                                                           if "local1" not in str(x)]
     assert out[:5] == [x * x for x in range(5)]
+
+
+def picky_on(x, bad=3):
+    """Raises, for ``bad``, an exception that pickles on the agent's worker but cannot
+    be rebuilt on the controller (its ``__init__`` wants other arguments than its args,
+    as papycluster's TicketError once did)."""
+    class Picky(Exception):
+        def __init__(self, a, b):
+            super().__init__(f"{a}-{b}")
+
+    if x == bad:
+        raise Picky(1, 2)
+    return x
+
+
+def test_an_error_the_controller_cannot_rebuild_costs_that_item_not_the_host(
+        cluster_name, caplog):
+    assert controller.up_local(1).failed == []
+    numap = NuMap(worker_num=0, worker_remote=[("local1", 2)], buffer=4, retries=2)
+    task = numap.add_task(picky_on, range(40))
+    numap.start()
+    out = []
+    try:
+        while True:
+            try:
+                out.append(next(task))
+            except StopIteration:
+                break
+            except Exception as exc:  # an error item
+                out.append(exc)
+    finally:
+        numap.stop()
+        controller.down()
+    assert len(out) == 40
+    assert isinstance(out[3], RemoteError) and "Picky" in str(out[3]), repr(out[3])
+    assert "local1" in str(out[3]), str(out[3])
+    assert out[:3] + out[4:] == [x for x in range(40) if x != 3]
+    assert not [r for r in caplog.records if " lost " in r.getMessage()], \
+        [r.getMessage() for r in caplog.records]

@@ -321,6 +321,33 @@ def test_unpicklable_exception_result_and_item_become_errors():
     numap.stop()
 
 
+def picky_on(x, bad=3):
+    """Raises, for ``bad``, an exception that pickles on the worker but cannot be
+    rebuilt by the manager (its ``__init__`` wants other arguments than its args)."""
+    class Picky(Exception):
+        def __init__(self, a, b):
+            super().__init__(f"{a}-{b}")
+
+    if x == bad:
+        raise Picky(1, 2)
+    return x
+
+
+@pytest.mark.parametrize("worker_type", ["process", "thread"])
+def test_a_value_the_manager_cannot_rebuild_is_an_error_item(worker_type):
+    numap = NuMap(worker_num=2, worker_type=worker_type)
+    task = numap.add_task(picky_on, range(8))
+    numap.start()
+    out = collect(task)
+    numap.stop()
+    if worker_type == "thread":  # nothing is pickled: the exception itself
+        assert type(out[3]).__name__ == "Picky"
+    else:
+        assert isinstance(out[3], RemoteError), out
+        assert "Picky" in str(out[3]) and "pid" in str(out[3]), str(out[3])
+    assert out[:3] + out[4:] == [0, 1, 2, 4, 5, 6, 7]
+
+
 def test_a_killed_worker_loses_no_item_and_the_pool_goes_on():
     numap = NuMap(worker_num=2)
     task = numap.add_task(die_on, range(20), args=(7,))
