@@ -68,6 +68,7 @@ _NON_BLOCKING = {type(iter(x)) for x in ([], (), range(0), b"", "", {}.keys(),
                                           {}.values(), {}.items())}
 
 _live: weakref.WeakSet[NuMap] = weakref.WeakSet()
+_GONE = object()
 
 
 @atexit.register
@@ -105,6 +106,7 @@ class _Task:
     drop_next: int = 0  # unordered: late results to drop
     closed: bool = False  # the NuMap was stopped: no more results will come
     delivered: set[int] = field(default_factory=set)  # unordered: against duplicates
+    sources: dict[int, str] = field(default_factory=dict)  # remote: which host answered
 
     def finished(self) -> bool:
         return self.closed or (self.total is not None and self.returned >= self.total)
@@ -137,7 +139,8 @@ class _ProcessSlot:
 
     def __init__(self, context: Any, name: str) -> None:
         self.worker = proto.ProcessWorker(context, name=name)
-        self.inflight: dict[tuple[int, int], None] = {}
+        #: (task id, index) -> (task, item, attempts so far): resent if the process dies
+        self.inflight: dict[tuple[int, int], tuple[Any, Any, int]] = {}
         self.defined: set[int] = set()
         self.send_lock = threading.Lock()
         self.dead = False
@@ -236,6 +239,8 @@ class NuMap:
         self._stage1 = False
         self._feeding = False
         self._generation = 0  # bumped by every stop: late threads see they are stale
+        self._reruns: dict[tuple[int, int], list] = {}  # rerun(): results awaited
+        self._rerun_count = 0
         if bool(func) != bool(iterable):
             raise ValueError("NuMap(func, iterable) needs both or neither")
         if func and iterable:
@@ -558,7 +563,7 @@ class NuMap:
                 return True
         return False
 
-    def _dispatch(self, task: _Task, index: int, item: Any) -> None:
+    def _dispatch(self, task: _Task, index: int, item: Any, attempts: int = 0) -> None:
         """Hand one tasklet to the least loaded worker (process, thread or remote)."""
         if isinstance(task.blob, BaseException):
             self._deliver(task.id, index, False, task.blob)
@@ -577,9 +582,9 @@ class NuMap:
                     break
                 if isinstance(target, _SharedLane):
                     target.inflight += 1
-                    target.queue.put((task, index, item, 0))
+                    target.queue.put((task, index, item, attempts))
                     return
-                target.inflight[(task.id, index)] = None
+                target.inflight[(task.id, index)] = (task, item, attempts)
             if self._send_to_slot(target, task, index, item):
                 return
         lost = "; ".join(lane.lost for lane in self._lanes if lane.lost)
@@ -607,8 +612,8 @@ class NuMap:
                 slot = None
             else:
                 slot = min(live, key=lambda s: len(s.inflight))
-                for task, index, _ in sendable:
-                    slot.inflight[(task.id, index)] = None
+                for task, index, item in sendable:
+                    slot.inflight[(task.id, index)] = (task, item, 0)
         if slot is None or not self._send_raw(slot, [t for t, _, _ in sendable], data):
             if slot is not None:
                 with self._cond:
@@ -644,7 +649,7 @@ class NuMap:
         if self._send_raw(slot, [task], data):
             return True
         with self._cond:
-            taken = slot.inflight.pop((task.id, index), "gone") is None
+            taken = slot.inflight.pop((task.id, index), _GONE) is not _GONE
         if not taken:  # the getter already reported it as lost
             return True
         return self._stopping.is_set()
@@ -716,7 +721,12 @@ class NuMap:
         return True
 
     def _replace(self, slot: _ProcessSlot) -> _ProcessSlot:
-        """A worker process died: drain what it said, fail what it held, respawn."""
+        """A worker process died: drain what it said, respawn, resend what it held.
+
+        Each tasklet it held goes to a live worker again, at most ``retries`` times (a
+        process killed by the OOM killer or a user costs no item, as in Dask); one that
+        keeps killing its worker becomes a WorkerLostError item.
+        """
         while True:
             try:
                 if not slot.worker.conn.poll(0):
@@ -729,21 +739,35 @@ class NuMap:
         replacement = _ProcessSlot(self._context(), slot.worker.process.name)
         with self._cond:
             slot.dead = True
-            lost = list(slot.inflight)
+            lost = list(slot.inflight.items())
             slot.inflight.clear()
             self._slots[self._slots.index(slot)] = replacement
-        log.warning("%s: worker pid %s died (exit code %s) holding %d item(s)",
-                    self.name, slot.worker.pid, code, len(lost))
-        for task_id, item_index in lost:
+        again, failed = [], []
+        for (_, index), (task, item, attempts) in lost:
+            retry = attempts < self.retries and not self._stopping.is_set()
+            (again if retry else failed).append((task, index, item, attempts + retry))
+        log.warning("%s: worker pid %s died (exit code %s) holding %d item(s); %d resent",
+                    self.name, slot.worker.pid, code, len(lost), len(again))
+        for task, index, _, attempts in failed:
+            tried = f" (after {attempts + 1} attempts)" if attempts else ""
             error = WorkerLostError(
                 f"{self.name}: worker process pid {slot.worker.pid} died (exit code "
-                f"{code}) while running item {item_index} of task {task_id}")
-            self._deliver(task_id, item_index, False, error)
+                f"{code}) while running item {index} of task {task.id}{tried}")
+            self._deliver(task.id, index, False, error)
+        if again:  # not from this thread: a send may wait for a worker to read
+            threading.Thread(target=self._resend, args=(again, self._generation),
+                             daemon=True, name=f"{self.name}-resend").start()
         # Not swept yet: the items it dumped before it died may still be loaded.
         slot.worker.stop(timeout=0.5, sweep=False)
         with self._cond:
             self._dead_workers.append(slot.worker)
         return replacement
+
+    def _resend(self, tasklets: list[tuple], generation: int) -> None:
+        for task, index, item, attempts in tasklets:
+            if generation != self._generation:
+                return
+            self._dispatch(task, index, item, attempts)
 
     def _thread_worker(self, lane: _SharedLane) -> None:
         while True:
@@ -828,7 +852,7 @@ class NuMap:
                         break
                 with self._cond:
                     lane.inflight -= 1
-                self._deliver(task_id, reply_index, ok, value)
+                self._deliver(task_id, reply_index, ok, value, spec)
 
     def _next_remote_tasklet(self, lane: _SharedLane, wait: bool) -> tuple | None:
         """The next tasklet for a remote worker; None for the stop mark or nothing.
@@ -939,9 +963,20 @@ class NuMap:
                 lane.inflight -= 1
             self._deliver(task.id, index, False, _lost(spec, index, task.id, exc, attempts))
 
-    def _deliver(self, task_id: int, index: int, ok: bool, value: Any) -> None:
-        """Store a result for ``next()``; late results of skipped items are dropped."""
+    def _deliver(self, task_id: int, index: int, ok: bool, value: Any,
+                 source: str | None = None) -> None:
+        """Store a result for ``next()``; late results of skipped items are dropped.
+
+        ``source`` names the remote host that computed it. Negative indexes are the
+        extra tasklets of :meth:`rerun`, whose callers wait for them.
+        """
         with self._cond:
+            if index < 0:
+                waiting = self._reruns.get((task_id, index))
+                if waiting is not None and not waiting:
+                    waiting.append((ok, value, source))
+                    self._cond.notify_all()
+                return
             if task_id >= len(self._tasks):
                 return  # a result from before a restart
             task = self._tasks[task_id]
@@ -955,6 +990,8 @@ class NuMap:
                 log.warning("%s: dropped a duplicate result for item %d of task %d",
                             self.name, index, task_id)
                 return
+            if source is not None:
+                task.sources[index] = source
             if self.ordered:
                 if index in task.skipped:
                     task.skipped.discard(index)
@@ -977,6 +1014,17 @@ class NuMap:
         otherwise a later ``next()`` returns it. Raises ``StopIteration`` after the
         task's last result.
         """
+        _, ok, value, _ = self.next_result(timeout, task, block)
+        if not ok:
+            raise value
+        return value
+
+    def next_result(self, timeout: float | None = None, task: int = 0, block: bool = True
+                    ) -> tuple[int, bool, Any, str | None]:
+        """Like :meth:`next`, but return ``(index, ok, value, source)``, never raising
+        the value: the input position it belongs to, whether it is a result or the
+        exception the function raised, and the remote host that computed it (None for
+        a local worker). A piper uses it to know which input each result came from."""
         if not self._started and not self._tasks:
             raise RuntimeError(f"{self.name}: next() before start()")
         if not block:
@@ -997,19 +1045,62 @@ class NuMap:
                     raise StopIteration
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
+                    awaited = t.next_index
                     self._time_out(t)
-                    raise NuMapTimeoutError(
-                        f"{self.name}: no result for task {task} item {t.next_index} "
+                    error = NuMapTimeoutError(
+                        f"{self.name}: no result for task {task} item {awaited} "
                         f"within {timeout} s")
+                    error.index = awaited if self.ordered else None
+                    raise error
                 self._cond.wait(remaining if remaining is not None else POLL * 10)
             t.returned += 1
             if t.track:
                 self._tasks_tracked[t.id][index] = value
+            source = t.sources.pop(index, None)
         assert self._semaphore is not None
         self._semaphore.release()
-        if not ok:
-            raise value
-        return value
+        return index, ok, value, source
+
+    def rerun(self, task: int, item: Any, timeout: float | None = None
+              ) -> tuple[bool, Any, str | None]:
+        """Run ``task``'s function once more on ``item``: ``(ok, value, source)``.
+
+        An extra tasklet for a started NuMap, outside its tasks' streams and buffer: it
+        goes to the least loaded live worker, is resent like any other if that worker is
+        lost, and its result goes to this caller only. The engine uses it to recompute
+        an item whose data was lost with the host that held it (see ``Piper``).
+        ``timeout`` bounds the wait (NuMapTimeoutError); a stop ends it with a
+        WorkerLostError result.
+        """
+        with self._cond:
+            if not self._feeding or task >= len(self._tasks):
+                raise RuntimeError(f"{self.name}: rerun() needs a started NuMap with task "
+                                   f"{task}")
+            self._rerun_count += 1
+            index = -self._rerun_count
+            key = (task, index)
+            waiting: list = []
+            self._reruns[key] = waiting
+            generation = self._generation
+            t = self._tasks[task]
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            self._dispatch(t, index, item)
+            with self._cond:
+                while not waiting:
+                    if generation != self._generation:
+                        return False, WorkerLostError(
+                            f"{self.name}: stopped while rerunning an item of task "
+                            f"{task}"), None
+                    left = None if deadline is None else deadline - time.monotonic()
+                    if left is not None and left <= 0:
+                        raise NuMapTimeoutError(f"{self.name}: no result for a rerun of "
+                                                f"task {task} within {timeout} s")
+                    self._cond.wait(POLL * 10 if left is None else min(left, POLL * 10))
+                return waiting[0]
+        finally:
+            with self._cond:
+                self._reruns.pop(key, None)
 
     def _take(self, t: _Task) -> tuple[int, bool, Any] | None:
         if self.ordered:

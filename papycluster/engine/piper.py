@@ -9,6 +9,10 @@ only by a bounded number of items.
 The rules that keep item counts exact, so that zips downstream never go out of step:
 an evaluation that fails or times out still yields exactly ``produce`` items (error
 items), and a timed-out result is dropped when it arrives late.
+
+A piper remembers the input behind each ticket it hands downstream, so that an item
+whose data was lost with the host that held it is recomputed rather than lost
+(:mod:`papycluster.engine.lineage`).
 """
 
 from __future__ import annotations
@@ -19,9 +23,10 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+from papycluster.engine import lineage
 from papycluster.engine.numap import NuMap
 from papycluster.engine.worker import Worker
-from papycluster.errors import PiperError, WorkerError
+from papycluster.errors import NuMapTimeoutError, PiperError, WorkerError
 
 log = logging.getLogger("papycluster.piper")
 
@@ -29,7 +34,7 @@ log = logging.getLogger("papycluster.piper")
 FANOUT_LAG = 4096
 
 
-class Piper:
+class Piper(lineage.Recovery):
     """A pipeline node: ``Piper(worker, parallel=NuMap(...), consume=1, produce=1, ...)``.
 
     ``worker`` is a Worker, a function, a sequence of them, or a Piper whose worker is
@@ -82,6 +87,7 @@ class Piper:
         self.tee_num = 0
         self._fanout: _Fanout | None = None
         self._lock = threading.Lock()
+        self._init_recovery()
 
     def __repr__(self) -> str:
         return f"Piper({self.worker.__name__}, name={self.name!r})"
@@ -104,13 +110,21 @@ class Piper:
         if self.parallel and self.parallel._stage1:
             raise PiperError(f"{self.name}: its NuMap is already started")
         inputs: list[Iterator] = []
+        self._upstreams = []
         for source in inbox:
             if isinstance(source, Piper):
                 inputs.append(_TeeIterator(source, source._add_consumer()))
+                self._upstreams.append(source)
             else:
                 inputs.append(iter(source))
+                self._upstreams.append(None)
         stride = self.parallel.stride if self.parallel else 1
         self.inbox = _consumer(_zip(inputs), self.consume)
+        # One result per input, so each result knows its inbox: what recovery needs.
+        recovering = self.spawn == 1 and self.produce == 1
+        self._inboxes = lineage.Inboxes(self.inbox) if recovering else None
+        if self._inboxes is not None:
+            self.inbox = self._inboxes
         if self.parallel:
             skip = True if self.timeout is not None else None
             self.imap_tasks = [
@@ -119,6 +133,8 @@ class Piper:
                 for _ in range(self.spawn)
             ]
             outbox: Iterator = _chain(self.imap_tasks, stride, self._safe_next)
+        elif recovering:
+            outbox = _chain([_LazyTask(self.worker, self.inbox)], 1, self._lazy_next)
         else:
             tasks = [map(self.worker, self.inbox) for _ in range(self.spawn)]
             outbox = _chain(tasks, 1, _plain_next)
@@ -156,6 +172,9 @@ class Piper:
         self.imap_tasks = []
         self.tee_num = 0
         self._fanout = None
+        self._inboxes = None
+        self._upstreams = []
+        self._lineage.clear()
         self.connected = False
 
     # -- running -------------------------------------------------------------------
@@ -168,6 +187,7 @@ class Piper:
             stages = (0, 1, 2) if self.parallel else (0,)
         if 0 in stages:
             self._fanout = _Fanout(self._next_result, max(self.tee_num, 1))
+            self._lineage = lineage.Lineage(self.tee_num)
             self.finished = False
             self.started = True
         if self.parallel:
@@ -213,23 +233,45 @@ class Piper:
             raise item
         return item
 
-    def _safe_next(self, task: Iterator) -> Any:
+    def _safe_next(self, task: Any) -> Any:
         """Read one NuMap result; an exception or a timeout becomes an error item."""
         try:
-            return next(task)
+            index, ok, value, source = task.numap.next_result(task.timeout, task.task,
+                                                              task.block)
         except StopIteration:
             raise
-        except PiperError as exc:
-            return exc
-        except Exception as exc:  # a timeout, a lost worker, a pickling failure
+        except NuMapTimeoutError as exc:  # skipped: its inbox is not needed any more
+            self._settle_inbox(getattr(exc, "index", None), [])
             return PiperError(exc)
+        except Exception as exc:  # the NuMap itself failed
+            return PiperError(exc)
+        ok, value = self._settle(index, ok, value, source)
+        if not ok:  # an exception, a lost worker, a pickling failure
+            return value if isinstance(value, PiperError) else PiperError(value)
+        return value
 
+    def _lazy_next(self, task: _LazyTask) -> Any:
+        return self._settle(*task.next_result())[1]
 
 # -- iterator plumbing ------------------------------------------------------------
 
 
 def _plain_next(task: Iterator) -> Any:
     return next(task)
+
+
+class _LazyTask:
+    """A lazy piper's evaluation, one inbox at a time, with the position of each."""
+
+    def __init__(self, worker: Worker, inbox: Iterator) -> None:
+        self.worker = worker
+        self.inbox = inbox
+        self.position = 0
+
+    def next_result(self) -> tuple[int, bool, Any, None]:
+        inbox = next(self.inbox)
+        self.position += 1
+        return self.position - 1, True, self.worker(inbox), None
 
 
 def _zip(inputs: list[Iterator]) -> Iterator[list]:

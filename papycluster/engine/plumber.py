@@ -5,7 +5,8 @@
 stops pulling at a round boundary, ``run()`` goes on, ``wait()`` waits for the end,
 ``stop()`` ends the pools. As in PaPy the plunger discards what the output pipers
 return: an output piper persists its own results (a file, a database, a transport).
-The plunger counts them in ``stats``.
+The plunger counts them in ``stats``, beside ``recomputed``: the items whose input's
+data was lost with its host and computed again (see ``engine.lineage``).
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ class Plumber(Dagger):
         self._plunger: threading.Thread | None = None
         self._failure: BaseException | None = None
         self._outputs: list = []
+        self._stats_lock = threading.Lock()
 
     # -- transitions ---------------------------------------------------------------
 
@@ -67,7 +69,7 @@ class Plumber(Dagger):
         if self._started.is_set():
             raise PlumberError("start: the pipeline is already started")
         self.stats = {"start_time": time.time(), "run_time": None, "pipers_tracked": {},
-                      "items_out": 0, "errors_out": 0}
+                      "items_out": 0, "errors_out": 0, "recomputed": 0}
         self._failure = None
         self._finished.clear()
         self._pausing.clear()
@@ -77,6 +79,8 @@ class Plumber(Dagger):
             from papycluster.cluster.negotiate import negotiate_dagger
 
             negotiate_dagger(self)
+        for piper in self.postorder():
+            piper._on_recompute = self._count_recompute
         try:
             self.connect(datas)
             for piper in self.nodes:
@@ -90,6 +94,10 @@ class Plumber(Dagger):
             raise
         self._outputs = self.get_outputs()
         self._started.set()
+
+    def _count_recompute(self) -> None:
+        with self._stats_lock:
+            self.stats["recomputed"] += 1
 
     def _wants_negotiation(self) -> bool:
         """Pick transports for the pipes when a pool is remote or a dump says 'auto'."""

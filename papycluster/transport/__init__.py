@@ -25,6 +25,7 @@ from typing import Any
 
 from papycluster.transport import base, read_ahead, shares, ticket
 from papycluster.transport.base import (
+    ProducerLostError,
     SecretError,
     StaleTicketError,
     TicketError,
@@ -40,6 +41,7 @@ DATABASE = ("sqlite", "mysql")
 __all__ = [
     "DATABASE",
     "STREAM",
+    "ProducerLostError",
     "SecretError",
     "StaleTicketError",
     "TicketError",

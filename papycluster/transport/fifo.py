@@ -216,22 +216,45 @@ class _State:
             self.server.close()
 
 
-def _wait(fd: int, events: int, deadline: float, what: str, tk: tuple) -> None:
+#: While a loader waits for bytes, how often it checks that the server is still there.
+ALIVE_EVERY = 0.5
+
+
+def _server_gone(ctl: str) -> bool:
+    """Has the dumping process ended? Its control fifo then has no reader."""
+    try:
+        os.close(os.open(ctl, os.O_WRONLY | os.O_NONBLOCK))
+    except OSError as exc:
+        return exc.errno in (errno.ENXIO, errno.ENOENT)
+    return False
+
+
+def _wait(fd: int, events: int, deadline: float, what: str, tk: tuple,
+          ctl: str | None = None) -> None:
+    """Wait for ``fd``; fail at ``deadline``, or at once when the server behind ``ctl``
+    has ended (the loader holds the item fifo open itself, so it sees no end of file)."""
     poller = select.poll()
     poller.register(fd, events)
-    left = deadline - time.monotonic()
-    if left <= 0 or not poller.poll(left * 1000):
-        raise ProducerLostError(tk, f"timed out {what} (is the process that dumped the "
-                                "item frozen?)", "fifo")
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise ProducerLostError(tk, f"timed out {what} (is the process that dumped "
+                                    "the item frozen?)", "fifo")
+        if poller.poll(min(left, ALIVE_EVERY) * 1000):
+            return
+        if ctl is not None and _server_gone(ctl):
+            raise ProducerLostError(tk, f"the process that dumped the item ended {what}",
+                                    "fifo")
 
 
-def _read_exact(fd: int, view: memoryview, deadline: float, tk: tuple) -> None:
+def _read_exact(fd: int, view: memoryview, deadline: float, tk: tuple, ctl: str) -> None:
     got = 0
     while got < view.nbytes:
         try:
             k = os.readv(fd, [view[got:]])
         except BlockingIOError:
-            _wait(fd, select.POLLIN, deadline, f"after {got} of {view.nbytes} bytes", tk)
+            _wait(fd, select.POLLIN, deadline, f"after {got} of {view.nbytes} bytes", tk,
+                  ctl)
             continue
         if k == 0:  # cannot happen while we hold a writer ourselves
             raise ProducerLostError(tk, f"end of file after {got} bytes", "fifo")
@@ -305,7 +328,7 @@ class FifoTransport(base.Transport):
             finally:
                 os.close(cfd)
             header = bytearray(_HDR.size)
-            _read_exact(fd, memoryview(header), deadline, tk)
+            _read_exact(fd, memoryview(header), deadline, tk, ctl)
             status, length = _HDR.unpack(header)
             if status != ST_OK:
                 raise StaleTicketError(tk, f"the fifo server in {directory} has no item {key}",
@@ -313,7 +336,7 @@ class FifoTransport(base.Transport):
             if length != size:
                 raise TicketError(tk, f"the fifo server offers {length} bytes, the ticket "
                                   f"says {size}", self.name)
-            out = buffers.receive(size, lambda view: _read_exact(fd, view, deadline, tk))
+            out = buffers.receive(size, lambda view: _read_exact(fd, view, deadline, tk, ctl))
         finally:
             os.close(fd)
         if remove:

@@ -122,3 +122,53 @@ def test_an_error_the_controller_cannot_rebuild_costs_that_item_not_the_host(
     assert out[:3] + out[4:] == [x for x in range(40) if x != 3]
     assert not [r for r in caplog.records if " lost " in r.getMessage()], \
         [r.getMessage() for r in caplog.records]
+
+
+def _square(inbox):
+    time.sleep(0.002)
+    return inbox[0] * inbox[0]
+
+
+def test_items_parked_on_a_killed_agent_are_recomputed(cluster_name, caplog):
+    """Two remote stages on two agents joined by tcp: killing one agent (its whole
+    process group) loses its workers and the items they held for the next stage; those
+    are computed again from their inputs, and every result comes out once, right."""
+    from papycluster import Piper, Plumber, Worker, workers
+
+    assert controller.up_local(2).failed == []
+    victim = load_state().hosts["local2"]["pid"]
+    pools = [("local1", 2), ("local2", 2)]
+    first = Piper(Worker((_square, workers.io.pickle_dumps, workers.io.dump_item),
+                         ((), (), ("tcp",))),
+                  parallel=NuMap(worker_num=0, worker_remote=pools, buffer=40,
+                                 heartbeat=4.0), name="square")
+    second = Piper(Worker((workers.io.load_item, workers.io.pickle_loads, _square)),
+                   parallel=NuMap(worker_num=0, worker_remote=pools, buffer=4,
+                                  heartbeat=4.0), name="again")
+    out = []
+
+    def collect(inbox):
+        out.append(inbox[0])
+        if len(out) == ITEMS // 3:
+            os.killpg(victim, signal.SIGKILL)
+        return inbox[0]
+
+    plumber = Plumber()
+    plumber.add_pipe((first, second, Piper(Worker(collect), name="collect")))
+    plumber.start([range(ITEMS)])
+    plumber.run()
+    try:
+        assert plumber.wait(120)
+    finally:
+        plumber.pause()
+        plumber.stop()
+        controller.down()
+    assert out == [x ** 4 for x in range(ITEMS)], [x for x in out if isinstance(x, Exception)]
+    assert plumber.stats["errors_out"] == 0
+    assert plumber.stats["recomputed"] > 0
+    warned = [r.getMessage() for r in caplog.records if "recomputed by square" in
+              r.getMessage()]
+    assert len(warned) == plumber.stats["recomputed"]
+    # Parked on the killed agent, or taken by one of its workers that died with it
+    assert any("(parked on local2)" in m for m in warned), warned[:3]
+    assert all("again: item" in m and "parked on local" in m for m in warned), warned[:3]

@@ -360,6 +360,34 @@ def test_a_killed_worker_loses_no_item_and_the_pool_goes_on():
     numap.stop()
 
 
+def die_once_on(x, bad, marker):
+    """Killed (as by the OOM killer) the first time it runs ``bad``, fine after."""
+    if x == bad and not os.path.exists(marker):
+        open(marker, "w").close()
+        os.kill(os.getpid(), signal.SIGKILL)
+    return x
+
+
+def test_an_item_whose_worker_was_killed_runs_again_on_another(tmp_path):
+    numap = NuMap(worker_num=2)
+    task = numap.add_task(die_once_on, range(20), args=(7, str(tmp_path / "killed")))
+    numap.start()
+    out = collect(task)
+    numap.stop()
+    assert (tmp_path / "killed").exists()
+    assert out == list(range(20))
+
+
+def test_an_item_that_keeps_killing_its_worker_is_an_error_after_the_retries():
+    numap = NuMap(worker_num=2, retries=1)
+    task = numap.add_task(die_on, range(10), args=(4,))
+    numap.start()
+    out = collect(task)
+    numap.stop()
+    assert isinstance(out[4], WorkerLostError) and "after 2 attempts" in str(out[4])
+    assert [x for i, x in enumerate(out) if i != 4] == [x for x in range(10) if x != 4]
+
+
 def test_a_segfault_is_an_error_item():
     numap = NuMap(worker_num=1)
     task = numap.add_task(segfault_on, range(4), args=(2,))
