@@ -231,7 +231,8 @@ class Recovery:
             if found is None:
                 return True, value, source  # not a ticket of ours to recompute
             producer, lost_on = found
-            reason = getattr(value.exception, "reason", value.exception)
+            reason = (f"{type(value.exception).__name__}: "
+                      f"{getattr(value.exception, 'reason', value.exception)}")
             ok, new, new_source = producer._recompute(ticket)
             if not ok or not is_ticket(new):
                 log.warning("%s: item %s: its input from %s (parked on %s) could not be "

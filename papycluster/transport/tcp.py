@@ -46,6 +46,10 @@ DEFAULT_TIMEOUT = 60.0
 #: An idle pooled connection is dropped by the server after this long.
 IDLE_TIMEOUT = 600.0
 HANDSHAKE_TIMEOUT = 10.0
+#: A loader takes a producer that says nothing for this long (no handshake, no byte of
+#: its answer) for lost: the server answers from memory at once, and a frozen host's
+#: kernel keeps the connection open while nothing comes, so only silence tells.
+SILENCE = 10.0
 
 _REQ = struct.Struct("!B32sBQ")
 _REP = struct.Struct("!BQ")
@@ -276,10 +280,13 @@ class ConnectionPool:
             idle = self._idle.get((host, port, secret))
             if idle:
                 sock = idle.pop()
-                sock.settimeout(timeout)
+                sock.settimeout(min(timeout, SILENCE))
                 return sock, True
         sock = _connect(host, port, timeout)
         try:
+            # Every later read is bounded by SILENCE (a frozen producer's kernel still
+            # accepts the connection; only its silence tells).
+            sock.settimeout(min(timeout, SILENCE))
             auth.client_handshake(sock, secret, f"tcp server {host}:{port}")
         except BaseException:
             sock.close()

@@ -72,7 +72,8 @@ def load_item(inbox: Sequence, remove: bool = True, timeout: float | None = None
     """Fetch the item whose ticket is ``inbox[0]``; the transport comes from the ticket.
 
     Returns a bytes-like object (a ``str`` if a ``str`` was dumped). ``remove=False``
-    leaves the item for another load. ``timeout`` bounds every wait (default 60 s);
+    leaves the item for another load. ``timeout`` bounds every wait (default 60 s; a
+    tcp producer silent for 10 s counts as lost, and the item is recomputed);
     ``retries=N`` (udp) asks up to N times for lost datagrams before failing.
     """
     return _transport.load(inbox[0], remove=remove, timeout=timeout,

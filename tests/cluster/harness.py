@@ -141,6 +141,11 @@ class Harness:
         """``docker kill``: the host dies at once, as on a power cut."""
         self.docker("kill", node.container)
 
+    def pause(self, node: Node) -> None:
+        """``docker pause``: every process of the node frozen, its TCP stack answering
+        (connections are accepted, nothing is ever said on them)."""
+        self.docker("pause", node.container)
+
     def disconnect(self, node: Node) -> None:
         """Cut the node off the private network (it keeps running)."""
         self.docker("network", "disconnect", "--force", self.network, node.container)
@@ -149,7 +154,9 @@ class Harness:
         """Every node running and on the network at its address again, sshd answering."""
         for node in self.nodes.values():
             info = json.loads(self.docker("inspect", node.container).stdout)[0]
-            if not info["State"]["Running"]:
+            if info["State"].get("Paused"):
+                self.docker("unpause", node.container)
+            elif not info["State"]["Running"]:
                 # The container keeps its files, so its host keys stay the same.
                 self.docker("start", node.container)
             if self.network not in (info["NetworkSettings"]["Networks"] or {}):

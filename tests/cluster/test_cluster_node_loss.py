@@ -203,7 +203,11 @@ def test_idle_workers_of_a_lost_node_use_up_no_retry(cluster: Harness, linux_up:
     numap = NuMap(worker_num=0, worker_remote=[(victim.name, 6), (survivor.name, 1)],
                   buffer=1)
     numap.add_task(where, range(items))
-    numap.start()
+    numap.start(stages=(1,))
+    # every remote worker open before the first item: under load the victim's six
+    # could otherwise still be connecting while the survivor takes every item
+    wait_until(lambda: len(numap._remote_workers) == 7, 60)
+    numap.start(stages=(2,))
     out: list = []
     errors: list = []
     try:
