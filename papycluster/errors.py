@@ -62,6 +62,11 @@ class WorkerError(PapyError):
             inbox = inbox[:200] + "..."
         return f"{self.function!r} failed on {inbox}: {self.exception!r}"
 
+    def __getitem__(self, index: int) -> Any:
+        """``e[0]`` is the exception, ``e[1]`` the function, ``e[2]`` the inbox (PaPy ran
+        on Python 2, where exceptions indexed their ``args``)."""
+        return self.args[index]
+
 
 class PiperError(PapyError):
     """A piper could not produce an item: a timeout, or an upstream error.
@@ -82,6 +87,11 @@ class PiperError(PapyError):
         if isinstance(cause, WorkerError):
             return cause.exception
         return cause
+
+    def __getitem__(self, index: int) -> Any:
+        """``e[0]`` is the cause, as in PaPy: ``err[0][0][0]`` walks PiperError ->
+        PiperError -> WorkerError -> the exception."""
+        return self.args[index]
 
 
 class DaggerError(PapyError):

@@ -24,6 +24,8 @@ import warnings
 from collections.abc import Iterable
 from typing import Any
 
+from papycluster.transport import ALIASES
+
 log = logging.getLogger("papycluster.negotiate")
 
 MANAGER = "manager"
@@ -299,7 +301,7 @@ def _is(func: Any, name: str) -> bool:
 
 def _dump_type(args: tuple, kwargs: dict) -> tuple[str | None, str | None]:
     requested = kwargs.get("type", args[0] if args else "file")
-    return requested, kwargs.get("share")
+    return ALIASES.get(requested, requested), kwargs.get("share")
 
 
 def negotiate_dagger(plumber: Any) -> list[str]:

@@ -241,6 +241,9 @@ class NuMap:
         self._generation = 0  # bumped by every stop: late threads see they are stale
         self._reruns: dict[tuple[int, int], list] = {}  # rerun(): results awaited
         self._rerun_count = 0
+        #: After ``stop(forced=True)``: the tasks are kept, closed, so that iterating
+        #: them gives what had arrived and then ends; the final stop forgets them.
+        self._kept = False
         if bool(func) != bool(iterable):
             raise ValueError("NuMap(func, iterable) needs both or neither")
         if func and iterable:
@@ -267,6 +270,7 @@ class NuMap:
         """
         if self._started:
             raise RuntimeError(f"{self.name}: cannot add a task after start()")
+        self._forget_kept()
         if not callable(func):
             raise TypeError(f"{self.name}: task function {func!r} is not callable")
         task = _Task(id=len(self._tasks), func=func, iterable=iterable,
@@ -304,6 +308,7 @@ class NuMap:
         if 1 in stages:
             if self._stage1:
                 raise RuntimeError(f"{self.name}: already started")
+            self._forget_kept()
             self._start_workers()
             self._stage1 = True
             self._started = True
@@ -370,10 +375,16 @@ class NuMap:
 
         With ``ends`` (task ids), feeding stops at the next round boundary and the
         remaining results of those tasks are read and discarded first (PaPy's
-        behaviour). Without it the NuMap stops at once; results not yet taken are
-        dropped. A NuMap that was never started is left as it is.
+        behaviour). Without it the NuMap stops at once. With ``forced=True`` (and no
+        ``ends``) the results that had arrived can still be read: iterating a task
+        gives them, then ends with ``StopIteration``, as in PaPy after
+        ``stop(forced=True)``; the final stop (``stop(ends)``, ``_stop()``, or adding
+        a task to reuse the NuMap) forgets them, and ``next()`` then raises
+        ``RuntimeError``. A NuMap that was never started is left as it is.
         """
         if not self._started:
+            if ends is not None:
+                self._forget_kept()
             return
         if ends is not None:
             self._stopping.set()
@@ -385,9 +396,13 @@ class NuMap:
                         break
                     except Exception:
                         continue
-        self._stop()
+        self._stop(keep=forced and ends is None)
 
-    def _stop(self, timeout: float = 5.0) -> None:
+    def _stop(self, timeout: float = 5.0, keep: bool = False) -> None:
+        if not self._started:
+            if not keep:
+                self._forget_kept()
+            return
         self._stopping.set()
         self._closing.set()
         with self._cond:
@@ -427,9 +442,17 @@ class NuMap:
                 conn.close()
         self._wake_r = self._wake_w = None
         self._slots, self._lanes, self._threads, self._remote_workers = [], [], [], []
-        self._tasks = []
+        self._kept = keep
+        if not keep:
+            self._tasks = []
         self._started = self._stage1 = self._feeding = False
         _live.discard(self)
+
+    def _forget_kept(self) -> None:
+        """The final stop: forget the tasks a ``stop(forced=True)`` kept for reading."""
+        if self._kept:
+            self._kept = False
+            self._tasks = []
 
     def _sweep_lost_remotes(self, timeout: float) -> None:
         """Ask the agents of remote workers lost mid-run to remove what those left.
@@ -1025,8 +1048,9 @@ class NuMap:
         the value: the input position it belongs to, whether it is a result or the
         exception the function raised, and the remote host that computed it (None for
         a local worker). A piper uses it to know which input each result came from."""
-        if not self._started and not self._tasks:
-            raise RuntimeError(f"{self.name}: next() before start()")
+        if not self._started and not (self._kept and task < len(self._tasks)):
+            raise RuntimeError(f"{self.name}: next() on a NuMap that is not started "
+                               "(before start(), or after its final stop)")
         if not block:
             timeout = 0.0
         deadline = None if timeout is None else time.monotonic() + timeout

@@ -13,6 +13,11 @@ items), and a timed-out result is dropped when it arrives late.
 A piper remembers the input behind each ticket it hands downstream, so that an item
 whose data was lost with the host that held it is recomputed rather than lost
 (:mod:`papycluster.engine.lineage`).
+
+With a NuMap of ``stride`` s, ``produce`` and ``consume`` work in blocks of s
+evaluations, as in PaPy: ``produce=2`` emits the first item of each of the s results,
+then the second of each (``11, 21, 31, 12, 22, 32``), and ``consume=2`` is the
+inverse, grouping item i with item i + s of its block.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import logging
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
+from itertools import islice
 from typing import Any
 
 from papycluster.engine import lineage
@@ -68,7 +74,9 @@ class Piper(lineage.Recovery):
         if track and not isinstance(parallel, NuMap):
             raise PiperError("Piper: track=True needs a parallel NuMap")
         self.parallel: NuMap | bool = parallel if isinstance(parallel, NuMap) else False
-        self.imap = self.parallel
+        #: PaPy's name: the NuMap, or the builtin lazy ``map`` for a linear piper.
+        self.imap: Any = self.parallel if self.parallel else map
+        self.log = log
         self.consume = consume
         self.produce = produce
         self.spawn = spawn
@@ -85,9 +93,16 @@ class Piper(lineage.Recovery):
         self.outbox: Iterator | None = None
         self.imap_tasks: list[Any] = []
         self.tee_num = 0
+        #: PaPy's fan-out attributes, kept for code that reads them: ``tees`` holds one
+        #: view of this piper's output per downstream piper (from stage 0 of ``start``),
+        #: ``tee_locks`` one lock, and one more per downstream piper. The fan-out itself
+        #: is ``_Fanout``, which needs no lock-step between consumers.
+        self.tees: list[_TeeIterator] = []
+        self.tee_locks: list[threading.Lock] = [threading.Lock()]
         self._fanout: _Fanout | None = None
         self._lock = threading.Lock()
         self._init_recovery()
+        self._input_closed = False
 
     def __repr__(self) -> str:
         return f"Piper({self.worker.__name__}, name={self.name!r})"
@@ -116,10 +131,11 @@ class Piper(lineage.Recovery):
                 inputs.append(_TeeIterator(source, source._add_consumer()))
                 self._upstreams.append(source)
             else:
-                inputs.append(iter(source))
+                inputs.append(_Source(iter(source), self))
                 self._upstreams.append(None)
+        self._input_closed = False
         stride = self.parallel.stride if self.parallel else 1
-        self.inbox = _consumer(_zip(inputs), self.consume)
+        self.inbox = _consumer(_zip(inputs), self.consume, stride)
         # One result per input, so each result knows its inbox: what recovery needs.
         recovering = self.spawn == 1 and self.produce == 1
         self._inboxes = lineage.Inboxes(self.inbox) if recovering else None
@@ -139,8 +155,7 @@ class Piper(lineage.Recovery):
             tasks = [map(self.worker, self.inbox) for _ in range(self.spawn)]
             outbox = _chain(tasks, 1, _plain_next)
         if self.produce > 1:
-            outbox = _repeat(outbox, self.produce) if self.repeat else _produce(
-                outbox, self.produce, self.name)
+            outbox = _produce(outbox, self.produce, stride, self.name, self.repeat)
         self.outbox = outbox
         self.connected = True
         return self
@@ -149,6 +164,9 @@ class Piper(lineage.Recovery):
 
     def _add_consumer(self) -> int:
         self.tee_num += 1
+        lock = threading.Lock()
+        lock.acquire()  # as PaPy's: taken until the fan-out hands this consumer a turn
+        self.tee_locks.append(lock)
         return self.tee_num - 1
 
     def disconnect(self, forced: bool = False) -> None:
@@ -162,7 +180,9 @@ class Piper(lineage.Recovery):
         if self.parallel:
             tasks = self.parallel._tasks
             ids = [t.task for t in self.imap_tasks]
-            if [t.id for t in tasks[-len(ids):]] == ids:
+            if not tasks or not ids:
+                pass  # a NuMap stopped for good has forgotten its tasks already
+            elif [t.id for t in tasks[-len(ids):]] == ids:
                 self.parallel.pop_task(len(ids))
             elif forced:
                 self.parallel.pop_task(True)
@@ -171,6 +191,8 @@ class Piper(lineage.Recovery):
         self.inbox = self.outbox = None
         self.imap_tasks = []
         self.tee_num = 0
+        self.tees = []
+        self.tee_locks = [threading.Lock()]
         self._fanout = None
         self._inboxes = None
         self._upstreams = []
@@ -180,16 +202,24 @@ class Piper(lineage.Recovery):
     # -- running -------------------------------------------------------------------
 
     def start(self, stages: Sequence[int] | None = None) -> None:
-        """Start: stage 0 prepares the fan-out; stages 1 and 2 start the NuMap."""
+        """Start: stage 0 prepares the fan-out; stages 1 and 2 start the NuMap.
+
+        A linear piper is started by stage 0, a parallel one only once stage 2 has
+        started its NuMap's feeding: ``started`` (and ``next()``) say so. Pipers that
+        share a NuMap are started with ``(0, 1)`` each, then ``(2,)`` each.
+        """
         if not self.connected:
             raise PiperError(f"{self.name}: connect it before starting")
         if stages is None:
             stages = (0, 1, 2) if self.parallel else (0,)
-        if 0 in stages:
+        if 0 in stages and not self.started:
             self._fanout = _Fanout(self._next_result, max(self.tee_num, 1))
             self._lineage = lineage.Lineage(self.tee_num)
+            self.tees = [_TeeIterator(self, i) for i in range(self.tee_num)]
             self.finished = False
-            self.started = True
+            self.started = not self.parallel
+        if self.parallel and 2 in stages and self._fanout is None:
+            raise PiperError(f"{self.name}: start stage 0 before stage 2")
         if self.parallel:
             numap_stages = tuple(s for s in stages if s in (1, 2))
             if 1 in numap_stages and self.parallel._stage1:
@@ -198,6 +228,8 @@ class Piper(lineage.Recovery):
                 numap_stages = tuple(s for s in numap_stages if s != 2)
             if numap_stages:
                 self.parallel.start(numap_stages)
+            if 2 in stages:
+                self.started = True
 
     def stop(self, forced: bool = False, **kwargs: Any) -> None:
         """Stop the piper's NuMap (unfinished pipers need ``forced=True``)."""
@@ -211,9 +243,20 @@ class Piper(lineage.Recovery):
         self.started = False
 
     def next(self) -> Any:
-        """The next output item: a result, or a PiperError for a failed item."""
+        """The next output item: a result, or a PiperError for a failed item.
+
+        As in PaPy: ``PiperError`` at once unless the piper is connected and fully
+        started; ``StopIteration`` after the last item, and again on every later call.
+        """
+        if not self.connected:
+            raise PiperError(f"{self.name}: not connected")
+        if self.finished:
+            raise StopIteration
         if not self.started or self._fanout is None:
-            raise PiperError(f"{self.name}: not started")
+            raise PiperError(f"{self.name}: not started (stages 0, 1 and 2 for a "
+                             "parallel piper)")
+        if self.parallel and not self.parallel._started:
+            raise PiperError(f"{self.name}: its NuMap {self.parallel.name} was stopped")
         return self._next_result()
 
     __next__ = next
@@ -232,6 +275,15 @@ class Piper(lineage.Recovery):
         if self.debug and isinstance(item, PiperError):
             raise item
         return item
+
+    def _close_input(self) -> None:
+        """Take no more items from the data this piper was connected to.
+
+        What the piper has taken still flows downstream; then its inbox ends. This is
+        how ``Dagger.stop`` ends a pipeline as PaPy's did, without losing items taken
+        from the input.
+        """
+        self._input_closed = True
 
     def _safe_next(self, task: Any) -> Any:
         """Read one NuMap result; an exception or a timeout becomes an error item."""
@@ -286,19 +338,41 @@ def _zip(inputs: list[Iterator]) -> Iterator[list]:
         yield box
 
 
-def _consumer(zipped: Iterator[list], consume: int) -> Iterator[Any]:
-    """The inbox: each zip-list, or lists of ``consume`` of them (the last may be short)."""
+class _Source:
+    """A piper's view of the data it was connected to; ends when its input is closed."""
+
+    def __init__(self, iterator: Iterator, piper: Piper) -> None:
+        self.iterator = iterator
+        self.piper = piper
+
+    def __iter__(self) -> _Source:
+        return self
+
+    def __next__(self) -> Any:
+        if self.piper._input_closed:
+            raise StopIteration
+        return next(self.iterator)
+
+
+def _consumer(zipped: Iterator[list], consume: int, stride: int = 1) -> Iterator[Any]:
+    """The inbox: each zip-list, or lists of ``consume`` of them.
+
+    Zip-lists come in blocks of ``stride * consume``; inside a block, list i takes
+    items i, i + c, i + 2c, ... where c is the block's number of lists (``stride``,
+    fewer in a short last block). This undoes what ``_produce`` does upstream.
+    """
     if consume == 1:
         yield from zipped
         return
-    batch: list = []
-    for box in zipped:
-        batch.append(box)
-        if len(batch) == consume:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
+    while True:
+        block = list(islice(zipped, stride * consume))
+        if not block:
+            return
+        columns = -(-len(block) // consume)
+        for column in range(columns):
+            yield block[column::columns]
+        if len(block) < stride * consume:
+            return
 
 
 def _chain(tasks: list[Iterator], stride: int, take: Callable[[Iterator], Any]
@@ -315,30 +389,42 @@ def _chain(tasks: list[Iterator], stride: int, take: Callable[[Iterator], Any]
                     break
 
 
-def _produce(outbox: Iterator, produce: int, name: str) -> Iterator[Any]:
-    """Unpack each result into ``produce`` items; an error stands for all of them."""
-    for result in outbox:
-        if isinstance(result, PiperError | WorkerError):
-            yield from [result] * produce
-            continue
-        try:
-            items = list(result)
-        except TypeError as exc:
-            items = []
-            error = PiperError(WorkerError(exc, f"{name} (produce={produce})", result))
-        else:
-            error = PiperError(WorkerError(
-                ValueError(f"expected {produce} items, got {len(items)}"),
-                f"{name} (produce={produce})", result))
-        if len(items) == produce:
-            yield from items
-        else:
-            yield from [error] * produce
+def _produce(outbox: Iterator, produce: int, stride: int, name: str,
+             repeat: bool = False) -> Iterator[Any]:
+    """``produce`` items per result, stride-interleaved over blocks of ``stride`` results.
+
+    Each result is unpacked into its ``produce`` items (``repeat``: repeated that many
+    times); the block then yields the first item of every result, then the second of
+    every result, and so on. An error stands for all the items of its result, in the
+    same places. A short last block (fewer than ``stride`` results) is interleaved
+    over the results it has.
+    """
+    while True:
+        block = [_unpack(result, produce, name, repeat)
+                 for result in islice(outbox, stride)]
+        if not block:
+            return
+        for position in range(produce):
+            for items in block:
+                yield items[position]
+        if len(block) < stride:
+            return
 
 
-def _repeat(outbox: Iterator, produce: int) -> Iterator[Any]:
-    for result in outbox:
-        yield from [result] * produce
+def _unpack(result: Any, produce: int, name: str, repeat: bool) -> list:
+    """The ``produce`` items of one result; an error item for each if it has not as many."""
+    if repeat or isinstance(result, PiperError | WorkerError):
+        return [result] * produce
+    try:
+        items = list(result)
+    except TypeError as exc:
+        return [PiperError(WorkerError(exc, f"{name} (produce={produce})", result))
+                ] * produce
+    if len(items) == produce:
+        return items
+    return [PiperError(WorkerError(ValueError(f"expected {produce} items, got "
+                                              f"{len(items)}"),
+                                   f"{name} (produce={produce})", result))] * produce
 
 
 class _Fanout:

@@ -7,6 +7,10 @@ stops pulling at a round boundary, ``run()`` goes on, ``wait()`` waits for the e
 return: an output piper persists its own results (a file, a database, a transport).
 The plunger counts them in ``stats``, beside ``recomputed``: the items whose input's
 data was lost with its host and computed again (see ``engine.lineage``).
+
+``stop()`` after ``pause()`` loses nothing that was taken from the input: the inputs
+take no more, what they took is run through to the outputs (counted and
+checkpointed like the plunger's items), then the pools end (``Dagger.stop``).
 """
 
 from __future__ import annotations
@@ -61,6 +65,7 @@ class Plumber(Dagger):
         self._failure: BaseException | None = None
         self._outputs: list = []
         self._stats_lock = threading.Lock()
+        self.log = log
 
     # -- transitions ---------------------------------------------------------------
 
@@ -83,14 +88,14 @@ class Plumber(Dagger):
             piper._on_recompute = self._count_recompute
         try:
             self.connect(datas)
-            for piper in self.nodes:
+            for piper in self.nodes():
                 if piper.track and piper.parallel:
                     tracked = piper.parallel._tasks_tracked
                     self.stats["pipers_tracked"][piper] = [tracked[t.task]
                                                           for t in piper.imap_tasks]
             super().start()
         except Exception:
-            self._teardown()
+            self._teardown(drain=False)
             raise
         self._outputs = self.get_outputs()
         self._started.set()
@@ -101,7 +106,7 @@ class Plumber(Dagger):
 
     def _wants_negotiation(self) -> bool:
         """Pick transports for the pipes when a pool is remote or a dump says 'auto'."""
-        for piper in self.nodes:
+        for piper in self.nodes():
             if piper.parallel and piper.parallel.worker_remote:
                 return True
             for function, args, kwargs in zip(piper.worker.task, piper.worker.args,
@@ -114,7 +119,7 @@ class Plumber(Dagger):
     def _resume(self, datas: Sequence[Iterable]) -> list[Iterator]:
         """Skip the input positions whose results the checkpoint holds already."""
         assert self.checkpoint is not None
-        for piper in self.nodes:
+        for piper in self.nodes():
             if piper.consume != 1 or piper.produce != 1:
                 raise PlumberError(f"a checkpoint needs pipers that take one item and give "
                                    f"one; {piper.name} has consume={piper.consume}, "
@@ -170,11 +175,13 @@ class Plumber(Dagger):
             raise PlumberError(f"the pipeline failed: {self._failure!r}") from self._failure
         return finished
 
-    def stop(self) -> None:
+    def stop(self, timeout: float | None = None) -> None:  # type: ignore[override]
         """End the run: stop the pools and disconnect, so the Plumber can start again.
 
         Allowed when paused, or when finished (PaPy's ``pause(); stop()`` and a plain
-        ``stop()`` both work after ``wait()``).
+        ``stop()`` both work after ``wait()``). The items already taken from the input
+        are run through to the outputs first; ``timeout`` bounds that (see
+        ``Dagger.stop``).
         """
         if not self._started.is_set():
             raise PlumberError("stop: the pipeline is not started")
@@ -185,17 +192,21 @@ class Plumber(Dagger):
             assert self._plunger is not None
             self._plunger.join()
             self._running.clear()
-        self._teardown()
+        self._teardown(timeout=timeout)
         if self.checkpoint is not None:
             self.checkpoint.flush()
         self.stats["run_time"] = time.time() - self.stats["start_time"]
         self._started.clear()
 
-    def _teardown(self) -> None:
+    def _teardown(self, timeout: float | None = None, drain: bool = True) -> None:
         try:
-            super().stop()
+            super().stop(timeout=timeout, drain=drain)
         finally:
             self.disconnect(forced=True)
+
+    def _drained(self, piper: Any, item: Any) -> None:
+        if piper in self._outputs:
+            self._account(self._outputs.index(piper), piper, item)
 
     # -- the plunger ---------------------------------------------------------------
 
@@ -212,16 +223,7 @@ class Plumber(Dagger):
                     except StopIteration:
                         outputs.remove(entry)
                         continue
-                    self.stats["items_out"] += 1
-                    if checkpoint is not None:
-                        position = next(self._positions[number])
-                        if not isinstance(item, PiperError):
-                            checkpoint.put(number, position, item)
-                    if isinstance(item, PiperError):
-                        self.stats["errors_out"] += 1
-                        if self.stats["errors_out"] <= LOGGED_ERRORS:
-                            log.warning("%s gave an error item: %s", piper.name,
-                                        _describe(item))
+                    self._account(number, piper, item)
             if checkpoint is not None:
                 checkpoint.flush()
             if not outputs:
@@ -230,3 +232,15 @@ class Plumber(Dagger):
             log.error("the plunger failed: %r", exc)
             self._failure = exc
             self._finished.set()
+
+    def _account(self, number: int, piper: Any, item: Any) -> None:
+        """Count an item of output ``number`` and checkpoint it."""
+        self.stats["items_out"] += 1
+        if self.checkpoint is not None:
+            position = next(self._positions[number])
+            if not isinstance(item, PiperError):
+                self.checkpoint.put(number, position, item)
+        if isinstance(item, PiperError):
+            self.stats["errors_out"] += 1
+            if self.stats["errors_out"] <= LOGGED_ERRORS:
+                log.warning("%s gave an error item: %s", piper.name, _describe(item))

@@ -37,8 +37,11 @@ from papycluster.transport.shares import get_share, set_share
 
 STREAM = ("tcp", "udp", "fifo", "shm", "file")
 DATABASE = ("sqlite", "mysql")
+#: PaPy's names for transports: its ``dump_item(..., 'socket')`` is our tcp.
+ALIASES = {"socket": "tcp"}
 
 __all__ = [
+    "ALIASES",
     "DATABASE",
     "STREAM",
     "ProducerLostError",
@@ -81,6 +84,7 @@ def dump(item: Any, type: str = "file", **options: Any) -> tuple:
     The item is not copied where it need not be: tcp, udp and fifo keep a reference
     to it until a loader fetches it, so do not change a bytearray after dumping it.
     """
+    type = ALIASES.get(type, type)
     if type in DATABASE:
         raise ValueError(f"{type!r} is a database transport: use dump_db_item")
     if type not in STREAM:

@@ -76,24 +76,55 @@ def dump_stream(inbox: Sequence, handle: IO[str], delimiter: str | None = None) 
 
 
 def load_stream(handle: IO[str], delimiter: str | None = None) -> Iterator[str]:
-    """Yield the items of a text stream written by :func:`dump_stream`.
+    """Yield the items of a text stream written by :func:`dump_stream`, as they were given.
 
-    Items are split on lines equal to ``delimiter`` (blank lines by default); with a
-    delimiter, blank lines inside an item are skipped as in PaPy.
+    Items end at a line equal to ``delimiter`` (a blank line by default); line
+    terminators are kept (``'first1\\nfirst2\\n'`` comes back as it went in), only the
+    newline that ``dump_stream`` put before the delimiter is taken off. A last item
+    without a delimiter (a cut stream) is yielded as it is.
     """
-    mark = (delimiter or "") + "\n"
+    if delimiter:
+        yield from _split_on_mark(handle, delimiter + "\n")
+    else:
+        yield from _split_on_blank_lines(handle)
+
+
+def _split_on_mark(handle: IO[str], mark: str) -> Iterator[str]:
     lines: list[str] = []
     for line in handle:
         if line == mark:
-            if lines:
-                yield "".join(lines).rstrip("\n")
-                lines = []
-        elif delimiter and line == "\n":
-            continue
+            yield _drop_newline("".join(lines))
+            lines = []
         else:
             lines.append(line)
     if lines:
-        yield "".join(lines).rstrip("\n")
+        yield "".join(lines)
+
+
+def _split_on_blank_lines(handle: IO[str]) -> Iterator[str]:
+    """An item is the text before a blank line; a second blank line right after it
+    means that the item itself ended with a newline (``dump_stream`` adds one)."""
+    lines: list[str] = []
+    ended = False  # the item in ``lines`` met its blank line
+    for line in handle:
+        if ended:
+            ended = False
+            if line == "\n":
+                yield "".join(lines)
+                lines = []
+                continue
+            yield _drop_newline("".join(lines))
+            lines = []
+        if line == "\n":
+            ended = bool(lines)
+        else:
+            lines.append(line)
+    if lines:
+        yield _drop_newline("".join(lines)) if ended else "".join(lines)
+
+
+def _drop_newline(text: str) -> str:
+    return text[:-1] if text.endswith("\n") else text
 
 
 def dump_pickle_stream(inbox: Sequence, handle: IO[bytes]) -> None:

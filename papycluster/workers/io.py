@@ -14,6 +14,8 @@ acts on ``inbox[0]`` and returns one value, so it composes in a ``Worker``::
 
 from __future__ import annotations
 
+import io
+import mmap
 from collections.abc import Sequence
 from typing import Any
 
@@ -51,7 +53,8 @@ def dump_item(inbox: Sequence, type: str = "file", prefix: str | None = None,
               **options: Any) -> tuple:
     """Write ``inbox[0]`` (bytes-like or str) with transport ``type``; return a ticket.
 
-    ``type`` is one of ``tcp``, ``udp``, ``fifo``, ``shm``, ``file``. Options:
+    ``type`` is one of ``tcp``, ``udp``, ``fifo``, ``shm``, ``file`` (or PaPy's
+    ``socket``, which is ``tcp``). Options:
     ``share=`` (file: a named share, see :func:`set_share`), ``chunk=`` (udp datagram
     payload size). The data stays where the transport keeps it until a ``load_item``
     takes it or this worker process ends.
@@ -67,7 +70,8 @@ def dump_item(inbox: Sequence, type: str = "file", prefix: str | None = None,
     return _transport.dump(inbox[0], type, **options)
 
 
-def load_item(inbox: Sequence, remove: bool = True, timeout: float | None = None,
+def load_item(inbox: Sequence, type: str = "string", remove: bool = True,
+              buffer: int | None = None, timeout: float | None = None,
               **options: Any) -> Any:
     """Fetch the item whose ticket is ``inbox[0]``; the transport comes from the ticket.
 
@@ -75,12 +79,35 @@ def load_item(inbox: Sequence, remove: bool = True, timeout: float | None = None
     leaves the item for another load. ``timeout`` bounds every wait (default 60 s; a
     tcp producer silent for 10 s counts as lost, and the item is recomputed);
     ``retries=N`` (udp) asks up to N times for lost datagrams before failing.
+
+    PaPy's arguments are accepted: ``type='mmap'`` returns the item's bytes in an
+    ``mmap`` (a file-like object: ``read``, ``seek``, slicing), for any transport;
+    ``buffer`` (PaPy's read size) has no effect.
     """
-    return _transport.load(inbox[0], remove=remove, timeout=timeout,
+    if type not in ("string", "mmap"):
+        raise ValueError(f"load_item(type={type!r}): PaPy's types are 'string' and "
+                         "'mmap' (the transport comes from the ticket)")
+    data = _transport.load(inbox[0], remove=remove, timeout=timeout,
                            family=_transport.STREAM, **options)
+    return _as_mmap(data) if type == "mmap" else data
 
 
-def _prefetch_item(inbox: Sequence, remove: bool = True, timeout: float | None = None,
+def _as_mmap(data: Any) -> mmap.mmap | io.BytesIO:
+    """The bytes of ``data`` in an anonymous memory map, positioned at the start.
+
+    An empty item gives an empty ``io.BytesIO``: no memory map can be empty.
+    """
+    raw = data.encode("utf-8") if isinstance(data, str) else memoryview(data).cast("B")
+    if not len(raw):
+        return io.BytesIO()
+    mapped = mmap.mmap(-1, len(raw))
+    mapped.write(raw)
+    mapped.seek(0)
+    return mapped
+
+
+def _prefetch_item(inbox: Sequence, type: str = "string", remove: bool = True,
+                   buffer: int | None = None, timeout: float | None = None,
                    **options: Any) -> None:
     """``load_item``'s read-ahead, with the same arguments (see ``Worker.prefetch``)."""
     _transport.prefetch(inbox[0], remove=remove, timeout=timeout,

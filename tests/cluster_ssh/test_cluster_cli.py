@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 from click.testing import CliRunner
 from cluster_ssh_helpers import agent_pids, free_port, hosts_toml, run_dirs
 
+import papycluster
 from papycluster.cli import main
 from papycluster.cluster.check import run_check
 from papycluster.cluster.controller import local_cluster_name
@@ -83,6 +87,22 @@ def test_bad_hosts_file_exits_2_before_connecting(tmp_path: Path):
 def test_status_without_a_cluster():
     r = CliRunner().invoke(main, ["status"])
     assert r.exit_code == 2 and "no cluster is up" in r.output
+
+
+def test_python_dash_m_papycluster_is_the_command(tmp_path: Path):
+    """``python -m papycluster`` works where the script is not on PATH (Windows, venvs)."""
+    env = {**os.environ, "PAPYCLUSTER_STATE": str(tmp_path / "state.json")}
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "papycluster", *args], env=env,
+                              capture_output=True, text=True, timeout=120)
+
+    helped = run("--help")
+    assert helped.returncode == 0, helped.stderr
+    assert all(c in helped.stdout for c in ("up", "down", "status", "check", "demo"))
+    assert papycluster.__version__ in run("--version").stdout
+    status = run("status")  # a real command: no cluster in this state file
+    assert status.returncode == 2 and "no cluster is up" in status.stderr + status.stdout
 
 
 def test_demo_runs_across_agents_and_cleans_up():

@@ -62,7 +62,7 @@ def test_del_pipe_and_pipes():
     dagger = Dagger()
     dagger.add_pipes([(a, b), (c, d)])
     dagger.del_pipes([(c, d)])
-    assert set(dagger.nodes) == {a, b}
+    assert set(dagger.nodes()) == {a, b}
 
 
 def test_diamond_order_is_deterministic_and_follows_insertion():
@@ -79,7 +79,7 @@ def test_diamond_order_is_deterministic_and_follows_insertion():
 def test_branch_orders_inputs():
     a, b = Piper(f, branch=2), Piper(f, branch=1)
     dagger = Dagger(pipers=[a, b])
-    assert dagger.get_inputs() == [b, a]
+    assert dagger.get_inputs() == [a, b]  # descending, as PaPy's
     with pytest.raises(DaggerError):
         Dagger(pipers=[a], xtras=[1, 2])
     assert Dagger(pipers=[a], xtras=[{"k": 1}]).xtras[a] == {"k": 1}
