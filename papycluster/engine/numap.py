@@ -323,6 +323,9 @@ class NuMap:
         self._workers_lock = threading.Lock()
         self._getter_stop = threading.Event()
         self._resends = 0  # tasklets of a dead worker not yet sent again
+        #: A task dumps items that its worker process holds (or serves) until a loader
+        #: takes them: such workers stay until stop(), whatever their input.
+        self._parks = False
         self._getter_thread: threading.Thread | None = None
         self._stage1 = False
         self._feeding = False
@@ -459,6 +462,7 @@ class NuMap:
         floor = len(self._tasks) * self.stride or self.stride
         self._semaphore = _Budget(self.buffer or floor)
         self._tasklet_bytes = 0.0
+        self._parks = any(_parks_items(task.func) for task in self._tasks)
         for task in self._tasks:
             if self.worker_type == "process" or self.worker_remote:
                 try:
@@ -866,6 +870,7 @@ class NuMap:
         """
         feed = self._feed
         return (self._started and not self._retired and not self._closing.is_set()
+                and not self._parks
                 and feed is not None and feed.sent_all
                 and feed.generation == self._generation
                 and not self._reruns and not self._resends
@@ -1495,6 +1500,24 @@ class _Failed:
 
     def __init__(self, exception: BaseException) -> None:
         self.exception = exception
+
+
+#: Functions whose worker process keeps what they return a ticket for (a transport's
+#: server, its files or segments) until a loader takes it.
+_PARKING = {"dump_item", "dump_db_item"}
+
+
+def _parks_items(func: Callable) -> bool:
+    """Does ``func`` (a function, or a Worker's composition) park items in its worker
+    process? True for papycluster's dump functions and for any function with a true
+    ``parks_items`` attribute (for a user's own function that does the same)."""
+    for function in getattr(func, "task", None) or [func]:
+        if getattr(function, "parks_items", False):
+            return True
+        if (getattr(function, "__name__", "") in _PARKING
+                and getattr(function, "__module__", "").startswith("papycluster.")):
+            return True
+    return False
 
 
 def _lost(spec: str, index: int, task_id: int, exc: BaseException,
