@@ -82,10 +82,6 @@ BYTES_IN_FLIGHT = 32 << 20
 #: those left (a cut-off host cannot answer; its agent removes it when it ends).
 SWEEP_TIMEOUT = 2.0
 
-#: Iterators whose ``next()`` never blocks: their items may be batched.
-_NON_BLOCKING = {type(iter(x)) for x in ([], (), range(0), b"", "", {}.keys(),
-                                          {}.values(), {}.items())}
-
 _live: weakref.WeakSet[NuMap] = weakref.WeakSet()
 _GONE = object()
 
