@@ -186,3 +186,34 @@ def test_workers_that_still_have_work_do_not_end():
     assert len(numap._slots) == 2 and all(s.worker.is_alive() for s in numap._slots)
     assert list(task) == [x + 1 for x in range(1, 100)]
     numap.stop()
+
+
+def die_on(x, bad):
+    import os
+    import signal
+
+    if x == bad:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return x
+
+
+def test_with_many_in_flight_only_the_item_that_kills_its_worker_fails():
+    """A deep buffer puts several tasklets on each worker: those that died with the
+    killer run again one at a time and cost no retry, even with retries=0."""
+    from papycluster import WorkerLostError
+
+    numap = NuMap(worker_num=2, buffer=40, retries=0)
+    task = numap.add_task(die_on, range(60), args=(20,))
+    numap.start()
+    out = []
+    while True:
+        try:
+            out.append(next(task))
+        except StopIteration:
+            break
+        except WorkerLostError as exc:
+            out.append(exc)
+    numap.stop()
+    assert len(out) == 60
+    assert isinstance(out[20], WorkerLostError) and "item 20" in str(out[20])
+    assert [x for i, x in enumerate(out) if i != 20] == [x for x in range(60) if x != 20]
