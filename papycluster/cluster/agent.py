@@ -447,7 +447,7 @@ class Agent:
         A dead worker that is not closed yet (its connection's end is on its way) is
         closed first; a live one is left alone.
         """
-        from papycluster.transport import base as transport_base
+        from papycluster.transport import registry
 
         proc = self.procs.get(wid)
         if proc is not None and not proc.worker.is_alive():
@@ -456,7 +456,7 @@ class Agent:
             owner = self.dead_owners.pop(wid, None)
         if owner is None:
             return 0
-        removed = transport_base.sweep(owner)
+        removed = registry.sweep(owner)
         log.info("worker %s had died; removed %d thing(s) it left", wid, removed)
         return removed
 

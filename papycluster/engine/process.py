@@ -416,8 +416,9 @@ class ProcessWorker:
         shares, its fifo directory and its shared-memory segments.
         """
         from papycluster.transport import base as transport_base
+        from papycluster.transport import registry
 
-        removed = transport_base.sweep(self.owner)
+        removed = registry.sweep(self.owner)
         if removed:
             transport_base.log.warning(
                 "removed %d thing(s) that worker pid %s left behind (it did not end cleanly)",

@@ -416,4 +416,4 @@ class TcpTransport(base.Transport):
         return len(state.server.store) if state is not None and state.server else 0
 
 
-TRANSPORT = base.register(TcpTransport())
+TRANSPORT = TcpTransport()

@@ -542,4 +542,4 @@ class UdpTransport(base.Transport):
         self.state.close()
 
 
-TRANSPORT = base.register(UdpTransport())
+TRANSPORT = UdpTransport()
