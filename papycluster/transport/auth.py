@@ -18,6 +18,7 @@ import hmac
 import os
 import secrets
 import socket
+import time
 
 from papycluster.transport.base import SecretError, TransportError, log
 
@@ -29,6 +30,9 @@ NONCE = 32
 DIGEST = 32
 #: Sent first by the server: protocol name and version, so a stray client fails early.
 HELLO = b"PAPYCT1\n"
+#: The whole server handshake, not each read, must finish within this many seconds (as
+#: the cluster's own handshake): a peer dripping one byte at a time is cut at the deadline.
+HANDSHAKE_DEADLINE = 10.0
 
 _cache: tuple[tuple[str | None, str | None], bytes] | None = None
 
@@ -74,29 +78,53 @@ def nonce() -> bytes:
     return secrets.token_bytes(NONCE)
 
 
-def recv_exact(sock: socket.socket, n: int) -> bytes:
-    """Read exactly ``n`` bytes or raise ``ConnectionError`` (the socket has a timeout)."""
+class PeerClosed(ConnectionError):
+    """The peer closed the connection; ``got`` bytes of the expected ones had come."""
+
+    def __init__(self, message: str, got: int) -> None:
+        super().__init__(message)
+        self.got = got
+
+
+def recv_exact(sock: socket.socket, n: int, deadline: float | None = None) -> bytes:
+    """Read exactly ``n`` bytes or raise ``ConnectionError``.
+
+    Without ``deadline`` each read is bounded by the socket's own timeout; with one (a
+    :func:`time.monotonic` instant) the reads *together* are, so a peer that sends one
+    byte just before each timeout cannot stretch the wait (``TimeoutError`` at the
+    deadline).
+    """
     buf = bytearray(n)
     view = memoryview(buf)
     got = 0
     while got < n:
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"handshake deadline passed after {got} of {n} bytes")
+            sock.settimeout(left)
         k = sock.recv_into(view[got:])
         if k == 0:
-            raise ConnectionError(f"peer closed the connection after {got} of {n} bytes")
+            raise PeerClosed(f"peer closed the connection after {got} of {n} bytes", got)
         got += k
     return bytes(buf)
 
 
-def server_handshake(sock: socket.socket, secret: bytes, peer: object) -> bool:
+def server_handshake(sock: socket.socket, secret: bytes, peer: object,
+                     timeout: float = HANDSHAKE_DEADLINE) -> bool:
     """Authenticate a client that connected to us; True if it knows the secret.
 
     Reads at most ``NONCE + DIGEST`` bytes from the peer before deciding, and only
-    compares them; a failure is logged with the peer's address.
+    compares them; a failure is logged with the peer's address. The whole exchange
+    has one deadline of ``timeout`` seconds (sends included), so an unauthenticated
+    peer holds a connection and its thread for at most that long.
     """
+    deadline = time.monotonic() + timeout
     snonce = nonce()
     try:
+        sock.settimeout(timeout)
         sock.sendall(HELLO + snonce)
-        answer = recv_exact(sock, NONCE + DIGEST)
+        answer = recv_exact(sock, NONCE + DIGEST, deadline)
     except (OSError, ConnectionError) as exc:
         log.warning("refused %s: handshake failed before authentication (%s)", peer, exc)
         return False
@@ -104,7 +132,12 @@ def server_handshake(sock: socket.socket, secret: bytes, peer: object) -> bool:
     if not hmac.compare_digest(digest, mac(secret, b"papyc-client", snonce, cnonce)):
         log.warning("refused %s: it does not know the cluster secret", peer)
         return False
-    sock.sendall(mac(secret, b"papyc-server", cnonce, snonce))
+    try:
+        sock.settimeout(max(0.001, deadline - time.monotonic()))
+        sock.sendall(mac(secret, b"papyc-server", cnonce, snonce))
+    except OSError as exc:
+        log.warning("refused %s: handshake failed at its end (%s)", peer, exc)
+        return False
     return True
 
 
