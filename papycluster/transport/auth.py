@@ -9,6 +9,12 @@ logged and dropped. The secret itself never crosses the wire.
 The secret comes from ``PAPYCLUSTER_SECRET`` or from the file named by
 ``PAPYCLUSTER_SECRET_FILE`` (the cluster sets one of them on every host). There is
 no built-in default: a default secret would be a password everyone knows.
+
+Without either, a process makes an *ephemeral run secret* (256 random bits) the first
+time it needs one, and hands it to the worker processes it starts itself (see
+:func:`secret_for_children`), so that two local NuMaps exchange items over ``tcp``
+or ``udp`` with no setup, while any other process, which does not have it, is
+refused. Inside a cluster the cluster secret is configured and used, as before.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import hmac
 import os
 import secrets
 import socket
+import threading
 import time
 
 from papycluster.transport.base import SecretError, TransportError, log
@@ -35,13 +42,58 @@ HELLO = b"PAPYCT1\n"
 HANDSHAKE_DEADLINE = 10.0
 
 _cache: tuple[tuple[str | None, str | None], bytes] | None = None
+_run_secret: bytes | None = None
+_run_lock = threading.Lock()
+
+
+def configured() -> bool:
+    """Whether a cluster secret is configured (``PAPYCLUSTER_SECRET[_FILE]``)."""
+    return bool(os.environ.get(SECRET_ENV) or os.environ.get(SECRET_FILE_ENV))
+
+
+def run_secret() -> bytes:
+    """This run's ephemeral secret: made on first use, or the one our starter gave us."""
+    global _run_secret
+    with _run_lock:
+        if _run_secret is None:
+            _run_secret = secrets.token_hex(32).encode("ascii")
+        return _run_secret
+
+
+def secret_for_children() -> bytes | None:
+    """What a worker process that we start must be handed: the run secret when no
+    cluster secret is configured, else ``None`` (it reads the configured one, as we do).
+
+    It goes to the child in the arguments of its ``multiprocessing`` entry point, not
+    in its environment and never on a command line or in a file. Those arguments
+    travel over a pipe (``spawn``), over the forkserver's socket in a 0700 directory
+    (``forkserver``) or in the forked memory (``fork``): other users see none of them.
+    An environment variable would be safe from other users too (``/proc/PID/environ``
+    is readable only by the same user), but a forkserver's children inherit the
+    forkserver's environment, not ours at the time, and a ``PAPYCLUSTER_SECRET`` of
+    ours would pass for a configured cluster secret (the cluster's own would then not
+    be set up on the controller, see ``negotiate.prepare_controller_env``) and leak to
+    every unrelated program the user's code starts.
+    """
+    return None if configured() else run_secret()
+
+
+def adopt_run_secret(secret: bytes | None) -> None:
+    """In a worker process: use the run secret of the process that started us."""
+    global _run_secret
+    if secret:
+        with _run_lock:
+            _run_secret = bytes(secret)
 
 
 def get_secret() -> bytes:
-    """The cluster secret as bytes, or a :class:`SecretError` that says how to set it."""
+    """The cluster secret as bytes (or this run's ephemeral one when none is configured);
+    a :class:`SecretError` when the configured one is unusable, saying how to fix it."""
     global _cache
     env = os.environ.get(SECRET_ENV)
     path = os.environ.get(SECRET_FILE_ENV)
+    if not env and not path:
+        return run_secret()
     if _cache is not None and _cache[0] == (env, path):
         return _cache[1]
     if env:
@@ -53,10 +105,8 @@ def get_secret() -> bytes:
         except OSError as exc:
             raise SecretError(f"cannot read the cluster secret from {SECRET_FILE_ENV}="
                               f"{path!r}: {exc}") from None
-    else:
-        raise SecretError(f"the tcp and udp transports need the cluster secret: set "
-                          f"{SECRET_ENV} or {SECRET_FILE_ENV} (papycluster up sets them "
-                          "on every host)")
+    else:  # pragma: no cover - handled above
+        raise AssertionError("no secret configured")
     if len(secret) < MIN_SECRET:
         source = SECRET_ENV if env else f"{SECRET_FILE_ENV}={path!r}"
         raise SecretError(f"the cluster secret from {source} is too short "
@@ -153,7 +203,17 @@ def client_handshake(sock: socket.socket, secret: bytes, where: str) -> None:
     try:
         proof = recv_exact(sock, DIGEST)
     except ConnectionError:
-        raise TransportError(f"{where} refused us: does it use the same cluster secret?") \
-            from None
+        raise SecretError(f"{where} refused us: does it use the same cluster secret? "
+                          f"{secret_hint()}") from None
     if not hmac.compare_digest(proof, mac(secret, b"papyc-server", cnonce, snonce)):
-        raise TransportError(f"{where} does not know the cluster secret; refusing its data")
+        raise SecretError(f"{where} does not know the cluster secret; refusing its data. "
+                          f"{secret_hint()}")
+
+
+def secret_hint() -> str:
+    """Where this process's secret comes from, for the error of a refused handshake."""
+    if configured():
+        return f"(this process uses the one of {SECRET_ENV} or {SECRET_FILE_ENV})"
+    return (f"(this process has no {SECRET_ENV} or {SECRET_FILE_ENV}, so it uses its own "
+            "run's ephemeral secret, which only the worker processes it started share: "
+            "set the same secret in both processes to exchange items between them)")

@@ -50,6 +50,7 @@ from typing import Any
 from papycluster.transport import auth, base, buffers, ticket
 from papycluster.transport.base import (
     ProducerLostError,
+    SecretError,
     StaleTicketError,
     TicketError,
     TransportError,
@@ -524,8 +525,9 @@ class UdpTransport(base.Transport):
                 if kind == T_CHALLENGE and echo == cnonce:
                     if not hmac.compare_digest(proof, auth.mac(
                             secret, b"papyc-udp-server", cnonce, nonce)):
-                        raise TransportError(f"udp ticket {tk!r}: {where} does not know the "
-                                             "cluster secret; refusing its data")
+                        raise SecretError(f"udp ticket {tk!r}: {where} does not know the "
+                                          "cluster secret; refusing its data. "
+                                          f"{auth.secret_hint()}")
                     snonce = nonce
             pause = min(pause * 2, CONTROL_PAUSE_MAX)
         # 2. get, with the first window (resent the same way)
