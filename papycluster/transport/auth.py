@@ -27,6 +27,7 @@ import socket
 import threading
 import time
 
+from papycluster.errors import PapyError
 from papycluster.transport.base import SecretError, TransportError, log
 
 SECRET_ENV = "PAPYCLUSTER_SECRET"
@@ -128,11 +129,15 @@ def nonce() -> bytes:
     return secrets.token_bytes(NONCE)
 
 
-class PeerClosed(ConnectionError):
-    """The peer closed the connection; ``got`` bytes of the expected ones had come."""
+class PeerClosed(PapyError, ConnectionError):
+    """The peer closed the connection; ``got`` bytes of the expected ones had come.
+
+    A ``ConnectionError`` for the callers that handle a lost peer, and a
+    :class:`~papycluster.errors.PapyError` like every error of the package.
+    """
 
     def __init__(self, message: str, got: int) -> None:
-        super().__init__(message)
+        ConnectionError.__init__(self, message)
         self.got = got
 
 

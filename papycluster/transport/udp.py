@@ -571,8 +571,13 @@ class UdpTransport(base.Transport):
         end = first_count
         tries = retries
         heard = time.monotonic()
+        # The INFO showed that the first window was asked for. A later window request
+        # that brings back nothing at all was probably lost itself on the way (a queue
+        # full at the producer, as in a flood): it is sent again, until SILENCE, and
+        # does not use up ``retries``, which are for datagrams missing from a window
+        # that did come.
+        arrived = True
         while True:
-            arrived = False
             while got.find(0, first, end) != -1:
                 n = recv(WINDOW_TIMEOUT)
                 if n < 0:
@@ -584,8 +589,6 @@ class UdpTransport(base.Transport):
                 if arrived:
                     heard = time.monotonic()
                 elif time.monotonic() < heard + SILENCE:
-                    # nothing at all came: our request (not its data) was lost on the way
-                    # (a full queue at the producer): ask again, retries are for data
                     self._window(sock, secret, snonce, cnonce, missing, end - missing)
                     first = missing
                     continue
@@ -596,13 +599,14 @@ class UdpTransport(base.Transport):
                         f"lost or corrupt (window {first}..{end - 1})", self.name)
                 tries -= 1
                 self._window(sock, secret, snonce, cnonce, missing, end - missing)
-                first = missing
+                first, arrived = missing, False
                 continue
             if end >= count:
                 break
             heard = time.monotonic()
             first, end = end, min(count, end + window)
             self._window(sock, secret, snonce, cnonce, first, end - first)
+            arrived = False
         done = auth.mac(secret, b"papyc-udp-done", snonce, cnonce)
         try:
             _send(sock, _DONE.pack(MAGIC, VERSION, T_DONE, snonce, done))
