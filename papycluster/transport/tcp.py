@@ -204,10 +204,10 @@ class TcpServer:
                     if busy:
                         self.turned_away += 1
                         if self.turned_away in (1, 10, 100) or self.turned_away % 1000 == 0:
-                            log.warning("tcp: %d connections still in their handshake (at "
-                                        "most %d): closed the one from %s (%d so far)",
-                                        MAX_UNAUTHENTICATED, MAX_UNAUTHENTICATED, peer,
-                                        self.turned_away)
+                            log.warning("tcp: %d connections already in their handshake "
+                                        "(MAX_UNAUTHENTICATED): closed the one from %s "
+                                        "(%d turned away so far)", MAX_UNAUTHENTICATED,
+                                        peer, self.turned_away)
                         conn.close()
                         continue
                     conn.setblocking(True)
