@@ -597,6 +597,12 @@ def main(argv: list | None = None) -> None:
     os.environ[SECRET_FILE_ENV] = os.path.abspath(args.secret_file)
     os.environ.pop("PAPYCLUSTER_SECRET", None)
     os.environ["PAPYCLUSTER_ADVERTISE_HOST"] = advertise
+    if args.bind and args.bind != advertise:
+        # the workers' tcp/udp item servers listen where the agent does (bind =
+        # "0.0.0.0" behind NAT, where the advertised address is not one of this host's)
+        os.environ["PAPYCLUSTER_BIND_HOST"] = args.bind
+    else:
+        os.environ.pop("PAPYCLUSTER_BIND_HOST", None)
     os.environ["PAPYCLUSTER_SHARES"] = json.dumps(shares)
     os.environ["PAPYCLUSTER_HOST_NAME"] = args.name
     os.environ["PAPYCLUSTER_PROFILE"] = args.profile
@@ -614,10 +620,18 @@ def main(argv: list | None = None) -> None:
                   advertise)
     agent.secret = secret
     agent.bind = args.bind
-    server = ThreadedServer(make_service(agent), hostname=args.bind, port=args.port,
-                            authenticator=HmacAuthenticator(secret),
-                            protocol_config=protocol_config(), reuse_addr=True,
-                            logger=logging.getLogger("papycluster.agent.rpyc"))
+    try:
+        server = ThreadedServer(make_service(agent), hostname=args.bind, port=args.port,
+                                authenticator=HmacAuthenticator(secret),
+                                protocol_config=protocol_config(), reuse_addr=True,
+                                logger=logging.getLogger("papycluster.agent.rpyc"))
+    except OSError as exc:
+        # launch shows this log line as the host's failure
+        log.error("agent %s cannot listen on %s:%s: %s. If %s is not an address of this "
+                  "host (behind NAT, or a name that resolves elsewhere), set bind = "
+                  '"0.0.0.0" (or one of its addresses) for this host in the hosts file',
+                  args.name, args.bind, args.port, exc, args.bind)
+        sys.exit(2)
     agent.server = server
     agent.port = server.port
     # The forkserver is not started here: the first worker starts it (multiprocessing

@@ -396,7 +396,8 @@ def start_host(config: ClusterConfig, host: HostConfig, secret: str,
         _ship(client, host, bundle, bundle_path, max(timeout, 60.0), progress)
         script = {
             "name": host.name, "cluster": config.name, "run_dir": "",
-            "secret": secret, "bind": "0.0.0.0", "advertise": target.hostname,
+            "secret": secret, "bind": host.bind or target.hostname,
+            "advertise": target.hostname,
             "port": host.agent_port, "profile": host.profile, "shares": host.shares,
             "workers": host.workers, "timeout": config.start_timeout,
             "pythonpath": [bundle_path],

@@ -333,12 +333,20 @@ def _raiser(exc: BaseException) -> Callable:
     return raise_
 
 
-def worker_main(conn: Connection, owner: str | None = None) -> None:
+def worker_main(conn: Connection, owner: str | None = None,
+                run_secret: bytes | None = None) -> None:
     """Entry point of a worker process (picklable for spawn and forkserver).
 
     ``owner`` is the tag the starter chose for what this process leaves behind
-    (see :meth:`ProcessWorker.sweep`).
+    (see :meth:`ProcessWorker.sweep`). ``run_secret`` is the starter's ephemeral
+    secret when no cluster secret is configured (see
+    :func:`papycluster.transport.auth.secret_for_children`), so that its workers' tcp
+    and udp items are loadable by each other and by nobody else.
     """
+    if run_secret is not None:
+        from papycluster.transport import auth
+
+        auth.adopt_run_secret(run_secret)
     if owner is not None:
         from papycluster.transport import base as transport_base
 
@@ -359,11 +367,13 @@ class ProcessWorker:
     """
 
     def __init__(self, context: Any, name: str = "papycluster-worker") -> None:
+        from papycluster.transport import auth
         from papycluster.transport import base as transport_base
 
         self.owner = transport_base.new_owner_tag()
         self.conn, child = context.Pipe(duplex=True)
-        self.process = context.Process(target=worker_main, args=(child, self.owner),
+        self.process = context.Process(target=worker_main,
+                                       args=(child, self.owner, auth.secret_for_children()),
                                        name=name, daemon=True)
         self.process.start()
         self._pid = self.process.pid  # still known once the process object is closed
