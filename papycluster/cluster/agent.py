@@ -269,7 +269,8 @@ class _RemoteProc:
                         data = conn.recv_bytes()
                     except (EOFError, OSError, ValueError):
                         break
-                    self.on_result()
+                    if data[:4] != b"OUT\n":  # output lines are no result
+                        self.on_result()
                     stream = self.stream  # stop() may drop it meanwhile
                     if stream is not None:
                         from papycluster.cluster.stream import send_frame
@@ -600,6 +601,9 @@ def main(argv: list | None = None) -> None:
     os.environ["PAPYCLUSTER_SHARES"] = json.dumps(shares)
     os.environ["PAPYCLUSTER_HOST_NAME"] = args.name
     os.environ["PAPYCLUSTER_PROFILE"] = args.profile
+    # Workers relay what they print to their controller (engine.output), and still
+    # write it to this log.
+    os.environ["PAPYCLUSTER_RELAY_OUTPUT"] = "1"
 
     # multiprocessing's own temp dirs (the forkserver's socket) go in the run dir, so
     # that removing the run dir leaves nothing behind, even after a kill -9. Only this

@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import wait
 from typing import Any
 
+from papycluster.engine import output
 from papycluster.engine import process as proto
 from papycluster.errors import NuMapTimeoutError, WorkerLostError
 
@@ -180,6 +181,10 @@ class NuMap:
     sign of life for ``heartbeat`` seconds, gives its item back, and a surviving remote
     worker of this NuMap runs it again (at most ``retries`` times); only when no
     remote worker survives does it become a :class:`WorkerLostError` item.
+
+    What remote workers print reaches this terminal, each line prefixed with its host;
+    ``log_to_driver=False`` (or ``PAPYCLUSTER_LOG_TO_DRIVER=0``) keeps it in the
+    agents' logs only (see :mod:`papycluster.engine.output`).
     """
 
     def __init__(self, func: Callable | None = None, iterable: Iterable | None = None,
@@ -189,7 +194,8 @@ class NuMap:
                  stride: int | None = None, buffer: int | None = None,
                  ordered: bool = True, skip: bool = False, name: str | None = None,
                  start_method: str | None = None, retries: int = 2,
-                 heartbeat: float = 10.0) -> None:
+                 heartbeat: float = 10.0, log_to_driver: bool | None = None) -> None:
+        self.log_to_driver = output.log_to_driver(log_to_driver)  # see engine.output
         self.name = name or f"numap_{id(self)}"
         if not self.name.isidentifier():
             raise ValueError(f"NuMap name {self.name!r} must be a Python identifier")
@@ -821,6 +827,11 @@ class NuMap:
             return
         with self._cond:
             self._remote_workers.append(remote)
+        if not self.log_to_driver:
+            try:
+                remote.send(proto.dumps(("opt", {"log_to_driver": False})))
+            except Exception:
+                pass  # a broken connection fails the first tasklet's send
         defined: set[int] = set()
         held: deque[tuple] = deque()  # sent, not yet answered; oldest first
         alive = _Liveness()

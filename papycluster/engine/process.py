@@ -10,11 +10,13 @@ Manager to worker::
     ("def", task_key, blob)         blob = cloudpickle.dumps((func, args, kwargs, sources))
     ("run", [(task_key, index, item), ...])
     ("drop", task_key)              forget a task's function
+    ("opt", {"log_to_driver": bool}) relay printed lines or not (engine.output)
     ("exit",)
 
 Worker to manager::
 
     ("res", [(task_key, index, ok, kind, payload), ...])   one or more results
+    b"OUT\n" + JSON                  lines the tasklets printed (engine.output)
 
 ``ok`` is False when the value is the exception that the function raised; it carries
 its traceback text in ``remote_traceback`` and a note that names the process and host.
@@ -42,6 +44,7 @@ import os
 import pickle
 import select
 import socket
+import threading
 import time
 import traceback
 from collections import deque
@@ -52,7 +55,7 @@ from typing import Any
 
 import cloudpickle
 
-from papycluster.engine import shipping
+from papycluster.engine import output, shipping
 from papycluster.errors import RemoteError, RemoteTraceback, WorkerError
 
 PROTOCOL = pickle.HIGHEST_PROTOCOL
@@ -154,9 +157,14 @@ def decode_results(data: bytes, source: str = "a worker"
                    ) -> list[tuple[Any, int, bool, Any]]:
     """The results ``(task_key, index, ok, value)`` carried by one worker message.
 
+    A message of output lines (see :mod:`.output`) is shown here and has none.
+
     A value that cannot be rebuilt here becomes that item's :class:`RemoteError`,
     naming its type and ``source`` (the host or process it came from).
     """
+    if output.is_output(data):
+        output.show(data)
+        return []
     message = loads(data)
     if message[0] != "res":
         raise ValueError(f"not a result message from {source}: {message[0]!r}")
@@ -225,8 +233,16 @@ def serve(conn: Connection) -> None:
     # Messages read early, in order, so that their items could be prefetched.
     ahead: deque = deque()
 
+    # One message at a time on the pipe: the output relay's thread sends too.
+    send_lock = threading.Lock()
+    relay = output.start(conn.send_bytes, send_lock)
+
     def flush() -> None:
-        conn.send_bytes(encode_results(pending))
+        data = encode_results(pending)
+        with send_lock:
+            if relay is not None:  # what the tasklets printed goes first
+                relay.flush(partial=True)
+            conn.send_bytes(data)
         pending.clear()
 
     def input_ready(timeout: float | None) -> bool:
@@ -321,10 +337,16 @@ def serve(conn: Connection) -> None:
             elif kind == "drop":
                 functions.pop(message[1], None)
                 prefetching.discard(message[1])
+            elif kind == "opt":
+                if relay is not None and "log_to_driver" in message[1]:
+                    relay.enabled = bool(message[1]["log_to_driver"])
             elif kind == "exit":
                 return
     except (EOFError, OSError, BrokenPipeError):
         return
+    finally:
+        if relay is not None:
+            relay.close()
 
 
 def _raiser(exc: BaseException) -> Callable:
