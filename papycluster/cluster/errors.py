@@ -36,7 +36,8 @@ class HostError(ClusterError):
 
     ``cause`` is a short fixed word (``unreachable``, ``refused``, ``auth failed``,
     ``host key mismatch``, ``unknown host key``, ``no Python``, ``Python too old``,
-    ``check failed``, ``deploy failed``, ``agent failed``, ``timeout``) so that the
+    ``check failed``, ``deploy failed``, ``packages failed``, ``agent failed``,
+    ``timeout``) so that the
     summary and the tests can rely on it; ``detail`` says the rest.
     """
 

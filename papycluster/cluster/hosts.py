@@ -39,6 +39,7 @@ _HOST_KEYS: dict[str, tuple[tuple[type, ...], str]] = {
     "profile": ((str,), '"native" or "windows" (pretend to be Windows, for tests)'),
     "shell": ((str,), '"sh", "powershell" or "cmd" (the remote login shell)'),
     "cache_dir": ((str,), "where the shipped papycluster is cached on that host"),
+    "packages": ((list,), 'a list of requirements such as ["numpy==2.*"] (see README)'),
 }
 _DEFAULT_KEYS = {k: v for k, v in _HOST_KEYS.items() if k not in ("name", "address")}
 _CLUSTER_KEYS: dict[str, tuple[tuple[type, ...], str]] = {
@@ -48,6 +49,7 @@ _CLUSTER_KEYS: dict[str, tuple[tuple[type, ...], str]] = {
     "known_hosts": ((str,), 'a known_hosts path, default "~/.ssh/known_hosts"'),
     "ssh_config": ((str,), 'an OpenSSH client config path, default "~/.ssh/config"'),
     "host_key_policy": ((str,), '"strict" (default) or "accept-new"'),
+    "packages": _HOST_KEYS["packages"],
 }
 _TOP_KEYS = ("cluster", "defaults", "host")
 
@@ -69,6 +71,8 @@ class HostConfig:
     profile: str = "native"
     shell: str | None = None
     cache_dir: str | None = None
+    #: Requirements ``up`` installs there (the cluster's, then the host's own).
+    packages: list[str] = field(default_factory=list)
     local: bool = False  # started as a subprocess on this machine, without SSH
 
 
@@ -83,6 +87,7 @@ class ClusterConfig:
     known_hosts: str = "~/.ssh/known_hosts"
     ssh_config: str = "~/.ssh/config"
     host_key_policy: str = "strict"
+    packages: list[str] = field(default_factory=list)
     hosts: list[HostConfig] = field(default_factory=list)
 
     def host(self, name: str) -> HostConfig:
@@ -143,7 +148,8 @@ class _Locator:
 
 
 def _type_name(types: tuple[type, ...]) -> str:
-    names = {int: "an integer", float: "a number", str: "a string", dict: "a table"}
+    names = {int: "an integer", float: "a number", str: "a string", dict: "a table",
+             list: "a list"}
     return " or ".join(names.get(t, t.__name__) for t in types)
 
 
@@ -182,6 +188,13 @@ def _check_table(path: str, loc: _Locator, section: str, index: int, table: Any,
         if key == "host_key_policy" and value not in ("strict", "accept-new"):
             raise HostsFileError(path, loc.where(section, key, index),
                                  f"unknown policy {value!r}", f"use {desc}")
+        if key == "packages":
+            for requirement in value:
+                if not isinstance(requirement, str) or not requirement.strip():
+                    raise HostsFileError(
+                        path, loc.where(section, key, index),
+                        f"each package must be a requirement string, not {requirement!r}",
+                        f"use {desc}")
         if key == "shares":
             for share, local in value.items():
                 if not isinstance(local, str):
@@ -243,6 +256,7 @@ def parse_hosts(text: str, path: str = "<hosts>") -> ClusterConfig:
         merged["shares"] = {**defaults.get("shares", {}), **table.get("shares", {})}
         if "os" in merged:
             merged["os"] = merged["os"].lower()
+        merged["packages"] = [*config.packages, *merged.get("packages", [])]
         config.hosts.append(HostConfig(**merged))
     return config
 
