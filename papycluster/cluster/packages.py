@@ -141,11 +141,13 @@ def download(host: str, requirements: list[str], info: dict[str, Any]) -> list[P
                             f"pip download of {', '.join(requirements)} took more than "
                             f"{PIP_TIMEOUT:g} s (PAPYCLUSTER_PIP_TIMEOUT)")
         if done.returncode != 0:
-            text = done.stderr + done.stdout
-            last = [line for line in text.splitlines() if line.strip()][-1:] or [""]
+            text = done.stderr + "\n" + done.stdout
+            lines = [line.strip() for line in done.stderr.splitlines() if line.strip()]
+            why = [line for line in lines if line.startswith("ERROR")] or lines[-1:] or [
+                f"pip exited with {done.returncode}"]
             raise HostError(host, "packages failed",
                             f"no wheel of {_culprit(text, requirements)} fits {host} "
-                            f"({describe(info)}): {last[0].strip()}")
+                            f"({describe(info)}): {' '.join(why)[:600]}")
         names = sorted(p.name for p in tmp.glob("*.whl"))
         if not names:
             raise HostError(host, "packages failed",

@@ -20,6 +20,7 @@ import pytest
 from papycluster import NuMap
 from papycluster.cluster import controller
 from papycluster.cluster.hosts import parse_hosts
+from papycluster.cluster.state import load_state
 
 if TYPE_CHECKING:  # the fixture comes from conftest.py
     from tests.cluster.harness import Harness
@@ -133,5 +134,7 @@ def test_a_package_without_a_fitting_wheel_names_host_and_package(cluster: Harne
         assert failed.name == "node1" and failed.cause == "packages failed"
         assert "numpy==1.0.0" in failed.detail and "node1" in failed.detail
         assert "Python 3.11" in failed.detail and "x86_64" in failed.detail
+        print(failed.detail)
     finally:
-        controller.down()
+        if load_state(missing_ok=True) is not None:
+            controller.down()
