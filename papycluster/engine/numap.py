@@ -96,6 +96,7 @@ class _Task:
     track: bool
     skip: bool
     blob: bytes | BaseException | None = None  # cloudpickled (func, args, kwargs)
+    remote_blob: bytes | None = None  # the same for remote workers (engine.shipping)
     pulled: int = 0  # items taken from the iterable so far
     fed: int = 0  # tasklets admitted to the buffer so far
     total: int | None = None  # known once the iterable is exhausted (or stopped)
@@ -368,7 +369,11 @@ class NuMap:
         for task in self._tasks:
             if self.worker_type == "process" or self.worker_remote:
                 try:
-                    task.blob = proto.pickle_task(task.func, task.args, task.kwargs)
+                    task.blob = proto.pickle_task(task.func, task.args, task.kwargs,
+                                                  remote=False)
+                    if self.worker_remote:
+                        task.remote_blob = proto.pickle_task(task.func, task.args,
+                                                             task.kwargs)
                 except Exception as exc:
                     task.blob = proto.describe_exception(exc)
         putter = threading.Thread(target=self._putter, name=f"{self.name}-putter",
@@ -865,7 +870,7 @@ class NuMap:
                     # A send waits for room in a buffer, never for the agent (a refused
                     # one fails the next reply): no sign of life, only replies and pings.
                     if task.id not in defined:
-                        remote.send(proto.dumps(("def", task.id, task.blob)))
+                        remote.send(proto.dumps(("def", task.id, task.remote_blob)))
                         defined.add(task.id)
                     remote.send(proto.dumps(("run", [(task.id, index, item)])))
                 except Exception as exc:

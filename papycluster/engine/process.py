@@ -81,11 +81,12 @@ def user_packages(obj: Any) -> set[str]:
     return {m.__name__ for m in shipping.user_modules()}
 
 
-def pickle_task(func: Callable, args: tuple, kwargs: dict) -> bytes:
-    """cloudpickle ``(func, args, kwargs, sources)``: the user's own modules by value,
-    and the source lines of the user's files for the worker's tracebacks."""
+def pickle_task(func: Callable, args: tuple, kwargs: dict, remote: bool = True) -> bytes:
+    """cloudpickle ``(func, args, kwargs, sources)``: the user's own modules by value
+    (all of them for a ``remote`` worker, the task's own for a local one), and the
+    source lines of the user's files for the worker's tracebacks (see .shipping)."""
     registered = []
-    modules = shipping.user_modules()
+    modules = shipping.user_modules() if remote else shipping.task_modules(func)
     for module in modules:
         try:
             cloudpickle.register_pickle_by_value(module)

@@ -4,7 +4,7 @@ A worker on another host has papycluster, the standard library and what ``up``
 installed there (the ``packages`` key), but not the user's script or the modules
 beside it. Two things follow:
 
-* **The user's own modules travel by value.** The rule: a module whose file is not
+* **The user's own modules travel by value** to remote workers. The rule: a module whose file is not
   under the standard library, a ``site-packages``/``dist-packages`` directory (of any
   environment, the user site included) or papycluster itself is the user's own code;
   while a task is pickled, each such module is registered with
@@ -12,6 +12,8 @@ beside it. Two things follow:
   that the task reaches are pickled as code, not as an import the host could not do.
   Whether a module is importable on a host cannot be known from here; this rule ships
   what is probably not there, and costs nothing for what is reached by reference.
+  Local process pools ship only the task functions' own packages so (see
+  :func:`task_modules`).
 
 * **Source lines travel with the code.** A traceback names the user's file, but its
   lines are read from that file on the host that formats it, where it does not exist.
@@ -96,6 +98,25 @@ def user_modules() -> list[types.ModuleType]:
         if kind:
             found.append(module)
     return found
+
+
+def task_modules(obj: Any) -> list[types.ModuleType]:
+    """The top-level packages of the task's own functions that are the user's code.
+
+    What a *local* process pool ships by value: its workers import everything else
+    as the controller does (same files, same ``sys.path``), and classes of the user's
+    modules stay the very classes that items pickled by reference are rebuilt as (one
+    shipped by value is a copy: ``isinstance`` would fail between the two).
+    """
+    found = {}
+    for function in _functions(obj):
+        top = (getattr(function, "__module__", None) or "").split(".")[0]
+        module = sys.modules.get(top)
+        path = getattr(module, "__file__", None)
+        if top and top != "__main__" and module is not None and path and \
+                not is_installed(path):
+            found[top] = module
+    return list(found.values())
 
 
 def _functions(obj: Any) -> Iterator[Callable]:
