@@ -92,8 +92,6 @@ class Relay:
     def add(self, stream: str, line: str) -> None:
         if not self.enabled:
             return
-        if len(line) > LINE_MAX:
-            line = line[:LINE_MAX] + f"... [{len(line) - LINE_MAX} more characters cut]"
         with self._lock:
             if len(self._lines) >= PENDING_MAX:
                 self._lines.popleft()
@@ -144,7 +142,9 @@ class _Tee:
         self.original = original
         self.relay = relay
         self.stream = stream
+        # The unfinished line: at most LINE_MAX characters kept, the rest counted.
         self._partial = ""
+        self._extra = 0
         self._lock = threading.Lock()
 
     def write(self, text: str) -> int:
@@ -153,19 +153,30 @@ class _Tee:
             self.original.write(text)
         except Exception:  # the agent's log is gone: still relay
             pass
+        lines = []
         with self._lock:
-            text = self._partial + text
-            *lines, self._partial = text.split("\n")
-            if len(self._partial) > LINE_MAX:
-                lines.append(self._partial)
-                self._partial = ""
+            *complete, rest = text.split("\n")
+            for part in complete:
+                lines.append(self._take(part))
+            self._add(rest)
         for line in lines:
             self.relay.add(self.stream, line)
         return written
 
+    def _add(self, part: str) -> None:
+        room = LINE_MAX - len(self._partial)
+        self._partial += part[:max(room, 0)]
+        self._extra += max(len(part) - max(room, 0), 0)
+
+    def _take(self, part: str) -> str:
+        """The line that ``part`` ends, cut to LINE_MAX (saying how much was cut)."""
+        self._add(part)
+        line, extra, self._partial, self._extra = self._partial, self._extra, "", 0
+        return line + (f"... [{extra} more characters cut]" if extra else "")
+
     def end_line(self) -> None:
         with self._lock:
-            line, self._partial = self._partial, ""
+            line = self._take("") if self._partial or self._extra else ""
         if line:
             self.relay.add(self.stream, line)
 
