@@ -7,7 +7,8 @@ tasklet; it only forwards bytes between an authenticated peer and its own proces
 
 Manager to worker::
 
-    ("def", task_key, blob)         blob = cloudpickle.dumps((func, args, kwargs, sources))
+    ("def", task_key, blob)         blob = pickle of ("task", cloudpickle of (func, args,
+                                    kwargs), sources)
     ("run", [(task_key, index, item), ...])
     ("drop", task_key)              forget a task's function
     ("opt", {"log_to_driver": bool}) relay printed lines or not (engine.output)
@@ -82,7 +83,8 @@ def user_packages(obj: Any) -> set[str]:
 
 
 def pickle_task(func: Callable, args: tuple, kwargs: dict, remote: bool = True) -> bytes:
-    """cloudpickle ``(func, args, kwargs, sources)``: the user's own modules by value
+    """``("task", cloudpickle of (func, args, kwargs), sources)``: the user's own
+    modules by value
     (all of them for a ``remote`` worker, the task's own for a local one), and the
     source lines of the user's files for the worker's tracebacks (see .shipping)."""
     registered = []
@@ -94,8 +96,8 @@ def pickle_task(func: Callable, args: tuple, kwargs: dict, remote: bool = True) 
         except ValueError:
             pass
     try:
-        sources = shipping.source_lines(func, modules)
-        return shipping.dumps((func, args, kwargs, sources), PROTOCOL)
+        inner, files = shipping.dumps((func, args, kwargs), PROTOCOL)
+        return pickle.dumps(("task", inner, shipping.source_lines(files)), PROTOCOL)
     finally:
         for module in registered:
             cloudpickle.unregister_pickle_by_value(module)
@@ -272,9 +274,11 @@ def serve(conn: Connection) -> None:
     def define(message: tuple) -> None:
         _, task_key, blob = message
         try:
-            func, args, kwargs, *rest = loads(blob)
-            if rest:
-                shipping.install_sources(rest[0])
+            loaded = loads(blob)
+            if loaded[0] == "task":  # (see pickle_task); a bare 3-tuple is taken too
+                shipping.install_sources(loaded[2])
+                loaded = loads(loaded[1])
+            func, args, kwargs = loaded
             functions[task_key] = (func, args, kwargs)
         except Exception as exc:
             functions[task_key] = (_raiser(describe_exception(exc)), (), {})

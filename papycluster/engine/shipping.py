@@ -17,12 +17,12 @@ beside it. Two things follow:
 
 * **Source lines travel with the code.** A traceback names the user's file, but its
   lines are read from that file on the host that formats it, where it does not exist.
-  So the lines of the user's files that the task's code comes from (``linecache``'s
-  view on the controller: real files, and also notebook cells or ``exec``'d code that
-  registered lines there) are shipped in the task's definition, and the worker puts
-  them in its own ``linecache`` before it runs the task. One message per task, no
-  extra round trip, and it works on an air-gapped host; files are read once per task
-  and the bytes are bounded (:data:`SOURCE_MAX` per file).
+  So the lines of the files of the code that a task ships by value (collected while
+  it is pickled; ``linecache``'s view on the controller: real files, and also notebook
+  cells or ``exec``'d code that registered lines there) go in the task's definition,
+  and the worker puts them in its own ``linecache`` before it runs the task. One
+  message per task, no extra round trip, and it works on an air-gapped host; files are
+  read once per task and the bytes are bounded (:data:`SOURCE_MAX` per file).
 
   cloudpickle (3.x) renames the file of every code object it ships to
   ``<dynamic-code>`` (to make its output deterministic), which would leave nothing to
@@ -33,7 +33,6 @@ beside it. Two things follow:
 
 from __future__ import annotations
 
-import copyreg
 import io
 import linecache
 import marshal
@@ -42,7 +41,6 @@ import site
 import sys
 import sysconfig
 import types
-from collections import ChainMap
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -135,17 +133,9 @@ def _code_files(code: types.CodeType, into: set[str]) -> None:
             _code_files(const, into)
 
 
-def source_lines(obj: Any, modules: list[types.ModuleType]) -> dict[str, list[str]]:
-    """``{file name: lines}`` of the user's files that the task's code comes from."""
-    files: set[str] = set()
-    for function in _functions(obj):
-        code = getattr(function, "__code__", None)
-        if isinstance(code, types.CodeType):
-            _code_files(code, files)
-    files.update(m.__file__ for m in modules if m.__file__)
-    main = sys.modules.get("__main__")
-    if getattr(main, "__file__", None):
-        files.add(main.__file__)  # type: ignore[union-attr]
+def source_lines(files: set[str]) -> dict[str, list[str]]:
+    """``{file name: lines}`` of the user's ``files`` (not installed code), as the
+    controller's ``linecache`` has them; files over :data:`SOURCE_MAX` are left out."""
     sources = {}
     for name in sorted(files):
         if not name.startswith("<") and is_installed(name):
@@ -167,20 +157,25 @@ def install_sources(sources: dict[str, list[str]]) -> None:
         linecache.cache[name] = (sum(map(len, lines)), None, list(lines), name)
 
 
-def _reduce_code(code: types.CodeType) -> tuple:
-    return marshal.loads, (marshal.dumps(code),)
-
-
 class _Pickler(cloudpickle.Pickler):
-    """cloudpickle, but code objects keep their file name (see the module doc)."""
+    """cloudpickle, but code objects keep their file name (see the module doc), and
+    the files of the code it ships by value are collected in ``files``."""
 
-    dispatch_table = ChainMap({types.CodeType: _reduce_code},
-                              getattr(cloudpickle.Pickler, "dispatch_table",
-                                      copyreg.dispatch_table))
+    def __init__(self, file: Any, protocol: int | None = None) -> None:
+        super().__init__(file, protocol=protocol)
+        self.files: set[str] = set()
+
+    def reducer_override(self, obj: Any) -> Any:
+        if type(obj) is types.CodeType:
+            _code_files(obj, self.files)
+            return marshal.loads, (marshal.dumps(obj),)
+        return super().reducer_override(obj)
 
 
-def dumps(obj: Any, protocol: int | None = None) -> bytes:
-    """``cloudpickle.dumps(obj)`` whose shipped code keeps the user's file names."""
+def dumps(obj: Any, protocol: int | None = None) -> tuple[bytes, set[str]]:
+    """``cloudpickle.dumps(obj)`` whose shipped code keeps the user's file names, and
+    the names of the files that code comes from."""
     buffer = io.BytesIO()
-    _Pickler(buffer, protocol=protocol).dump(obj)
-    return buffer.getvalue()
+    pickler = _Pickler(buffer, protocol=protocol)
+    pickler.dump(obj)
+    return buffer.getvalue(), pickler.files
