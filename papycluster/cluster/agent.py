@@ -84,7 +84,8 @@ LOG_FILE = "agent.log"
 #: The agent's RPC protocol (its exposed methods and what they take and return). A
 #: controller refuses an agent whose protocol or papycluster version differs from its
 #: own, naming both, rather than failing later on a method that changed.
-PROTOCOL = 2  # 2: each result value in its own envelope (engine.process)
+PROTOCOL = 3  # 2: each result value in its own envelope (engine.process); 3: output
+#  messages, "opt", task definitions with source lines (engine.output, engine.shipping)
 #: Replies a worker may have handed to its controller without an acknowledgement yet;
 #: past this the relay waits (bounded by the RPC timeout) before it reads more.
 UNACKED_MAX = 64

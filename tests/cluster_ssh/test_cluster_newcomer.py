@@ -141,6 +141,14 @@ def test_a_flood_is_bounded_and_the_flag_turns_it_off(alpha, user_code, cluster_
         assert [numap.next(timeout=60) for _ in range(3)] == [0, 1, 2]
     finally:
         numap.stop()
+    monkeypatch.delenv("PAPYCLUSTER_LOG_TO_DRIVER")
+    numap = NuMap(module.quiet, range(3, 5), worker_num=0, worker_remote=[("alpha", 1)],
+                  log_to_driver=False)  # the argument, as ray.init(log_to_driver=False)
+    try:
+        assert [numap.next(timeout=60) for _ in range(2)] == [3, 4]
+    finally:
+        numap.stop()
     out, err = capsys.readouterr()
     assert "said quietly" not in out + err
-    assert "said quietly 2" in _agent_log(cluster_name)
+    log = _agent_log(cluster_name)
+    assert "said quietly 2" in log and "said quietly 4" in log
