@@ -13,9 +13,10 @@ controller writes each line to its own stdout or stderr prefixed with the host,
 Bounded on both counts: a line longer than :data:`LINE_MAX` characters is cut (saying
 how much), and at most :data:`PENDING_MAX` lines wait to be sent; past that the oldest
 are dropped and the next message says how many, so a function that floods its output
-is never held up by a slow controller (a ``print`` only appends to a queue; a thread
-sends). Lines are sent every :data:`EVERY` seconds, and always before the results of
-the tasklets that printed them, so they show before ``next()`` returns those results.
+is never held up by a slow controller (a ``print`` only appends to a queue; a thread,
+started at the first line, sends). Lines are gathered for :data:`EVERY` seconds, and
+always sent before the results of the tasklets that printed them, so they show before
+``next()`` returns those results.
 
 ``NuMap(log_to_driver=False)``, or ``PAPYCLUSTER_LOG_TO_DRIVER=0`` in the
 controller's environment, turns it off for a NuMap's remote workers (the agent's log
@@ -30,6 +31,7 @@ import json
 import os
 import sys
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any, TextIO
@@ -77,17 +79,17 @@ class Relay:
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._closed = False
+        self._started = False
         self._streams: list[_Tee] = []
         self._thread = threading.Thread(target=self._run, name="papycluster-output",
                                         daemon=True)
 
     def install(self) -> None:
-        """Put the tees in place of ``sys.stdout`` and ``sys.stderr``; start sending."""
+        """Put the tees in place of ``sys.stdout`` and ``sys.stderr``."""
         for name in ("stdout", "stderr"):
             tee = _Tee(getattr(sys, name), self, name[3])
             self._streams.append(tee)
             setattr(sys, name, tee)
-        self._thread.start()
 
     def add(self, stream: str, line: str) -> None:
         if not self.enabled:
@@ -97,6 +99,10 @@ class Relay:
                 self._lines.popleft()
                 self._dropped += 1
             self._lines.append((stream, line))
+            if not self._started:  # the first line: a worker that never prints has
+                self._started = True  # no thread
+                self._thread.start()
+        self._wake.set()
 
     def flush(self, partial: bool = False) -> None:
         """Send what is queued (the caller holds ``send_lock``); with ``partial``, also
@@ -114,8 +120,11 @@ class Relay:
             self._send(MAGIC + json.dumps([self.host, batch, dropped]).encode())
 
     def _run(self) -> None:
+        """Sleep until a line comes, gather for EVERY seconds, send; again."""
         while not self._closed:
-            self._wake.wait(EVERY)
+            self._wake.wait()
+            self._wake.clear()
+            time.sleep(EVERY)
             if self._lines or self._dropped:
                 try:
                     with self.send_lock:
@@ -126,6 +135,7 @@ class Relay:
     def close(self) -> None:
         """Send the rest and put the original streams back."""
         self._closed = True
+        self._wake.set()
         try:
             with self.send_lock:
                 self.flush(partial=True)
