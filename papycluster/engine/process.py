@@ -194,16 +194,21 @@ def attach_remote_traceback(exc: BaseException) -> None:
 
     Done where the exception arrives from another process: the traceback text it
     carries (``remote_traceback``, or a WorkerError's ``traceback``) becomes a
-    :class:`RemoteTraceback` set as its ``__cause__``, unless it has a cause already.
+    :class:`RemoteTraceback` set as its ``__cause__`` (and a WorkerError's
+    ``.exception``'s), unless it has a cause already.
     """
     text = getattr(exc, "remote_traceback", None)
+    targets = [exc]
     if not text and isinstance(exc, WorkerError):
         text = exc.traceback
-    if text and exc.__cause__ is None:
-        try:
-            exc.__cause__ = RemoteTraceback(text)
-        except Exception:  # an exception type that refuses the attribute
-            pass
+        if isinstance(exc.exception, BaseException):  # e.exception, raised by a user
+            targets.append(exc.exception)
+    for target in targets if text else ():
+        if target.__cause__ is None:
+            try:
+                target.__cause__ = RemoteTraceback(text)
+            except Exception:  # an exception type that refuses the attribute
+                pass
 
 
 #: Results of fast tasklets are sent together while more input waits, but never held

@@ -24,6 +24,10 @@ def check(value):
     if value == 3:
         raise ValueError("three is not welcome here")  # the user's own line
     return value * 2
+
+
+def check_inbox(inbox):  # a Worker function: the inbox holds one item
+    return check(inbox[0])
 '''
 
 
@@ -59,6 +63,26 @@ def test_process_worker_traceback_is_the_cause(gone_module, method):
     assert 'raise ValueError("three is not welcome here")  # the user\'s own line' in text
     assert "The above exception was the direct cause" in text
     assert "pid" in text  # the note names the process
+
+
+def test_a_pipeline_error_item_carries_the_worker_traceback(gone_module):
+    from papycluster import Piper, PiperError, Worker, WorkerError
+
+    module, path = gone_module
+    piper = Piper(Worker(module.check_inbox),
+                  parallel=NuMap(worker_num=1, start_method="forkserver"))
+    piper([range(5)])
+    piper.start()
+    try:
+        out = list(piper)
+    finally:
+        piper.stop()
+    assert out[:3] == [0, 2, 4] and out[4] == 8
+    assert isinstance(out[3], PiperError) and isinstance(out[3][0], WorkerError)
+    for exc in (out[3][0], out[3][0].exception):  # the error item, and what it holds
+        text = "".join(traceback.format_exception(exc))
+        assert f'File "{path}", line 4, in check' in text
+        assert 'raise ValueError("three is not welcome here")' in text
 
 
 def test_remote_traceback_round_trips_and_prints_its_text():
