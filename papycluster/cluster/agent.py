@@ -84,7 +84,8 @@ LOG_FILE = "agent.log"
 #: The agent's RPC protocol (its exposed methods and what they take and return). A
 #: controller refuses an agent whose protocol or papycluster version differs from its
 #: own, naming both, rather than failing later on a method that changed.
-PROTOCOL = 2  # 2: each result value in its own envelope (engine.process)
+PROTOCOL = 3  # 2: each result value in its own envelope (engine.process); 3: output
+#  messages, "opt", task definitions with source lines (engine.output, engine.shipping)
 #: Replies a worker may have handed to its controller without an acknowledgement yet;
 #: past this the relay waits (bounded by the RPC timeout) before it reads more.
 UNACKED_MAX = 64
@@ -269,7 +270,8 @@ class _RemoteProc:
                         data = conn.recv_bytes()
                     except (EOFError, OSError, ValueError):
                         break
-                    self.on_result()
+                    if data[:4] != b"OUT\n":  # output lines are no result
+                        self.on_result()
                     stream = self.stream  # stop() may drop it meanwhile
                     if stream is not None:
                         from papycluster.cluster.stream import send_frame
@@ -606,6 +608,9 @@ def main(argv: list | None = None) -> None:
     os.environ["PAPYCLUSTER_SHARES"] = json.dumps(shares)
     os.environ["PAPYCLUSTER_HOST_NAME"] = args.name
     os.environ["PAPYCLUSTER_PROFILE"] = args.profile
+    # Workers relay what they print to their controller (engine.output), and still
+    # write it to this log.
+    os.environ["PAPYCLUSTER_RELAY_OUTPUT"] = "1"
 
     # multiprocessing's own temp dirs (the forkserver's socket) go in the run dir, so
     # that removing the run dir leaves nothing behind, even after a kill -9. Only this

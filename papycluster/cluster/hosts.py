@@ -47,6 +47,7 @@ _HOST_KEYS: dict[str, tuple[tuple[type, ...], str]] = {
     "cache_dir": ((str,), "where the shipped papycluster is cached on that host"),
     "bind": ((str,), 'the address the agent listens on, default its address; "0.0.0.0" '
                      'for every interface'),
+    "packages": ((list,), 'a list of requirements such as ["numpy==2.*"] (see README)'),
 }
 _DEFAULT_KEYS = {k: v for k, v in _HOST_KEYS.items() if k not in ("name", "address")}
 _CLUSTER_KEYS: dict[str, tuple[tuple[type, ...], str]] = {
@@ -56,6 +57,7 @@ _CLUSTER_KEYS: dict[str, tuple[tuple[type, ...], str]] = {
     "known_hosts": ((str,), 'a known_hosts path, default "~/.ssh/known_hosts"'),
     "ssh_config": ((str,), 'an OpenSSH client config path, default "~/.ssh/config"'),
     "host_key_policy": ((str,), '"strict" (default) or "accept-new"'),
+    "packages": _HOST_KEYS["packages"],
 }
 _TOP_KEYS = ("cluster", "defaults", "host")
 
@@ -78,6 +80,8 @@ class HostConfig:
     shell: str | None = None
     cache_dir: str | None = None
     bind: str | None = None  # None: listen on the address the agent advertises
+    #: Requirements ``up`` installs there (the cluster's, then the host's own).
+    packages: list[str] = field(default_factory=list)
     local: bool = False  # started as a subprocess on this machine, without SSH
 
 
@@ -92,6 +96,7 @@ class ClusterConfig:
     known_hosts: str = "~/.ssh/known_hosts"
     ssh_config: str = "~/.ssh/config"
     host_key_policy: str = "strict"
+    packages: list[str] = field(default_factory=list)
     hosts: list[HostConfig] = field(default_factory=list)
 
     def host(self, name: str) -> HostConfig:
@@ -152,7 +157,8 @@ class _Locator:
 
 
 def _type_name(types: tuple[type, ...]) -> str:
-    names = {int: "an integer", float: "a number", str: "a string", dict: "a table"}
+    names = {int: "an integer", float: "a number", str: "a string", dict: "a table",
+             list: "a list"}
     return " or ".join(names.get(t, t.__name__) for t in types)
 
 
@@ -194,6 +200,13 @@ def _check_table(path: str, loc: _Locator, section: str, index: int, table: Any,
         if key == "bind" and not _BIND_RE.match(value):
             raise HostsFileError(path, loc.where(section, key, index),
                                  f"bad bind address {value!r}", f"use {desc}")
+        if key == "packages":
+            for requirement in value:
+                if not isinstance(requirement, str) or not requirement.strip():
+                    raise HostsFileError(
+                        path, loc.where(section, key, index),
+                        f"each package must be a requirement string, not {requirement!r}",
+                        f"use {desc}")
         if key == "shares":
             for share, local in value.items():
                 if not _SHARE_RE.match(share):
@@ -269,6 +282,7 @@ def parse_hosts(text: str, path: str = "<hosts>") -> ClusterConfig:
         merged["shares"] = {**defaults.get("shares", {}), **table.get("shares", {})}
         if "os" in merged:
             merged["os"] = merged["os"].lower()
+        merged["packages"] = [*config.packages, *merged.get("packages", [])]
         config.hosts.append(HostConfig(**merged))
     return config
 

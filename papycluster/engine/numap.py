@@ -54,6 +54,7 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import wait
 from typing import Any
 
+from papycluster.engine import output
 from papycluster.engine import process as proto
 from papycluster.errors import NuMapTimeoutError, WorkerLostError
 
@@ -110,6 +111,7 @@ class _Task:
     track: bool
     skip: bool
     blob: bytes | BaseException | None = None  # cloudpickled (func, args, kwargs)
+    remote_blob: bytes | None = None  # the same for remote workers (engine.shipping)
     pulled: int = 0  # items taken from the iterable so far
     fed: int = 0  # tasklets admitted to the buffer so far
     total: int | None = None  # known once the iterable is exhausted (or stopped)
@@ -252,6 +254,10 @@ class NuMap:
     sign of life for ``heartbeat`` seconds, gives its item back, and a surviving remote
     worker of this NuMap runs it again (at most ``retries`` times); only when no
     remote worker survives does it become a :class:`WorkerLostError` item.
+
+    What remote workers print reaches this terminal, each line prefixed with its host;
+    ``log_to_driver=False`` (or ``PAPYCLUSTER_LOG_TO_DRIVER=0``) keeps it in the
+    agents' logs only (see :mod:`papycluster.engine.output`).
     """
 
     def __init__(self, func: Callable | None = None, iterable: Iterable | None = None,
@@ -261,7 +267,8 @@ class NuMap:
                  stride: int | None = None, buffer: int | None = None,
                  ordered: bool = True, skip: bool = False, name: str | None = None,
                  start_method: str | None = None, retries: int = 2,
-                 heartbeat: float = 10.0) -> None:
+                 heartbeat: float = 10.0, log_to_driver: bool | None = None) -> None:
+        self.log_to_driver = output.log_to_driver(log_to_driver)  # see engine.output
         self.name = name or f"numap_{id(self)}"
         if not self.name.isidentifier():
             raise ValueError(f"NuMap name {self.name!r} must be a Python identifier")
@@ -462,7 +469,11 @@ class NuMap:
         for task in self._tasks:
             if self.worker_type == "process" or self.worker_remote:
                 try:
-                    task.blob = proto.pickle_task(task.func, task.args, task.kwargs)
+                    task.blob = proto.pickle_task(task.func, task.args, task.kwargs,
+                                                  remote=False)
+                    if self.worker_remote:
+                        task.remote_blob = proto.pickle_task(task.func, task.args,
+                                                             task.kwargs)
                 except Exception as exc:
                     task.blob = proto.describe_exception(exc)
         self._feed = feed = _Feed(self._generation)
@@ -1134,6 +1145,11 @@ class NuMap:
             return
         with self._cond:
             self._remote_workers.append(remote)
+        if not self.log_to_driver:
+            try:
+                remote.send(proto.dumps(("opt", {"log_to_driver": False})))
+            except Exception:
+                pass  # a broken connection fails the first tasklet's send
         defined: set[int] = set()
         held: deque[tuple] = deque()  # sent, not yet answered; oldest first
         alive = _Liveness()
@@ -1167,7 +1183,7 @@ class NuMap:
                     # A send waits for room in a buffer, never for the agent (a refused
                     # one fails the next reply): no sign of life, only replies and pings.
                     if task.id not in defined:
-                        remote.send(proto.dumps(("def", task.id, task.blob)))
+                        remote.send(proto.dumps(("def", task.id, task.remote_blob)))
                         defined.add(task.id)
                     remote.send(proto.dumps(("run", [(task.id, index, item)])))
                 except Exception as exc:
