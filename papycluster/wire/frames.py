@@ -61,12 +61,14 @@ def recv_into_exact(sock: socket.socket, view: memoryview,
         if deadline is not None:
             left = deadline - time.monotonic()
             if left <= 0:
-                raise TimeoutError(f"deadline passed after {got} of {n} bytes{_of(what)}")
+                raise TimeoutError(f"timed out at the deadline after {got} of {n} bytes"
+                                   f"{_of(what)}")
             sock.settimeout(left)
         try:
             k = sock.recv_into(view[got:])
         except socket.timeout:  # noqa: UP041 - an OSError, not a TimeoutError, on 3.9
-            raise TimeoutError(f"timed out after {got} of {n} bytes{_of(what)}") from None
+            at = " at the deadline" if deadline is not None else ""  # the timeout was left
+            raise TimeoutError(f"timed out{at} after {got} of {n} bytes{_of(what)}") from None
         if k == 0:
             raise PeerClosed(f"peer closed the connection after {got} of {n} bytes"
                              f"{_of(what)}", got)
