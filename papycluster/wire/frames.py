@@ -16,6 +16,11 @@ to the user, see :mod:`papycluster.transport.buffers`) and fails in one of two w
 
 Worker streams (:mod:`papycluster.cluster.stream`) carry :func:`send_frame` /
 :func:`recv_frame` frames: an unsigned 64-bit length and that many bytes.
+
+Two loops are left out on purpose: the fifo transport reads a non-blocking pipe, not a
+socket, and between reads it waits in ``poll`` while checking that the producer still
+lives (its errors name the ticket); ``bench/transports.py``'s plain-socket baseline is
+what the transports are measured against, so it stays as plain as it is.
 """
 
 from __future__ import annotations
