@@ -125,3 +125,15 @@ def test_status_counts_every_item_done(local_cluster):
     cells = [[c.strip() for c in line.split("│") if c.strip()]
              for line in r.output.splitlines() if "local" in line and "│" in line]
     assert sum(int(row[-1]) for row in cells) == 60, r.output
+
+
+def test_a_share_a_host_cannot_see_is_named_with_its_path():
+    from papycluster.cluster.negotiate import auto_transport, feasible
+
+    linux = {"name": "n1", "os": "linux", "hostname": "n1",
+             "shares": {"data": {"path": "/mnt/data", "exists": True}}}
+    win = {"name": "w1", "os": "windows", "hostname": "w1",
+           "shares": {"data": {"path": "T:\\data", "exists": False}}}
+    why = feasible("file", linux, win, "data")
+    assert why == "share 'data': w1 cannot see it (T:\\data is not there)"
+    assert auto_transport(linux, win)[0] == "manager"
