@@ -4,6 +4,8 @@
 (a Linux container that papycluster runs with the Windows profile), each a bare host
 with Python and sshd and nothing of papycluster; a host folder mounted in every node as
 the shared volume (``/mnt/data``, ``/shares/data`` on ``win1``); and a MariaDB server.
+``wine1``, a real Windows CPython under Wine (docker/wine), is started only by the
+tests that use it (tests/cluster/test_cluster_windows.py; ``build_images(wine=True)``).
 The controller runs here, on this machine, and reaches the nodes by their container
 addresses over SSH with a key pair made for the session, as a user's laptop would.
 
