@@ -157,4 +157,4 @@ class FileTransport(base.Transport):
                    for root in sorted(roots))
 
 
-TRANSPORT = base.register(FileTransport())
+TRANSPORT = FileTransport()

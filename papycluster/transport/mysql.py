@@ -227,4 +227,4 @@ class MysqlTransport(base.Transport):
         self.state.close()
 
 
-TRANSPORT = base.register(MysqlTransport())
+TRANSPORT = MysqlTransport()
