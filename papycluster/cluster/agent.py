@@ -158,7 +158,8 @@ def results_in(message: bytes) -> int:
 
     The message comes from this agent's own worker process, so reading it here is no
     new trust; the values inside stay in their envelopes (bytes), nothing of the
-    user's is rebuilt. A message that is not a result list counts as one.
+    user's is rebuilt. Another kind of message counts as none, one that cannot be read
+    as one (a reply all the same).
     """
     try:
         kind, results = pickle.loads(message)[:2]
