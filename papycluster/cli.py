@@ -273,6 +273,10 @@ def down(hosts_file: str | None, purge_cache: bool) -> None:
         results = controller.down(config, progress=_progress, purge_cache=purge_cache)
     except (ClusterError, HostsFileError) as exc:
         _fail(str(exc))
+    if not results:
+        console.print("nothing is running (no cluster state; pass the hosts file with -f "
+                      "to sweep hosts whose state was lost)")
+        sys.exit(0)
     bad = [r for r in results if not r.ok]
     console.print(f"{len(results) - len(bad)}/{len(results)} host(s) clean")
     for r in bad:

@@ -70,9 +70,18 @@ def run_demo(agents: int = 2, items: int = 100, console: Any = None) -> int:
         console.print(f"bringing up a local cluster of {agents} agent(s) ...")
         result = controller.up_local(agents, cluster=controller.local_cluster_name("demo"))
         if result.failed:
+            # the cause first, and it stays the last word: taking down what did come
+            # up must neither hide it nor fail because nothing came up
+            try:  # also sweeps the run dirs of agents that failed to start
+                controller.down()
+            except Exception as exc:
+                console.print(f"[red]{escape(f'taking the cluster down failed: {exc}')}"
+                              "[/red]")
+            console.print(f"[red]the demo needs every agent; "
+                          f"{len(result.failed)}/{len(result.results)} did not come up:[/red]")
             for r in result.failed:
-                console.print(f"[red]{escape(f'{r.name}: {r.cause}: {r.detail}')}[/red]")
-            controller.down()
+                console.print(f"[red]{escape(f'{r.name}: {r.cause}: {r.detail}')}[/red]",
+                              soft_wrap=True)
             return 1
         hosts = result.up
     try:

@@ -239,7 +239,9 @@ def down(config: ClusterConfig | None = None, progress: Progress = _quiet,
 
     With a state file, each agent is asked to shut down, then its host is swept (the
     stop script kills what is left of any agent of this cluster and removes its run
-    directory). Without a state file, ``config`` (the hosts file) says where to sweep.
+    directory). Without a state file, ``config`` (the hosts file) says where to sweep;
+    without either, this controller's local clusters are swept, and an empty list means
+    that nothing was running.
     """
     from papycluster.cluster.deploy import stop_host
 
@@ -256,10 +258,9 @@ def down(config: ClusterConfig | None = None, progress: Progress = _quiet,
                                f"{len(res['killed'])} agent(s)")
                 swept.append(DownResult(name, bool(res.get("ok")), "", res.get("killed", []),
                                         res.get("removed", [])))
-        if swept:
-            return swept
-        raise ClusterError("no cluster state found; pass the hosts file (-f) so that "
-                           "`down` can sweep its hosts, or nothing is running")
+        # nothing to stop is not an error (like `docker compose down`); the caller
+        # says "nothing is running" for an empty list
+        return swept
     if config is None and state is not None and state.options:
         config = ClusterConfig(path=state.hosts_file or "<state>", name=state.cluster,
                                **state.options)

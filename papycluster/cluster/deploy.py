@@ -181,12 +181,26 @@ def _via_file(shell: str) -> bool:
 _SELF_DELETE = "import os as _os, sys as _sys\n_os.remove(_sys.argv[0])\n"
 
 
+def script_command(host: HostConfig, shell: str, script: str, name: str
+                   ) -> tuple[str, str | None]:
+    """What runs ``script`` on the host: (the command line, the text of the file
+    ``name`` to copy first, or None when the script goes on stdin).
+
+    Pure text, so that the PowerShell path, which no test machine can run (PowerShell
+    is not in Debian), is checked as text against golden files.
+    """
+    if not _via_file(shell):
+        return _python_cmd(host, shell, "-"), None
+    return _python_cmd(host, shell, name), _SELF_DELETE + script
+
+
 def run_python(client: Any, host: HostConfig, shell: str, script: str,
                timeout: float) -> ssh.RunResult:
     """Run ``script`` with the host's Python: on stdin, or from a private file."""
-    if not _via_file(shell):
-        return ssh.run(client, _python_cmd(host, shell, "-"), script, timeout, host.name)
     name = f".papycluster-{secrets.token_hex(8)}.py"  # relative: the SFTP home dir
+    command, file_text = script_command(host, shell, script, name)
+    if file_text is None:
+        return ssh.run(client, command, script, timeout, host.name)
     try:
         sftp = client.open_sftp()
     except Exception as exc:
@@ -197,13 +211,13 @@ def run_python(client: Any, host: HostConfig, shell: str, script: str,
             channel.settimeout(timeout)
         with sftp.open(name, "w") as f:
             f.chmod(0o600)
-            f.write((_SELF_DELETE + script).encode("utf-8"))
+            f.write(file_text.encode("utf-8"))
     except Exception as exc:
         raise HostError(host.name, "deploy failed", f"cannot write a script by SFTP: {exc}")
     finally:
         sftp.close()
     try:
-        return ssh.run(client, _python_cmd(host, shell, name), None, timeout, host.name)
+        return ssh.run(client, command, None, timeout, host.name)
     finally:  # the script removes itself; if Python never ran, we do
         try:
             sftp = client.open_sftp()

@@ -96,7 +96,15 @@ def feasible(transport: str, a: dict[str, Any], b: dict[str, Any],
         elif share not in common_shares(a, b):
             missing = [_host(c) for c in (a, b)
                        if share not in (c.get("shares") or {})]
-            return f"share {share!r} is not configured on {' and '.join(missing) or 'both'}"
+            if missing:
+                return f"share {share!r} is not configured on {' and '.join(missing)}"
+            # configured, but its path is not there on a host (a drive letter that
+            # Windows has not mapped, an unmounted NFS path): name the host and path
+            unseen = [f"{_host(c)} cannot see it ({c['shares'][share].get('path')} is "
+                      "not there)" for c in (a, b)
+                      if isinstance(c["shares"][share], dict)
+                      and c["shares"][share].get("exists") is False]
+            return f"share {share!r}: {'; '.join(unseen) or 'not usable on both'}"
     return None
 
 

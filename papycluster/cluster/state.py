@@ -54,7 +54,8 @@ def save_state(state: ClusterState, path: Path | None = None) -> Path:
     tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
-        os.fchmod(fd, 0o600)
+        if hasattr(os, "fchmod"):  # not on Windows before Python 3.13 (the file is
+            os.fchmod(fd, 0o600)   # private there by the user profile's ACL)
         os.write(fd, state.to_json().encode())
     finally:
         os.close(fd)

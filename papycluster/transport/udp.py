@@ -45,6 +45,7 @@ import sys
 import threading
 import time
 import zlib
+from collections.abc import Callable
 from typing import Any
 
 from papycluster.transport import auth, base, buffers, ticket
@@ -150,8 +151,7 @@ class UdpServer:
                 pass         # the default
         # Non-blocking: reads go through the selector, sends wait in _sendmsg (bounded).
         self.sock.setblocking(False)
-        self._out = select.poll()
-        self._out.register(self.sock, select.POLLOUT)
+        self._out = _poller(self.sock, write=True)
         self.port = self.sock.getsockname()[1]
         self._challenges: dict[bytes, tuple[Any, bytes, float]] = {}
         self._sessions: dict[bytes, _Session] = {}
@@ -325,10 +325,13 @@ class UdpServer:
         """Send one datagram; wait (at most 5 s) for room in the send buffer if full."""
         while True:
             try:
-                self.sock.sendmsg(parts, [], 0, addr)
+                if _SENDMSG:
+                    self.sock.sendmsg(parts, [], 0, addr)
+                else:  # Windows sockets have no sendmsg
+                    self.sock.sendto(b"".join(parts), addr)
                 return
             except BlockingIOError:
-                if not self._out.poll(5000):
+                if not self._out(5000):
                     raise TimeoutError("udp: the send buffer stayed full for 5 s") from None
 
     def close(self) -> None:
@@ -366,14 +369,27 @@ class _State:
             self.server.close()
 
 
+_SENDMSG = hasattr(socket.socket, "sendmsg")
+
+
+def _poller(sock: socket.socket, write: bool) -> Callable[[float], bool]:
+    """``wait(ms) -> ready`` for one socket: ``select.poll`` where there is one, else
+    ``select.select`` (Windows has no poll)."""
+    if hasattr(select, "poll"):
+        poll = select.poll()
+        poll.register(sock, select.POLLOUT if write else select.POLLIN)
+        return lambda ms: bool(poll.poll(ms))
+    if write:
+        return lambda ms: bool(select.select([], [sock], [], max(0.0, ms / 1000))[1])
+    return lambda ms: bool(select.select([sock], [], [], max(0.0, ms / 1000))[0])
+
+
 def _send(sock: socket.socket, data: bytes) -> None:
     """Send one datagram on a non-blocking socket, waiting at most a second for room."""
     try:
         sock.send(data)
     except BlockingIOError:
-        poller = select.poll()
-        poller.register(sock, select.POLLOUT)
-        if poller.poll(1000):
+        if _poller(sock, write=True)(1000):
             sock.send(data)
         # else: as good as lost on the way; the caller's timeouts handle it
 
@@ -474,8 +490,7 @@ class UdpTransport(base.Transport):
         scratch = bytearray(chunk + 64)
         sview = memoryview(scratch)
 
-        poller = select.poll()
-        poller.register(sock, select.POLLIN)
+        ready = _poller(sock, write=False)
 
         def recv(wait: float) -> int:
             """One datagram into ``scratch``; -1 after ``wait`` seconds without one.
@@ -489,13 +504,14 @@ class UdpTransport(base.Transport):
                     return sock.recv_into(scratch)
                 except BlockingIOError:
                     pass
-                except ConnectionRefusedError:
+                except (ConnectionRefusedError, ConnectionResetError):
+                    # Linux says refused, Windows reset, for the ICMP "port unreachable"
                     raise StaleTicketError(tk, f"no {where} any more (the process that "
                                            "dumped the item has ended)", self.name) from None
                 now = time.monotonic()
                 if now >= deadline:
                     raise ProducerLostError(tk, f"{where} timed out", self.name)
-                if now >= end or not poller.poll((end - now) * 1000):
+                if now >= end or not ready((end - now) * 1000):
                     if time.monotonic() >= deadline:
                         raise ProducerLostError(tk, f"{where} timed out", self.name)
                     return -1

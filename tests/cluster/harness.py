@@ -4,6 +4,8 @@
 (a Linux container that papycluster runs with the Windows profile), each a bare host
 with Python and sshd and nothing of papycluster; a host folder mounted in every node as
 the shared volume (``/mnt/data``, ``/shares/data`` on ``win1``); and a MariaDB server.
+``wine1``, a real Windows CPython under Wine (docker/wine), is started only by the
+tests that use it (tests/cluster/test_cluster_windows.py; ``build_images(wine=True)``).
 The controller runs here, on this machine, and reaches the nodes by their container
 addresses over SSH with a key pair made for the session, as a user's laptop would.
 
@@ -402,9 +404,13 @@ def pick_subnet() -> ipaddress.IPv4Network:
     raise HarnessError("no free /24 in 10.100-249.x.0 for the harness network")
 
 
-def build_images() -> str:
-    """Run docker/build-images.sh (a no-op while the images are current); the tag."""
-    proc = subprocess.run(["bash", str(BUILD_SCRIPT)], capture_output=True, text=True,
+def build_images(wine: bool = False) -> str:
+    """Run docker/build-images.sh (a no-op while the images are current); the tag.
+
+    ``wine`` also makes the wine node's image (``--wine``), for the tests that use it.
+    """
+    proc = subprocess.run(["bash", str(BUILD_SCRIPT), *(["--wine"] if wine else [])],
+                          capture_output=True, text=True,
                           timeout=BUILD_TIMEOUT, stdin=subprocess.DEVNULL)
     if proc.returncode != 0:
         raise HarnessError(f"docker/build-images.sh failed ({proc.returncode}):\n"
@@ -450,6 +456,8 @@ def prepare_env(workdir: Path) -> dict[str, str]:
     return {
         "PAPY_IMAGE_TAG": run(["bash", str(BUILD_SCRIPT), "--print-tag"],
                               timeout=60).stdout.strip(),
+        "PAPY_WINE_TAG": run(["bash", str(BUILD_SCRIPT), "--print-wine-tag"],
+                             timeout=60).stdout.strip(),
         "PAPY_SUBNET": str(subnet),
         "PAPY_NET_PREFIX": str(subnet.network_address).rsplit(".", 1)[0],
         "PAPY_KEYS_DIR": str(keys_dir),

@@ -8,10 +8,61 @@ import sys
 import time
 
 
+def _windows_alive(pid):
+    """Ask Windows itself, through a handle on the process: no tool to depend on (some
+    hosts have no working tasklist, e.g. Wine's is a stub that lists nothing).
+    None when the answer cannot be had this way (no ctypes)."""
+    try:
+        import ctypes
+        from ctypes import wintypes
+    except ImportError:
+        return None
+    kernel32 = ctypes.WinDLL("kernel32", use_last_error=True)
+    kernel32.OpenProcess.restype = wintypes.HANDLE
+    kernel32.OpenProcess.argtypes = (wintypes.DWORD, wintypes.BOOL, wintypes.DWORD)
+    kernel32.WaitForSingleObject.argtypes = (wintypes.HANDLE, wintypes.DWORD)
+    kernel32.CloseHandle.argtypes = (wintypes.HANDLE,)
+    # PROCESS_QUERY_LIMITED_INFORMATION | SYNCHRONIZE
+    handle = kernel32.OpenProcess(0x1000 | 0x00100000, False, int(pid))
+    if not handle:
+        return ctypes.get_last_error() == 5  # access denied: it is there, not ours
+    try:
+        # a process's handle is signalled once it has ended; 0x102 is WAIT_TIMEOUT
+        return kernel32.WaitForSingleObject(handle, 0) == 0x102
+    finally:
+        kernel32.CloseHandle(handle)
+
+
+def _windows_terminate(pid):
+    """End ``pid`` through its handle (where taskkill is missing or did not)."""
+    try:
+        import ctypes
+        from ctypes import wintypes
+    except ImportError:
+        return
+    kernel32 = ctypes.WinDLL("kernel32", use_last_error=True)
+    kernel32.OpenProcess.restype = wintypes.HANDLE
+    kernel32.OpenProcess.argtypes = (wintypes.DWORD, wintypes.BOOL, wintypes.DWORD)
+    kernel32.TerminateProcess.argtypes = (wintypes.HANDLE, wintypes.UINT)
+    kernel32.CloseHandle.argtypes = (wintypes.HANDLE,)
+    handle = kernel32.OpenProcess(0x0001, False, int(pid))  # PROCESS_TERMINATE
+    if handle:
+        try:
+            kernel32.TerminateProcess(handle, 1)
+        finally:
+            kernel32.CloseHandle(handle)
+
+
 def alive(pid):
     if sys.platform == "win32":
-        out = subprocess.run(["tasklist", "/FI", f"PID eq {pid}", "/NH"],
-                             capture_output=True, text=True).stdout
+        answer = _windows_alive(pid)
+        if answer is not None:
+            return answer
+        try:
+            out = subprocess.run(["tasklist", "/FI", f"PID eq {pid}", "/NH"],
+                                 capture_output=True, text=True).stdout
+        except OSError:
+            return False
         return str(pid) in out
     try:
         os.kill(pid, 0)
@@ -54,9 +105,21 @@ def group_alive(pgid):
 def kill_tree(pid, grace):
     """SIGTERM the agent's whole process group (agent, forkserver, workers), then SIGKILL."""
     if sys.platform == "win32":
-        subprocess.run(["taskkill", "/T", "/PID", str(pid)], capture_output=True)
-        time.sleep(min(grace, 1.0))
-        subprocess.run(["taskkill", "/F", "/T", "/PID", str(pid)], capture_output=True)
+        for args in (["taskkill", "/T", "/PID", str(pid)],
+                     ["taskkill", "/F", "/T", "/PID", str(pid)]):
+            try:
+                subprocess.run(args, capture_output=True, timeout=30)
+            except (OSError, subprocess.TimeoutExpired):
+                pass
+            end = time.time() + min(grace, 1.0)
+            while time.time() < end and alive(pid):
+                time.sleep(0.05)
+            if not alive(pid):
+                return
+        _windows_terminate(pid)  # taskkill missing, or it did not end it
+        end = time.time() + 5.0
+        while time.time() < end and alive(pid):
+            time.sleep(0.05)
         return
     for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
         try:

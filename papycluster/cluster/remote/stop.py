@@ -22,9 +22,16 @@ def main():
     if CONFIG.get("scan", True):
         pattern = "papycluster-{}-{}-*".format(user, CONFIG["cluster"])
         dirs += glob.glob(os.path.join(tempfile.gettempdir(), pattern))
+    # One entry per directory, however it was spelled: the run dir the controller
+    # remembers and the scan's match may differ in case or separators (Windows).
+    unique = {}
+    for d in dirs:
+        unique.setdefault(os.path.normcase(os.path.abspath(d)), d)
+    dirs = sorted(unique.values())
     killed, removed = [], []
-    asked = {os.path.expanduser(k): v for k, v in CONFIG.get("asked", {}).items()}
-    for d in sorted(set(dirs)):
+    asked = {os.path.normcase(os.path.abspath(os.path.expanduser(k))): v
+             for k, v in CONFIG.get("asked", {}).items()}
+    for d in dirs:
         try:
             with open(os.path.join(d, "agent.json")) as f:
                 pid = int(json.load(f)["pid"])
@@ -34,7 +41,7 @@ def main():
         # The agent may have removed its run dir, agent.json with it, before we look:
         # then the pid the controller just talked to ("asked") is waited for; it is never
         # used to kill (an old pid may belong to someone else by now).
-        waited = pid or asked.get(d)
+        waited = pid or asked.get(os.path.normcase(os.path.abspath(d)))
         end = time.time() + float(CONFIG.get("wait_exit", 0))
         while waited and time.time() < end and (alive(waited) or group_alive(waited)):
             time.sleep(0.05)
@@ -46,7 +53,8 @@ def main():
             killed.append(pid)
         if os.path.isdir(d):
             shutil.rmtree(d, ignore_errors=True)
-            removed.append(d)
+            if not os.path.exists(d):  # else it is under "left" (a file still open...)
+                removed.append(d)
     purged = []
     if CONFIG.get("purge_cache"):
         cache = os.path.expanduser(CONFIG["cache_dir"])
