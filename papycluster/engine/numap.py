@@ -525,7 +525,8 @@ class NuMap:
             return
         self._stopping.set()
         self._closing.set()
-        retiring = self._retiring
+        with self._cond:  # set and started under it: never seen unstarted
+            retiring = self._retiring
         if retiring is not None and retiring is not threading.current_thread():
             retiring.join(timeout)  # idle workers ending: let them end first
         with self._cond:
