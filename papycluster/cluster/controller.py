@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -18,9 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import papycluster
+from papycluster.cluster import deploy, readiness
 from papycluster.cluster.auth import new_secret
 from papycluster.cluster.client import AgentConnection
-from papycluster.cluster.errors import ClusterError, HostError, VersionMismatchError
+from papycluster.cluster.errors import ClusterError, HostError
 from papycluster.cluster.hosts import ClusterConfig, HostConfig
 from papycluster.cluster.remote import parse_result, render
 from papycluster.cluster.state import (
@@ -82,28 +82,6 @@ def run_local_script(name: str, config: dict[str, Any], timeout: float,
     return result
 
 
-def _wait_agent(name: str, address: str, port: int, secret: str,
-                timeout: float) -> dict[str, Any]:
-    """Connect and ask for info until the agent answers or ``timeout`` passes."""
-    deadline = time.monotonic() + timeout
-    last: Exception | None = None
-    while time.monotonic() < deadline:
-        try:
-            conn = AgentConnection(address, port, secret, name,
-                                   timeout=min(5.0, max(0.5, deadline - time.monotonic())))
-            try:
-                return conn.info()
-            finally:
-                conn.close()
-        except VersionMismatchError as exc:  # waiting longer will not change it
-            raise HostError(name, "version mismatch", str(exc))
-        except Exception as exc:
-            last = exc
-            time.sleep(0.2)
-    raise HostError(name, "agent failed", f"the agent does not answer on {address}:{port}: "
-                    f"{last}")
-
-
 def _check_not_up(progress: Progress) -> None:
     old = load_state(missing_ok=True)
     if old is None:
@@ -162,7 +140,7 @@ def up_local(n: int = 2, cluster: str | None = None, workers: int = 2,
             if not res.get("ok"):
                 return HostResult(name, False, res.get("cause", "agent failed"),
                                   res.get("detail", ""))
-            info = _wait_agent(name, "127.0.0.1", res["port"], secret, timeout)
+            info = readiness.wait_agent(name, "127.0.0.1", res["port"], secret, timeout)
         except HostError as exc:
             if res.get("ok"):  # it runs, but it is not usable: do not leave it behind
                 try:
@@ -175,7 +153,7 @@ def up_local(n: int = 2, cluster: str | None = None, workers: int = 2,
             "address": "127.0.0.1", "connect": "127.0.0.1", "agent_port": res["port"],
             "pid": res["pid"], "run_dir": res["run_dir"], "local": True,
             "os": info["os"], "profile": profile, "workers": workers, "shares": {},
-            "python": info["python"], "ssh": None, "caps": _caps(info),
+            "python": info["python"], "ssh": None, "caps": readiness.agent_caps(info),
             "controller_address": "127.0.0.1"}
         progress(name, f"up (pid {res['pid']}, port {res['port']})")
         return HostResult(name, True, info=info)
@@ -186,21 +164,15 @@ def up_local(n: int = 2, cluster: str | None = None, workers: int = 2,
     return UpResult(cluster, results, path)
 
 
-def _caps(info: dict[str, Any]) -> dict[str, Any]:
-    keys = ("os", "fork", "fifo", "shm", "shares", "transports", "hostname", "address")
-    return {k: info.get(k) for k in keys}
-
-
 def up(config: ClusterConfig, progress: Progress = _quiet) -> UpResult:
     """Start one agent per host of ``config`` over SSH; see :mod:`papycluster.cluster.deploy`."""
-    from papycluster.cluster.deploy import start_host
 
     _check_not_up(progress)
     secret = new_secret()
     state = ClusterState(cluster=config.name, secret=secret, hosts_file=config.path,
                          options={k: getattr(config, k) for k in _SSH_OPTIONS})
     with ThreadPoolExecutor(max_workers=max(1, min(32, len(config.hosts)))) as pool:
-        futures = {h.name: pool.submit(start_host, config, h, secret, progress)
+        futures = {h.name: pool.submit(deploy.start_host, config, h, secret, progress)
                    for h in config.hosts}
         results = []
         for h in config.hosts:
@@ -243,7 +215,6 @@ def down(config: ClusterConfig | None = None, progress: Progress = _quiet,
     without either, this controller's local clusters are swept, and an empty list means
     that nothing was running.
     """
-    from papycluster.cluster.deploy import stop_host
 
     state = load_state(missing_ok=True)
     if state is None and config is None:
@@ -304,7 +275,7 @@ def down(config: ClusterConfig | None = None, progress: Progress = _quiet,
                     "asked": asked(run_dir)}, timeout)
             else:
                 host_cfg = entry.get("config") or _host_from_state(name, entry, config)
-                res = stop_host(config, host_cfg, cluster, entry.get("run_dir"),
+                res = deploy.stop_host(config, host_cfg, cluster, entry.get("run_dir"),
                                 purge_cache, timeout, wait_exit,
                                 asked(entry.get("run_dir")))
         except HostError as exc:

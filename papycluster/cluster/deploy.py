@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 import papycluster
-from papycluster.cluster import ssh
+from papycluster.cluster import readiness, ssh
 from papycluster.cluster.errors import HostError
 from papycluster.cluster.hosts import ClusterConfig, HostConfig
 from papycluster.cluster.remote import parse_result, render
@@ -436,7 +436,6 @@ def _sftp_exists(sftp: Any, path: str) -> bool:
 def start_host(config: ClusterConfig, host: HostConfig, secret: str,
                progress: Any) -> tuple[dict[str, Any], dict[str, Any]]:
     """Bring ``host`` up; return (its cluster-state entry, its agent's info)."""
-    from papycluster.cluster.controller import _caps, _wait_agent
 
     target = ssh.resolve_target(config, host)
     timeout = config.connect_timeout
@@ -500,7 +499,7 @@ def start_host(config: ClusterConfig, host: HostConfig, secret: str,
         client.close()
     progress(host.name, f"waiting for the agent on {target.hostname}:{launched['port']}")
     try:
-        agent_info = _wait_agent(host.name, target.hostname, launched["port"], secret,
+        agent_info = readiness.wait_agent(host.name, target.hostname, launched["port"], secret,
                                  config.start_timeout)
     except HostError as exc:
         # it runs but we cannot talk to it (a firewall?): do not leave it behind
@@ -524,7 +523,7 @@ def start_host(config: ClusterConfig, host: HostConfig, secret: str,
         "shares": host.shares, "python": agent_info["python"], "python_cmd": host.python,
         "ssh": {"user": host.user, "port": host.port, "key": host.key, "shell": host.shell,
                 "cache_dir": host.cache_dir},
-        "caps": _caps(agent_info), "controller_address": controller_address}
+        "caps": readiness.agent_caps(agent_info), "controller_address": controller_address}
     return entry, agent_info
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from cluster_ssh_helpers import agent_pids, free_port, hosts_toml, run_dirs
 
-from papycluster.cluster import controller
+from papycluster.cluster import controller, readiness
 from papycluster.cluster.errors import ClusterError
 from papycluster.cluster.hosts import parse_hosts
 from papycluster.cluster.state import load_state, state_path
@@ -209,9 +209,9 @@ def test_keys_from_the_ssh_agent(sshd, cluster_name, remote_cache, tmp_path, mon
 def test_agent_started_but_unreachable_is_stopped_again(sshd, cluster_name, remote_cache,
                                                        monkeypatch):
     """As behind a firewall: the agent runs, but its port cannot be reached from here."""
-    real_wait = controller._wait_agent
+    real_wait = readiness.wait_agent
     closed = free_port()
-    monkeypatch.setattr(controller, "_wait_agent",
+    monkeypatch.setattr(readiness, "wait_agent",
                         lambda name, address, port, secret, timeout:
                         real_wait(name, address, closed, secret, 2.0))
     config = parse_hosts(hosts_toml(sshd, cluster_name, [{"name": "a"}], remote_cache),
