@@ -25,11 +25,13 @@ from typing import Any
 
 from papycluster.transport import base, read_ahead, shares, ticket
 from papycluster.transport.base import (
+    ItemIntegrityError,
     ProducerLostError,
     SecretError,
     StaleTicketError,
     TicketError,
     TransportError,
+    UnsafePathError,
     close_all,
     sweep,
 )
@@ -44,11 +46,13 @@ __all__ = [
     "ALIASES",
     "DATABASE",
     "STREAM",
+    "ItemIntegrityError",
     "ProducerLostError",
     "SecretError",
     "StaleTicketError",
     "TicketError",
     "TransportError",
+    "UnsafePathError",
     "close_all",
     "dump",
     "find",
