@@ -121,17 +121,8 @@ def _uptime(seconds: float | None) -> str:
     return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
 
 
-@main.command()
-def status() -> None:
-    """A table per host: address, OS, Python, agent pid, uptime, workers, load, items."""
-    from papycluster.cluster import controller
-    from papycluster.cluster.errors import ClusterError
-
-    try:
-        rows = controller.status()
-    except ClusterError as exc:
-        _fail(str(exc))
-    table = Table(title="papycluster status")
+def _status_table(rows: list[dict[str, Any]], title: str = "papycluster status") -> Table:
+    table = Table(title=title)
     for col in ("host", "address", "OS", "Python", "agent pid", "uptime", "workers",
                 "load", "items done"):
         table.add_column(col)
@@ -147,8 +138,69 @@ def status() -> None:
                       r["python"], str(r["pid"]), _uptime(r.get("uptime")),
                       f"{r.get('workers_running', 0)}/{r.get('workers')}",
                       f"{load[0]:.2f}" if load else "-", str(r.get("items_done", 0)))
-    console.print(table)
-    sys.exit(0 if all(r["ok"] for r in rows) else 1)
+    return table
+
+
+@main.command()
+@click.option("--watch", "-w", is_flag=True,
+              help="refresh the table until Ctrl-C (or --count refreshes)")
+@click.option("--interval", "-n", type=click.FloatRange(min=0.1), default=2.0,
+              show_default=True, help="seconds between refreshes with --watch")
+@click.option("--count", type=click.IntRange(min=1), default=None,
+              help="with --watch: stop after this many refreshes")
+def status(watch: bool, interval: float, count: int | None) -> None:
+    """A table per host: address, OS, Python, agent pid, uptime, workers, load, items."""
+    from papycluster.cluster import controller
+    from papycluster.cluster.errors import ClusterError
+
+    def rows() -> list[dict[str, Any]]:
+        try:
+            return controller.status(timeout=min(5.0, max(1.0, interval)))
+        except ClusterError as exc:
+            _fail(str(exc))
+            raise  # unreachable: _fail exits
+
+    if not watch:
+        found = rows()
+        console.print(_status_table(found))
+        sys.exit(0 if all(r["ok"] for r in found) else 1)
+    _watch_status(rows, interval, count)
+    sys.exit(0)
+
+
+def _watch_status(rows: Any, interval: float, count: int | None) -> None:
+    """Refresh the status table every ``interval`` seconds until Ctrl-C or ``count``.
+
+    On a terminal the table is redrawn in place (rich Live); piped or captured output
+    gets one table per refresh, each titled with its time, so a log shows the changes.
+    """
+    from rich.live import Live
+
+    def table(n: int) -> Table:
+        found = rows()
+        up = sum(r["ok"] for r in found)
+        return _status_table(found, f"papycluster status ({up}/{len(found)} up) at "
+                                    f"{time.strftime('%H:%M:%S')}, refresh {n}, every "
+                                    f"{interval:g} s (Ctrl-C ends)")
+
+    n = 0
+    try:
+        if console.is_terminal:
+            with Live(table(1), console=console, auto_refresh=False) as live:
+                n = 1
+                while count is None or n < count:
+                    time.sleep(interval)
+                    n += 1
+                    live.update(table(n), refresh=True)
+        else:
+            while count is None or n < count:
+                if n:
+                    time.sleep(interval)
+                n += 1
+                console.print(table(n))
+                sys.stdout.flush()
+    except KeyboardInterrupt:
+        console.print(f"stopped after {n} refresh(es)")
 
 
 @main.command()

@@ -130,5 +130,24 @@ class RemoteError(PapyError):
         return f"{self.type_name}: {self.message}{where}"
 
 
+class RemoteTraceback(PapyError):
+    """The traceback of an exception raised in another process or on another host.
+
+    The controller sets one as the ``__cause__`` of each exception that a process or
+    remote worker sends back, so that Python prints the worker's frames first ("The
+    above exception was the direct cause of the following exception"), as
+    ``concurrent.futures`` does: the controller's own frames alone say nothing about
+    where the user's function failed. Its text is the worker's formatted traceback,
+    with the user's file names and source lines.
+    """
+
+    def __init__(self, tb: str) -> None:
+        super().__init__(tb)
+        self.tb = tb
+
+    def __str__(self) -> str:
+        return '\n"""\n' + self.tb.rstrip("\n") + '\n"""'
+
+
 class WorkerLostError(PapyError):
     """The worker process (or remote host) running an item died before answering."""

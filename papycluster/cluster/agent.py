@@ -85,7 +85,8 @@ LOG_FILE = "agent.log"
 #: The agent's RPC protocol (its exposed methods and what they take and return). A
 #: controller refuses an agent whose protocol or papycluster version differs from its
 #: own, naming both, rather than failing later on a method that changed.
-PROTOCOL = 2  # 2: each result value in its own envelope (engine.process)
+PROTOCOL = 3  # 2: each result value in its own envelope (engine.process); 3: output
+#  messages, "opt", task definitions with source lines (engine.output, engine.shipping)
 #: Replies a worker may have handed to its controller without an acknowledgement yet;
 #: past this the relay waits (bounded by the RPC timeout) before it reads more.
 UNACKED_MAX = 64
@@ -270,7 +271,8 @@ class _RemoteProc:
                         data = conn.recv_bytes()
                     except (EOFError, OSError, ValueError):
                         break
-                    self.on_result()
+                    if data[:4] != b"OUT\n":  # output lines are no result
+                        self.on_result()
                     stream = self.stream  # stop() may drop it meanwhile
                     if stream is not None:
                         from papycluster.cluster.stream import send_frame
@@ -448,7 +450,7 @@ class Agent:
         A dead worker that is not closed yet (its connection's end is on its way) is
         closed first; a live one is left alone.
         """
-        from papycluster.transport import base as transport_base
+        from papycluster.transport import registry
 
         proc = self.procs.get(wid)
         if proc is not None and not proc.worker.is_alive():
@@ -457,7 +459,7 @@ class Agent:
             owner = self.dead_owners.pop(wid, None)
         if owner is None:
             return 0
-        removed = transport_base.sweep(owner)
+        removed = registry.sweep(owner)
         log.info("worker %s had died; removed %d thing(s) it left", wid, removed)
         return removed
 
@@ -598,9 +600,18 @@ def main(argv: list | None = None) -> None:
     os.environ[SECRET_FILE_ENV] = os.path.abspath(args.secret_file)
     os.environ.pop("PAPYCLUSTER_SECRET", None)
     os.environ["PAPYCLUSTER_ADVERTISE_HOST"] = advertise
+    if args.bind and args.bind != advertise:
+        # the workers' tcp/udp item servers listen where the agent does (bind =
+        # "0.0.0.0" behind NAT, where the advertised address is not one of this host's)
+        os.environ["PAPYCLUSTER_BIND_HOST"] = args.bind
+    else:
+        os.environ.pop("PAPYCLUSTER_BIND_HOST", None)
     os.environ["PAPYCLUSTER_SHARES"] = json.dumps(shares)
     os.environ["PAPYCLUSTER_HOST_NAME"] = args.name
     os.environ["PAPYCLUSTER_PROFILE"] = args.profile
+    # Workers relay what they print to their controller (engine.output), and still
+    # write it to this log.
+    os.environ["PAPYCLUSTER_RELAY_OUTPUT"] = "1"
 
     # multiprocessing's own temp dirs (the forkserver's socket) go in the run dir, so
     # that removing the run dir leaves nothing behind, even after a kill -9. Only this
@@ -615,10 +626,18 @@ def main(argv: list | None = None) -> None:
                   advertise)
     agent.secret = secret
     agent.bind = args.bind
-    server = ThreadedServer(make_service(agent), hostname=args.bind, port=args.port,
-                            authenticator=HmacAuthenticator(secret),
-                            protocol_config=protocol_config(), reuse_addr=True,
-                            logger=logging.getLogger("papycluster.agent.rpyc"))
+    try:
+        server = ThreadedServer(make_service(agent), hostname=args.bind, port=args.port,
+                                authenticator=HmacAuthenticator(secret),
+                                protocol_config=protocol_config(), reuse_addr=True,
+                                logger=logging.getLogger("papycluster.agent.rpyc"))
+    except OSError as exc:
+        # launch shows this log line as the host's failure
+        log.error("agent %s cannot listen on %s:%s: %s. If %s is not an address of this "
+                  "host (behind NAT, or a name that resolves elsewhere), set bind = "
+                  '"0.0.0.0" (or one of its addresses) for this host in the hosts file',
+                  args.name, args.bind, args.port, exc, args.bind)
+        sys.exit(2)
     agent.server = server
     agent.port = server.port
     # The forkserver is not started here: the first worker starts it (multiprocessing

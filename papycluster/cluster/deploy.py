@@ -349,6 +349,54 @@ def _ship(client: Any, host: HostConfig, bundle: Path, path: str, timeout: float
         sftp.close()
 
 
+def _ship_packages(client: Any, host: HostConfig, shell: str, cache_dir: str,
+                   timeout: float, progress: Any) -> dict[str, Any]:
+    """The hosts file's ``packages`` for ``host``: wheels downloaded here for its
+    platform and Python, shipped by SFTP unless cached there (see cluster.packages)."""
+    from papycluster.cluster import packages
+
+    info = _run_script(client, host, shell, "platform_tags", {}, timeout, "check failed")
+    progress(host.name, f"packages {', '.join(host.packages)} for {packages.describe(info)}")
+    wheels = packages.download(host.name, host.packages, info)
+    site = packages.plan(cache_dir, wheels)
+    try:
+        sftp = client.open_sftp()
+    except Exception as exc:
+        raise HostError(host.name, "packages failed", f"packages are shipped by SFTP, "
+                        f"which this host does not offer: {exc}")
+    try:
+        channel = sftp.get_channel()
+        if channel is not None:
+            channel.settimeout(max(timeout, 60.0))
+        for remote, local in site["wheels"].items():
+            where = _sftp_spelling(remote)
+            if where is None:
+                raise HostError(host.name, "packages failed",
+                                f"SFTP cannot spell the cache_dir {cache_dir!r}: use a "
+                                "path under ~ or an absolute one")
+            if _sftp_exists(sftp, where):
+                continue
+            progress(host.name, f"shipping {Path(local).name} "
+                                f"({Path(local).stat().st_size // 1024} KB)")
+            _sftp_makedirs(sftp, posixpath.dirname(where))
+            tmp = f"{where}.{host.name}-{secrets.token_hex(4)}.tmp"
+            sftp.put(local, tmp)
+            try:
+                sftp.rename(tmp, where)
+            except OSError:
+                sftp.remove(tmp)
+                if not _sftp_exists(sftp, where):
+                    raise
+    except HostError:
+        raise
+    except Exception as exc:
+        raise HostError(host.name, "packages failed", f"cannot copy the wheels to "
+                        f"{cache_dir}/wheels by SFTP: {exc}")
+    finally:
+        sftp.close()
+    return site
+
+
 def _sftp_makedirs(sftp: Any, path: str) -> None:
     """``mkdir -p`` over SFTP (new directories 0700: code is run from them)."""
     if path in ("", ".", "/") or re.match(r"^/[A-Za-z]:/?$", path):
@@ -394,12 +442,18 @@ def start_host(config: ClusterConfig, host: HostConfig, secret: str,
         cache_dir = host.cache_dir or DEFAULT_CACHE_DIR
         bundle_path = f"{cache_dir}/{papycluster.__version__}-{digest}.zip"
         _ship(client, host, bundle, bundle_path, max(timeout, 60.0), progress)
+        site = None
+        if host.packages:
+            site = _ship_packages(client, host, shell, cache_dir, timeout, progress)
         script = {
             "name": host.name, "cluster": config.name, "run_dir": "",
-            "secret": secret, "bind": "0.0.0.0", "advertise": target.hostname,
+            "secret": secret, "bind": host.bind or target.hostname,
+            "advertise": target.hostname,
             "port": host.agent_port, "profile": host.profile, "shares": host.shares,
             "workers": host.workers, "timeout": config.start_timeout,
-            "pythonpath": [bundle_path],
+            "pythonpath": [bundle_path] + ([site["dir"]] if site else []),
+            "site": site and {"dir": site["dir"], "wheels": list(site["wheels"]),
+                              "names": site["names"]},
             "check": {"bundle": bundle_path, "min_python": list(MIN_PYTHON),
                       "agent_port": host.agent_port,
                       "cache_tag": sys.implementation.cache_tag}}

@@ -35,9 +35,10 @@ class HostError(ClusterError):
     """One host failed, for one named cause.
 
     ``cause`` is a short fixed word (``unreachable``, ``refused``, ``auth failed``,
-    ``host key mismatch``, ``unknown host key``, ``no Python``, ``Python too old``,
-    ``check failed``, ``deploy failed``, ``agent failed``, ``timeout``) so that the
-    summary and the tests can rely on it; ``detail`` says the rest.
+    ``host key mismatch``, ``unknown host key``, ``key file not found``, ``no Python``,
+    ``Python too old``, ``check failed``, ``deploy failed``, ``packages failed``,
+    ``agent failed``, ``timeout``) so that the summary and the tests can rely on it;
+    ``detail`` says the rest.
     """
 
     def __init__(self, host: str, cause: str, detail: str = "") -> None:

@@ -21,6 +21,12 @@ DEFAULT_CONNECT_TIMEOUT = 10.0
 DEFAULT_START_TIMEOUT = 60.0
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+#: Share names as the file transport accepts them in a ticket (transport.shares.NAME_RE):
+#: checked here so that a bad one fails at parse time, not at every later dump.
+_SHARE_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}\Z")
+SHARE_CHARS = "letters, digits, '_', '.' and '-', 1 to 64 of them"
+#: A host name or an IPv4/IPv6 address (no spaces, quotes or shell characters).
+_BIND_RE = re.compile(r"^[A-Za-z0-9_.:%-]{1,253}$")
 OS_NAMES = ("linux", "darwin", "freebsd", "unix", "windows")
 
 # key -> (types accepted, description used in the fix text)
@@ -39,6 +45,9 @@ _HOST_KEYS: dict[str, tuple[tuple[type, ...], str]] = {
     "profile": ((str,), '"native" or "windows" (pretend to be Windows, for tests)'),
     "shell": ((str,), '"sh", "powershell" or "cmd" (the remote login shell)'),
     "cache_dir": ((str,), "where the shipped papycluster is cached on that host"),
+    "bind": ((str,), 'the address the agent listens on, default its address; "0.0.0.0" '
+                     'for every interface'),
+    "packages": ((list,), 'a list of requirements such as ["numpy==2.*"] (see README)'),
 }
 _DEFAULT_KEYS = {k: v for k, v in _HOST_KEYS.items() if k not in ("name", "address")}
 _CLUSTER_KEYS: dict[str, tuple[tuple[type, ...], str]] = {
@@ -48,6 +57,7 @@ _CLUSTER_KEYS: dict[str, tuple[tuple[type, ...], str]] = {
     "known_hosts": ((str,), 'a known_hosts path, default "~/.ssh/known_hosts"'),
     "ssh_config": ((str,), 'an OpenSSH client config path, default "~/.ssh/config"'),
     "host_key_policy": ((str,), '"strict" (default) or "accept-new"'),
+    "packages": _HOST_KEYS["packages"],
 }
 _TOP_KEYS = ("cluster", "defaults", "host")
 
@@ -69,6 +79,9 @@ class HostConfig:
     profile: str = "native"
     shell: str | None = None
     cache_dir: str | None = None
+    bind: str | None = None  # None: listen on the address the agent advertises
+    #: Requirements ``up`` installs there (the cluster's, then the host's own).
+    packages: list[str] = field(default_factory=list)
     local: bool = False  # started as a subprocess on this machine, without SSH
 
 
@@ -83,6 +96,7 @@ class ClusterConfig:
     known_hosts: str = "~/.ssh/known_hosts"
     ssh_config: str = "~/.ssh/config"
     host_key_policy: str = "strict"
+    packages: list[str] = field(default_factory=list)
     hosts: list[HostConfig] = field(default_factory=list)
 
     def host(self, name: str) -> HostConfig:
@@ -143,7 +157,8 @@ class _Locator:
 
 
 def _type_name(types: tuple[type, ...]) -> str:
-    names = {int: "an integer", float: "a number", str: "a string", dict: "a table"}
+    names = {int: "an integer", float: "a number", str: "a string", dict: "a table",
+             list: "a list"}
     return " or ".join(names.get(t, t.__name__) for t in types)
 
 
@@ -164,7 +179,7 @@ def _check_table(path: str, loc: _Locator, section: str, index: int, table: Any,
                 path, loc.where(section, key, index),
                 f"must be {_type_name(types)}, not {type(value).__name__} {value!r}",
                 f"use {desc}")
-        if key in ("port", "agent_port") and not 0 <= value <= 65535:
+        if key in ("port", "agent_port") and not 1 <= value <= 65535:
             raise HostsFileError(path, loc.where(section, key, index),
                                  f"port {value} out of range", "use a number in 1..65535")
         if key == "workers" and value < 0:
@@ -182,8 +197,22 @@ def _check_table(path: str, loc: _Locator, section: str, index: int, table: Any,
         if key == "host_key_policy" and value not in ("strict", "accept-new"):
             raise HostsFileError(path, loc.where(section, key, index),
                                  f"unknown policy {value!r}", f"use {desc}")
+        if key == "bind" and not _BIND_RE.match(value):
+            raise HostsFileError(path, loc.where(section, key, index),
+                                 f"bad bind address {value!r}", f"use {desc}")
+        if key == "packages":
+            for requirement in value:
+                if not isinstance(requirement, str) or not requirement.strip():
+                    raise HostsFileError(
+                        path, loc.where(section, key, index),
+                        f"each package must be a requirement string, not {requirement!r}",
+                        f"use {desc}")
         if key == "shares":
             for share, local in value.items():
+                if not _SHARE_RE.match(share):
+                    raise HostsFileError(
+                        path, loc.where(section, share, index, "shares"),
+                        f"bad share name {share!r}", f"a share name has {SHARE_CHARS}")
                 if not isinstance(local, str):
                     raise HostsFileError(
                         path, loc.where(section, share, index, "shares"),
@@ -199,6 +228,16 @@ def parse_hosts(text: str, path: str = "<hosts>") -> ClusterConfig:
         raise HostsFileError(path, "", f"not valid TOML: {exc}",
                              "correct the syntax at that line (strings need quotes, "
                              "tables are [name] or [[host]])")
+    except RecursionError:
+        # tomllib recurses once per level of nested arrays or inline tables: point at the
+        # line that opens the most of them
+        lines = text.splitlines() or [""]
+        deepest = max(range(len(lines)), key=lambda n: lines[n].count("[") +
+                      lines[n].count("{"))
+        raise HostsFileError(path, f"line {deepest + 1}", "arrays or inline tables nested "
+                             "too deeply for the "
+                             "TOML reader", "a hosts file needs at most a table of shares; "
+                             "remove the nesting") from None
     loc = _Locator(text)
     for key in data:
         if key not in _TOP_KEYS:
@@ -243,6 +282,7 @@ def parse_hosts(text: str, path: str = "<hosts>") -> ClusterConfig:
         merged["shares"] = {**defaults.get("shares", {}), **table.get("shares", {})}
         if "os" in merged:
             merged["os"] = merged["os"].lower()
+        merged["packages"] = [*config.packages, *merged.get("packages", [])]
         config.hosts.append(HostConfig(**merged))
     return config
 

@@ -3,7 +3,8 @@
 What it adds to paramiko is what ``up`` needs: OpenSSH client config, the SSH agent and
 known_hosts honoured as ``ssh`` would; one bounded timeout for every wait; and every
 failure turned into a :class:`HostError` with a fixed cause word (``unreachable``,
-``refused``, ``auth failed``, ``host key mismatch``, ``unknown host key``, ``timeout``).
+``refused``, ``auth failed``, ``host key mismatch``, ``unknown host key``, ``key file not
+found``, ``timeout``).
 
 Scripts are run as ``<python> -`` with the script on stdin, so the remote shell (sh,
 cmd or PowerShell) only ever parses a program path and one dash.
@@ -57,8 +58,16 @@ def resolve_target(config: ClusterConfig | None, host: HostConfig) -> SSHTarget:
             looked = paramiko.SSHConfig.from_path(str(ssh_config_path)).lookup(host.address)
         except Exception as exc:
             raise HostError(host.name, "check failed", f"cannot read {ssh_config_path}: {exc}")
-    key_files = [os.path.expanduser(host.key)] if host.key else [
-        os.path.expanduser(k) for k in looked.get("identityfile", [])]
+    if host.key:
+        key_files = [os.path.expanduser(host.key)]
+        if not os.path.isfile(key_files[0]):
+            raise HostError(host.name, "key file not found",
+                            f"{key_files[0]} (key = {host.key!r} in "
+                            f"{config.path if config else 'the hosts file'}) does not exist; "
+                            "fix the path or leave key out to use the SSH agent and ~/.ssh")
+    else:  # as OpenSSH, skip IdentityFile entries that do not exist
+        key_files = [k for k in (os.path.expanduser(k) for k in looked.get("identityfile", []))
+                     if os.path.isfile(k)]
     known = os.path.expanduser(config.known_hosts if config else "~/.ssh/known_hosts")
     if "userknownhostsfile" in looked and not (config and config.known_hosts !=
                                                "~/.ssh/known_hosts"):
@@ -156,6 +165,9 @@ def connect(target: SSHTarget) -> paramiko.SSHClient:
         if "banner" in text.lower():
             raise HostError(target.name, "unreachable", f"{where}: no SSH banner ({text})")
         raise HostError(target.name, "unreachable", f"{where}: {text}")
+    except FileNotFoundError as exc:  # a key file that went away since resolve_target
+        client.close()
+        raise HostError(target.name, "key file not found", f"{exc.filename or exc}")
     except OSError as exc:
         client.close()
         cause, detail = _socket_cause(exc)

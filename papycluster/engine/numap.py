@@ -22,6 +22,18 @@ What is different from PaPy, and why:
   program ends promptly however the pipeline ended.
 * Remote workers (``worker_remote``) are worker processes on cluster agents; the
   manager sends them the same bytes it sends to local processes.
+* Without an explicit ``buffer`` a process pool's buffer adapts: it starts at PaPy's
+  ``stride * tasks`` and doubles whenever a worker runs out of work while the feeding
+  thread waits for room and a reader waits for a result (the buffer, not the workers
+  nor the reader, is then what holds the pool back), up to ``ADAPTIVE_MAX`` tasklets
+  and to ``BYTES_IN_FLIGHT`` bytes of items and results in flight. An explicit
+  ``buffer=`` is PaPy's exact bound. A sender thread hands the tasklets to the workers
+  in batches of what is waiting, so items from a generator are batched too without
+  ever being held back while the feeding thread blocks on its input.
+* The local workers of a NuMap whose inputs are all consumed and whose tasklets have
+  all come back end (PaPy's workers ended with their input); a rerun, or a new start
+  after ``stop()``, starts new ones. A program creating many NuMaps without stopping
+  them does not pile up processes.
 """
 
 from __future__ import annotations
@@ -42,6 +54,7 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import wait
 from typing import Any
 
+from papycluster.engine import output
 from papycluster.engine import process as proto
 from papycluster.errors import NuMapTimeoutError, WorkerLostError
 
@@ -59,13 +72,16 @@ REMOTE_DEPTH = 2
 #: Most tasklets sent to a process in one message.
 BATCH_MAX = 32
 
+#: Most tasklets an adaptive buffer (no ``buffer=`` given) lets in flight.
+ADAPTIVE_MAX = 2048
+
+#: Bytes of items and results an adaptive buffer lets in flight (estimated from the
+#: pickled sizes seen so far): a pool of 16 MB items stays at PaPy's buffer.
+BYTES_IN_FLIGHT = 32 << 20
+
 #: How long a stop waits for the agents of remote workers lost mid-run to remove what
 #: those left (a cut-off host cannot answer; its agent removes it when it ends).
 SWEEP_TIMEOUT = 2.0
-
-#: Iterators whose ``next()`` never blocks: their items may be batched.
-_NON_BLOCKING = {type(iter(x)) for x in ([], (), range(0), b"", "", {}.keys(),
-                                          {}.values(), {}.items())}
 
 _live: weakref.WeakSet[NuMap] = weakref.WeakSet()
 _GONE = object()
@@ -95,6 +111,7 @@ class _Task:
     track: bool
     skip: bool
     blob: bytes | BaseException | None = None  # cloudpickled (func, args, kwargs)
+    remote_blob: bytes | None = None  # the same for remote workers (engine.shipping)
     pulled: int = 0  # items taken from the iterable so far
     fed: int = 0  # tasklets admitted to the buffer so far
     total: int | None = None  # known once the iterable is exhausted (or stopped)
@@ -144,6 +161,9 @@ class _ProcessSlot:
         self.defined: set[int] = set()
         self.send_lock = threading.Lock()
         self.dead = False
+        #: After a worker died holding several tasklets: those still to run here one at
+        #: a time (see NuMap._next_suspect); None when the worker takes any tasklet.
+        self.quarantine: deque | None = None
 
 
 class _SharedLane:
@@ -158,10 +178,64 @@ class _SharedLane:
         self.idle = 0  # remote workers waiting for a tasklet
         self.lost_hosts: set[str] = set()  # remote: hosts declared lost (for the run)
         self.threads: list[threading.Thread] = []
+        self.local = False  # local threads (not remote workers)
 
     @property
     def load(self) -> float:
         return self.inflight / self.alive if self.alive else float("inf")
+
+
+class _Budget:
+    """PaPy's buffer: room for tasklets admitted and not yet returned by ``next()``.
+
+    A semaphore whose size can change: a fixed ``buffer=`` never changes it; an
+    adaptive one grows it (and shrinks it for big items; tasklets already admitted
+    stay). ``waiting`` tells that the feeding thread waits for room.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.used = 0
+        self.waiting = False
+        self._cond = threading.Condition(threading.Lock())
+
+    def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
+        with self._cond:
+            if self.used < self.capacity:
+                self.used += 1
+                return True
+            if not blocking:
+                return False
+            self.waiting = True
+            try:
+                self._cond.wait(timeout)
+            finally:
+                self.waiting = False
+            if self.used < self.capacity:
+                self.used += 1
+                return True
+            return False
+
+    def release(self) -> None:
+        with self._cond:
+            self.used -= 1
+            self._cond.notify()
+
+    def resize(self, capacity: int) -> None:
+        with self._cond:
+            self.capacity = capacity
+            self._cond.notify()
+
+
+class _Feed:
+    """One feeding run: what the putter admitted and the sender has not yet sent."""
+
+    def __init__(self, generation: int) -> None:
+        self.generation = generation
+        self.outbox: deque[tuple[_Task, int, Any]] = deque()
+        self.wake = threading.Event()
+        self.pulled_all = False  # the putter has ended
+        self.sent_all = False  # ... and the sender has sent everything it admitted
 
 
 class NuMap:
@@ -180,6 +254,10 @@ class NuMap:
     sign of life for ``heartbeat`` seconds, gives its item back, and a surviving remote
     worker of this NuMap runs it again (at most ``retries`` times); only when no
     remote worker survives does it become a :class:`WorkerLostError` item.
+
+    What remote workers print reaches this terminal, each line prefixed with its host;
+    ``log_to_driver=False`` (or ``PAPYCLUSTER_LOG_TO_DRIVER=0``) keeps it in the
+    agents' logs only (see :mod:`papycluster.engine.output`).
     """
 
     def __init__(self, func: Callable | None = None, iterable: Iterable | None = None,
@@ -189,7 +267,8 @@ class NuMap:
                  stride: int | None = None, buffer: int | None = None,
                  ordered: bool = True, skip: bool = False, name: str | None = None,
                  start_method: str | None = None, retries: int = 2,
-                 heartbeat: float = 10.0) -> None:
+                 heartbeat: float = 10.0, log_to_driver: bool | None = None) -> None:
+        self.log_to_driver = output.log_to_driver(log_to_driver)  # see engine.output
         self.name = name or f"numap_{id(self)}"
         if not self.name.isidentifier():
             raise ValueError(f"NuMap name {self.name!r} must be a Python identifier")
@@ -235,7 +314,22 @@ class NuMap:
         self._remote_workers: list[Any] = []
         self._wake_r: Any = None
         self._wake_w: Any = None
-        self._semaphore: threading.Semaphore | None = None
+        self._semaphore: _Budget | None = None  # PaPy's buffer (its name in PaPy)
+        self._feed: _Feed | None = None
+        #: Adaptive buffer: bytes per tasklet (item sent + result back), estimated.
+        self._tasklet_bytes = 0.0
+        self._readers = 0  # threads waiting in next() for a result
+        #: The local workers ended because the inputs were all consumed (see
+        #: _retire_if_idle); _workers_lock orders ending and starting them again.
+        self._retired = False
+        self._retiring: threading.Thread | None = None
+        self._workers_lock = threading.Lock()
+        self._getter_stop = threading.Event()
+        self._resends = 0  # tasklets of a dead worker not yet sent again
+        #: A task dumps items that its worker process holds (or serves) until a loader
+        #: takes them: such workers stay until stop(), whatever their input.
+        self._parks = False
+        self._getter_thread: threading.Thread | None = None
         self._stage1 = False
         self._feeding = False
         self._generation = 0  # bumped by every stop: late threads see they are stale
@@ -327,22 +421,9 @@ class NuMap:
     def _start_workers(self) -> None:
         self._stopping.clear()
         self._closing.clear()
-        if self.worker_type == "process" and self.worker_num:
-            context = self._context()
-            self._wake_r, self._wake_w = context.Pipe(duplex=False)
-            self._slots = [_ProcessSlot(context, f"{self.name}-worker-{i}")
-                           for i in range(self.worker_num)]
-            getter = threading.Thread(target=self._getter, name=f"{self.name}-getter",
-                                      daemon=True)
-            getter.start()
-            self._threads.append(getter)
-        if self.worker_type == "thread" and self.worker_num:
-            lane = _SharedLane(self.worker_num)
-            for i in range(self.worker_num):
-                thread = threading.Thread(target=self._thread_worker, args=(lane,),
-                                          name=f"{self.name}-thread-{i}", daemon=True)
-                lane.threads.append(thread)
-            self._lanes.append(lane)
+        self._retired = False
+        self._resends = 0
+        self._start_local_workers()
         if self.worker_remote:
             lane = _SharedLane(sum(n for _, n in self.worker_remote))
             specs = [host for host, n in self.worker_remote for _ in range(n)]
@@ -352,23 +433,62 @@ class NuMap:
                                           daemon=True)
                 lane.threads.append(thread)
             self._lanes.append(lane)
-        for lane in self._lanes:
+            for thread in lane.threads:
+                thread.start()
+
+    def _start_local_workers(self) -> None:
+        """Start the local processes and their getter, or the local threads."""
+        if self.worker_type == "process" and self.worker_num:
+            context = self._context()
+            self._wake_r, self._wake_w = context.Pipe(duplex=False)
+            self._getter_stop = threading.Event()
+            self._slots = [_ProcessSlot(context, f"{self.name}-worker-{i}")
+                           for i in range(self.worker_num)]
+            getter = threading.Thread(target=self._getter,
+                                      args=(self._getter_stop, self._wake_r),
+                                      name=f"{self.name}-getter", daemon=True)
+            getter.start()
+            self._getter_thread = getter
+            self._threads.append(getter)
+        if self.worker_type == "thread" and self.worker_num:
+            lane = _SharedLane(self.worker_num)
+            lane.local = True
+            for i in range(self.worker_num):
+                thread = threading.Thread(target=self._thread_worker, args=(lane,),
+                                          name=f"{self.name}-thread-{i}", daemon=True)
+                lane.threads.append(thread)
+            self._lanes.insert(0, lane)
             for thread in lane.threads:
                 thread.start()
 
     def _start_feeding(self) -> None:
-        buffer = self.buffer or len(self._tasks) * self.stride or self.stride
-        self._semaphore = threading.Semaphore(buffer)
+        floor = len(self._tasks) * self.stride or self.stride
+        self._semaphore = _Budget(self.buffer or floor)
+        self._tasklet_bytes = 0.0
+        self._parks = any(_parks_items(task.func) for task in self._tasks)
         for task in self._tasks:
             if self.worker_type == "process" or self.worker_remote:
                 try:
-                    task.blob = proto.pickle_task(task.func, task.args, task.kwargs)
+                    task.blob = proto.pickle_task(task.func, task.args, task.kwargs,
+                                                  remote=False)
+                    if self.worker_remote:
+                        task.remote_blob = proto.pickle_task(task.func, task.args,
+                                                             task.kwargs)
                 except Exception as exc:
                     task.blob = proto.describe_exception(exc)
-        putter = threading.Thread(target=self._putter, name=f"{self.name}-putter",
-                                  daemon=True)
+        self._feed = feed = _Feed(self._generation)
+        putter = threading.Thread(target=self._putter, args=(feed,),
+                                  name=f"{self.name}-putter", daemon=True)
+        sender = threading.Thread(target=self._sender, args=(feed,),
+                                  name=f"{self.name}-sender", daemon=True)
         putter.start()
-        self._threads.append(putter)
+        sender.start()
+        self._threads += [putter, sender]
+
+    @property
+    def _adaptive(self) -> bool:
+        """No ``buffer=`` given and only local processes: the buffer may grow."""
+        return self.buffer is None and bool(self._slots) and not self._lanes
 
     def stop(self, ends: Iterable[int] | None = None, forced: bool = False) -> None:
         """Stop feeding, end the workers and make the NuMap reusable.
@@ -405,12 +525,17 @@ class NuMap:
             return
         self._stopping.set()
         self._closing.set()
+        retiring = self._retiring
+        if retiring is not None and retiring is not threading.current_thread():
+            retiring.join(timeout)  # idle workers ending: let them end first
         with self._cond:
             self._generation += 1
             self._close_tasks()
             for task in self._tasks:
                 task.closed = True
             self._cond.notify_all()
+        if self._feed is not None:
+            self._feed.wake.set()  # the sender sees the stop at once
         for lane in self._lanes:
             for _ in lane.threads:
                 lane.queue.put(None)
@@ -442,6 +567,7 @@ class NuMap:
                 conn.close()
         self._wake_r = self._wake_w = None
         self._slots, self._lanes, self._threads, self._remote_workers = [], [], [], []
+        self._getter_thread = self._feed = None
         self._kept = keep
         if not keep:
             self._tasks = []
@@ -507,28 +633,21 @@ class NuMap:
                     yield entry
             active = [entry for entry in active if entry[0].total is None]
 
-    def _putter(self) -> None:
-        """Feed the workers: pull an item, wait for room in the buffer, send it.
+    def _putter(self, feed: _Feed) -> None:
+        """Feed the workers: pull an item, wait for room in the buffer, queue it.
 
-        Items of in-memory iterables (lists, tuples, ranges) are sent to a process in
-        small batches; before any pull that could block (a generator, an upstream
-        task) and before waiting for room, the batch is sent, so no tasklet is ever
-        held back while the putter waits.
+        The sender thread sends what is queued; the putter never holds a tasklet back,
+        so a pull that blocks (a generator, an upstream task) delays nothing admitted.
         """
-        generation, tasks = self._generation, self._tasks
-        batch: list[tuple[_Task, int, Any]] = []
-        limit = self._batch_limit()
+        generation, tasks = feed.generation, self._tasks
         try:
             for task, iterator in self._weave():
                 if generation != self._generation:
                     return  # stopped while blocked on an upstream task
-                if batch and type(iterator) not in _NON_BLOCKING:
-                    self._dispatch_batch(batch)
                 index = task.pulled
                 try:
                     item = next(iterator)
                 except StopIteration:
-                    self._dispatch_batch(batch)
                     with self._cond:
                         task.total = task.fed
                         self._cond.notify_all()
@@ -536,16 +655,16 @@ class NuMap:
                 except Exception as exc:  # an upstream error becomes this item's
                     item = _Failed(exc)
                 task.pulled += 1
-                if not self._acquire(batch) or generation != self._generation:
+                if not self._acquire() or generation != self._generation:
                     break
                 with self._cond:
                     task.fed += 1
                 if isinstance(item, _Failed):
                     self._deliver(task.id, index, False, item.exception)
                     continue
-                batch.append((task, index, item))
-                if len(batch) >= limit:
-                    self._dispatch_batch(batch)
+                feed.outbox.append((task, index, item))
+                if not feed.wake.is_set():
+                    feed.wake.set()
         except Exception as exc:  # never die silently: fail the tasks instead
             log.exception("%s: the feeding thread failed", self.name)
             with self._cond:
@@ -555,18 +674,43 @@ class NuMap:
                         task.arrived.append((task.fed, False, exc))
                         task.fed += 1
         finally:
-            if batch and generation == self._generation:
-                self._dispatch_batch(batch)
             with self._cond:
                 self._close_tasks(tasks)
                 self._cond.notify_all()
+            feed.pulled_all = True
+            feed.wake.set()
+
+    def _sender(self, feed: _Feed) -> None:
+        """Send the queued tasklets, in batches of what waits (at most a batch limit).
+
+        Batches form by themselves while the workers or the pipes are busy; a tasklet
+        never waits for others to join it.
+        """
+        outbox = feed.outbox
+        while True:
+            feed.wake.wait(POLL)
+            feed.wake.clear()
+            while outbox:
+                if feed.generation != self._generation:
+                    return
+                limit = self._batch_limit()
+                batch = [outbox.popleft()]
+                while outbox and len(batch) < limit:
+                    batch.append(outbox.popleft())
+                self._dispatch_batch(batch)
+            if feed.pulled_all and not outbox:
+                break
+            if feed.generation != self._generation:
+                return
+        feed.sent_all = True
+        self._retire_if_idle()
 
     def _batch_limit(self) -> int:
         """Tasklets per message: only for process-only pools with a deep buffer."""
         if self._lanes or not self._slots:
             return 1
-        buffer = self.buffer or len(self._tasks) * self.stride
-        return max(1, min(BATCH_MAX, buffer // (4 * len(self._slots))))
+        assert self._semaphore is not None
+        return max(1, min(BATCH_MAX, self._semaphore.capacity // (4 * len(self._slots))))
 
     def _dispatch_batch(self, batch: list[tuple[_Task, int, Any]]) -> None:
         if len(batch) == 1:
@@ -575,16 +719,46 @@ class NuMap:
             self._dispatch_many(batch)
         batch.clear()
 
-    def _acquire(self, batch: list) -> bool:
-        """Take room in the buffer; send the pending batch before waiting for it."""
+    def _acquire(self) -> bool:
+        """Take room in the buffer; False when the NuMap stops meanwhile."""
         assert self._semaphore is not None
         if self._semaphore.acquire(blocking=False):
             return True
-        self._dispatch_batch(batch)
         while not self._stopping.is_set():
             if self._semaphore.acquire(timeout=POLL):
                 return True
         return False
+
+    def _grow(self) -> None:
+        """A worker ran out of work while the putter waited for room and a reader
+        waited for a result: the buffer holds the pool back, so double it (called
+        with ``_cond`` held), within ``ADAPTIVE_MAX`` and ``BYTES_IN_FLIGHT``."""
+        budget = self._semaphore
+        if budget is None or not budget.waiting or not self._readers:
+            return
+        bound = ADAPTIVE_MAX
+        if self._tasklet_bytes:
+            bound = min(bound, int(BYTES_IN_FLIGHT // self._tasklet_bytes))
+        if budget.capacity < bound:
+            budget.resize(min(bound, budget.capacity * 2))
+
+    def _weigh(self, nbytes: int, count: int) -> None:
+        """Count ``nbytes`` for ``count`` items sent or results received (adaptive
+        buffer): tasklets too big for the bytes bound shrink it back towards PaPy's."""
+        if not count or not self._adaptive:
+            return
+        share = 2 * nbytes / count  # as much again for the other way
+        if self._tasklet_bytes:
+            self._tasklet_bytes += (share - self._tasklet_bytes) * 0.1
+        else:
+            self._tasklet_bytes = share
+        budget = self._semaphore
+        if budget is None:
+            return
+        floor = len(self._tasks) * self.stride or self.stride
+        bound = max(floor, int(BYTES_IN_FLIGHT // max(self._tasklet_bytes, 1.0)))
+        if budget.capacity > bound:
+            budget.resize(bound)
 
     def _dispatch(self, task: _Task, index: int, item: Any, attempts: int = 0) -> None:
         """Hand one tasklet to the least loaded worker (process, thread or remote)."""
@@ -596,18 +770,32 @@ class NuMap:
                 target: Any = None
                 best = float("inf")
                 for slot in self._slots:
-                    if not slot.dead and len(slot.inflight) < best:
+                    if (not slot.dead and slot.quarantine is None
+                            and len(slot.inflight) < best):
                         target, best = slot, len(slot.inflight)
                 for lane in self._lanes:
                     if lane.alive and lane.load < best:
                         target, best = lane, lane.load
+                if target is None:
+                    waiting = [slot for slot in self._slots
+                               if not slot.dead and slot.quarantine is not None]
+                    if waiting:  # every worker in quarantine: queue it behind the suspects
+                        waiting[0].quarantine.append((task, index, item, attempts))
+                        target = waiting[0]
                 if target is None:
                     break
                 if isinstance(target, _SharedLane):
                     target.inflight += 1
                     target.queue.put((task, index, item, attempts))
                     return
-                target.inflight[(task.id, index)] = (task, item, attempts)
+                if target.quarantine is not None:
+                    queued = True
+                else:
+                    queued = False
+                    target.inflight[(task.id, index)] = (task, item, attempts)
+            if queued:
+                self._next_suspect(target)
+                return
             if self._send_to_slot(target, task, index, item):
                 return
         lost = "; ".join(lane.lost for lane in self._lanes if lane.lost)
@@ -630,13 +818,15 @@ class NuMap:
                 self._dispatch(*tasklet)
             return
         with self._cond:
-            live = [slot for slot in self._slots if not slot.dead]
+            live = [slot for slot in self._slots
+                    if not slot.dead and slot.quarantine is None]
             if not live:
                 slot = None
             else:
                 slot = min(live, key=lambda s: len(s.inflight))
                 for task, index, item in sendable:
                     slot.inflight[(task.id, index)] = (task, item, 0)
+        self._weigh(len(data), len(sendable))
         if slot is None or not self._send_raw(slot, [t for t, _, _ in sendable], data):
             if slot is not None:
                 with self._cond:
@@ -669,6 +859,7 @@ class NuMap:
                 slot.inflight.pop((task.id, index), None)
             self._deliver(task.id, index, False, proto.describe_exception(exc))
             return True
+        self._weigh(len(data), 1)
         if self._send_raw(slot, [task], data):
             return True
         with self._cond:
@@ -677,14 +868,93 @@ class NuMap:
             return True
         return self._stopping.is_set()
 
+    # -- idle workers ----------------------------------------------------------------
+
+    def _idle(self) -> bool:
+        """All inputs consumed, every tasklet back, nothing to rerun (``_cond`` held).
+
+        Only pools of local workers: remote workers stay until ``stop()``.
+        """
+        feed = self._feed
+        return (self._started and not self._retired and not self._closing.is_set()
+                and not self._parks
+                and feed is not None and feed.sent_all
+                and feed.generation == self._generation
+                and not self._reruns and not self._resends
+                and bool(self._slots or self._lanes)
+                and all(lane.local for lane in self._lanes)
+                and not any(slot.inflight or slot.quarantine for slot in self._slots)
+                and not any(lane.inflight for lane in self._lanes))
+
+    def _retire_if_idle(self) -> None:
+        """End the local workers once they can get no more work (PaPy's ended with
+        their input), in a thread of its own: the caller may be one of them."""
+        with self._cond:
+            if self._retiring is not None or not self._idle():
+                return
+            thread = threading.Thread(target=self._retire, args=(self._generation,),
+                                      name=f"{self.name}-retire", daemon=True)
+            self._retiring = thread
+            thread.start()  # under the lock: whoever sees it can join it
+
+    def _retire(self, generation: int) -> None:
+        try:
+            with self._workers_lock:
+                with self._cond:
+                    if generation != self._generation or not self._idle():
+                        return
+                    self._retired = True
+                    slots, self._slots = self._slots, []
+                    lanes = [lane for lane in self._lanes if lane.local]
+                    self._lanes = [lane for lane in self._lanes if not lane.local]
+                    wake_r, wake_w = self._wake_r, self._wake_w
+                    self._wake_r = self._wake_w = None
+                    getter, self._getter_thread = self._getter_thread, None
+                    self._threads = [t for t in self._threads if t is not getter]
+                self._getter_stop.set()
+                if wake_w is not None:
+                    try:
+                        wake_w.send_bytes(b"")
+                    except OSError:
+                        pass
+                if getter is not None:
+                    getter.join(5.0)
+                for slot in slots:
+                    slot.worker.stop(timeout=2.0)
+                for lane in lanes:
+                    for _ in lane.threads:
+                        lane.queue.put(None)
+                    for thread in lane.threads:
+                        thread.join(5.0)
+                for conn in (wake_r, wake_w):
+                    if conn is not None:
+                        conn.close()
+                log.debug("%s: inputs consumed, %d idle worker(s) ended", self.name,
+                          len(slots) + sum(len(lane.threads) for lane in lanes))
+        finally:
+            with self._cond:
+                self._retiring = None
+
+    def _ensure_workers(self) -> None:
+        """Start the local workers again if they ended idle (a rerun needs them)."""
+        with self._workers_lock:
+            if not self._retired or self._closing.is_set():
+                return
+            self._start_local_workers()
+            with self._cond:
+                self._retired = False
+
     # -- collecting ----------------------------------------------------------------
 
-    def _getter(self) -> None:
-        """Read results from the worker processes; replace the ones that die."""
+    def _getter(self, stop: threading.Event, wake_r: Any) -> None:
+        """Read results from the worker processes; replace the ones that die.
+
+        It ends when the NuMap closes, or with ``stop`` (idle workers ending).
+        """
         if sys.platform == "win32":  # pipes are not selectable there
-            return self._getter_wait()
+            return self._getter_wait(stop, wake_r)
         selector = selectors.DefaultSelector()
-        selector.register(self._wake_r.fileno(), selectors.EVENT_READ, None)
+        selector.register(wake_r.fileno(), selectors.EVENT_READ, None)
         watched: list[_ProcessSlot] = []
 
         def watch(slot: _ProcessSlot) -> None:
@@ -695,9 +965,9 @@ class NuMap:
         for slot in self._slots:
             watch(slot)
         try:
-            while not self._closing.is_set():
+            while not self._closing.is_set() and not stop.is_set():
                 for key, _ in selector.select(timeout=1.0):
-                    if key.data is None or self._closing.is_set():
+                    if key.data is None or self._closing.is_set() or stop.is_set():
                         continue
                     kind, slot = key.data
                     if slot.dead:
@@ -711,17 +981,17 @@ class NuMap:
         finally:
             selector.close()
 
-    def _getter_wait(self) -> None:
-        while not self._closing.is_set():
+    def _getter_wait(self, stop: threading.Event, wake_r: Any) -> None:
+        while not self._closing.is_set() and not stop.is_set():
             by_conn = {slot.worker.conn: slot for slot in self._slots if not slot.dead}
             by_sentinel = {slot.worker.sentinel: slot for slot in self._slots
                            if not slot.dead}
-            ready = wait([*by_conn, *by_sentinel, self._wake_r], timeout=1.0)
+            ready = wait([*by_conn, *by_sentinel, wake_r], timeout=1.0)
             for obj in ready:
                 if obj in by_conn:
                     self._receive(by_conn[obj])
             for obj in ready:
-                if obj in by_sentinel and not self._closing.is_set():
+                if obj in by_sentinel and not (self._closing.is_set() or stop.is_set()):
                     self._replace(by_sentinel[obj])
 
     def _receive(self, slot: _ProcessSlot) -> bool:
@@ -736,11 +1006,18 @@ class NuMap:
             log.error("%s: undecodable result from pid %s: %r", self.name,
                       slot.worker.pid, exc)
             return True
+        self._weigh(len(data), len(results))
         with self._cond:
             for task_id, index, _, _ in results:
                 slot.inflight.pop((task_id, index), None)
+            if not slot.inflight and self._adaptive:
+                self._grow()
         for task_id, index, ok, value in results:
             self._deliver(task_id, index, ok, value)
+        if slot.quarantine is not None:
+            self._next_suspect(slot)
+        if not slot.inflight:
+            self._retire_if_idle()
         return True
 
     def _replace(self, slot: _ProcessSlot) -> _ProcessSlot:
@@ -760,17 +1037,34 @@ class NuMap:
                 break
         code = slot.worker.process.exitcode
         replacement = _ProcessSlot(self._context(), slot.worker.process.name)
+        again, failed = [], []
         with self._cond:
             slot.dead = True
-            lost = list(slot.inflight.items())
+            lost = [(task, index, item, attempts)
+                    for (_, index), (task, item, attempts) in slot.inflight.items()]
             slot.inflight.clear()
-            self._slots[self._slots.index(slot)] = replacement
-        again, failed = [], []
-        for (_, index), (task, item, attempts) in lost:
-            retry = attempts < self.retries and not self._stopping.is_set()
-            (again if retry else failed).append((task, index, item, attempts + retry))
-        log.warning("%s: worker pid %s died (exit code %s) holding %d item(s); %d resent",
-                    self.name, slot.worker.pid, code, len(lost), len(again))
+            suspects = list(slot.quarantine or ())
+            if slot in self._slots:
+                self._slots[self._slots.index(slot)] = replacement
+            stopping = self._stopping.is_set()
+            if len(lost) == 1:  # it ran this one alone: the one that killed it
+                task, index, item, attempts = lost[0]
+                if attempts < self.retries and not stopping:
+                    (suspects if suspects else again).append((task, index, item,
+                                                              attempts + 1))
+                else:
+                    failed.append((task, index, item, attempts))
+            else:  # which one killed it is not known: each runs alone, uncharged
+                suspects = lost + suspects
+            if stopping:
+                failed += suspects
+                suspects = []
+            if suspects:
+                replacement.quarantine = deque(suspects)
+            self._resends += len(again)  # the workers are not idle until they are sent
+        log.warning("%s: worker pid %s died (exit code %s) holding %d item(s); %d resent%s",
+                    self.name, slot.worker.pid, code, len(lost), len(again) + len(suspects),
+                    f", {len(suspects)} one at a time" if suspects else "")
         for task, index, _, attempts in failed:
             tried = f" (after {attempts + 1} attempts)" if attempts else ""
             error = WorkerLostError(
@@ -780,17 +1074,45 @@ class NuMap:
         if again:  # not from this thread: a send may wait for a worker to read
             threading.Thread(target=self._resend, args=(again, self._generation),
                              daemon=True, name=f"{self.name}-resend").start()
+        if suspects:
+            self._next_suspect(replacement)
         # Not swept yet: the items it dumped before it died may still be loaded.
         slot.worker.stop(timeout=0.5, sweep=False)
         with self._cond:
             self._dead_workers.append(slot.worker)
         return replacement
 
+    def _next_suspect(self, slot: _ProcessSlot) -> None:
+        """Send a quarantined worker its next suspect, alone; end the quarantine when
+        none is left.
+
+        The tasklets a worker held when it died run one at a time on its replacement,
+        so that a second death names the one that kills (and charges it a retry), and
+        the others, which died with it by bad luck, cost none. Sent only to a worker
+        with nothing in flight, which is reading: the send does not block for long.
+        """
+        with self._cond:
+            if slot.dead or slot.inflight or slot.quarantine is None:
+                return
+            if not slot.quarantine:
+                slot.quarantine = None
+                return
+            task, index, item, attempts = slot.quarantine.popleft()
+            slot.inflight[(task.id, index)] = (task, item, attempts)
+        if not self._send_to_slot(slot, task, index, item):
+            with self._cond:
+                self._resends += 1
+            threading.Thread(target=self._resend, args=([(task, index, item, attempts)],
+                                                        self._generation),
+                             daemon=True, name=f"{self.name}-resend").start()
+
     def _resend(self, tasklets: list[tuple], generation: int) -> None:
         for task, index, item, attempts in tasklets:
             if generation != self._generation:
                 return
             self._dispatch(task, index, item, attempts)
+            with self._cond:
+                self._resends -= 1
 
     def _thread_worker(self, lane: _SharedLane) -> None:
         while True:
@@ -802,6 +1124,8 @@ class NuMap:
             with self._cond:
                 lane.inflight -= 1
             self._deliver(task.id, index, ok, value)
+            if not lane.inflight:
+                self._retire_if_idle()
 
     def _remote_worker(self, lane: _SharedLane, spec: str) -> None:
         """Serve tasklets from the lane through one worker process on an agent.
@@ -821,6 +1145,11 @@ class NuMap:
             return
         with self._cond:
             self._remote_workers.append(remote)
+        if not self.log_to_driver:
+            try:
+                remote.send(proto.dumps(("opt", {"log_to_driver": False})))
+            except Exception:
+                pass  # a broken connection fails the first tasklet's send
         defined: set[int] = set()
         held: deque[tuple] = deque()  # sent, not yet answered; oldest first
         alive = _Liveness()
@@ -854,7 +1183,7 @@ class NuMap:
                     # A send waits for room in a buffer, never for the agent (a refused
                     # one fails the next reply): no sign of life, only replies and pings.
                     if task.id not in defined:
-                        remote.send(proto.dumps(("def", task.id, task.blob)))
+                        remote.send(proto.dumps(("def", task.id, task.remote_blob)))
                         defined.add(task.id)
                     remote.send(proto.dumps(("run", [(task.id, index, item)])))
                 except Exception as exc:
@@ -1076,7 +1405,11 @@ class NuMap:
                         f"within {timeout} s")
                     error.index = awaited if self.ordered else None
                     raise error
-                self._cond.wait(remaining if remaining is not None else POLL * 10)
+                self._readers += 1
+                try:
+                    self._cond.wait(remaining if remaining is not None else POLL * 10)
+                finally:
+                    self._readers -= 1
             t.returned += 1
             if t.track:
                 self._tasks_tracked[t.id][index] = value
@@ -1109,6 +1442,7 @@ class NuMap:
             t = self._tasks[task]
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
+            self._ensure_workers()
             self._dispatch(t, index, item)
             with self._cond:
                 while not waiting:
@@ -1178,6 +1512,24 @@ class _Failed:
 
     def __init__(self, exception: BaseException) -> None:
         self.exception = exception
+
+
+#: Functions whose worker process keeps what they return a ticket for (a transport's
+#: server, its files or segments) until a loader takes it.
+_PARKING = {"dump_item", "dump_db_item"}
+
+
+def _parks_items(func: Callable) -> bool:
+    """Does ``func`` (a function, or a Worker's composition) park items in its worker
+    process? True for papycluster's dump functions and for any function with a true
+    ``parks_items`` attribute (for a user's own function that does the same)."""
+    for function in getattr(func, "task", None) or [func]:
+        if getattr(function, "parks_items", False):
+            return True
+        if (getattr(function, "__name__", "") in _PARKING
+                and getattr(function, "__module__", "").startswith("papycluster.")):
+            return True
+    return False
 
 
 def _lost(spec: str, index: int, task_id: int, exc: BaseException,

@@ -31,6 +31,7 @@ from typing import Any
 
 from papycluster.engine import lineage
 from papycluster.engine.numap import NuMap
+from papycluster.engine.progress import Counts
 from papycluster.engine.worker import Worker
 from papycluster.errors import NuMapTimeoutError, PiperError, WorkerError
 
@@ -103,6 +104,9 @@ class Piper(lineage.Recovery):
         self._lock = threading.Lock()
         self._init_recovery()
         self._input_closed = False
+        #: What has left this piper so far (the progress display reads it).
+        self.progress = Counts()
+        self._source: str | None = None  # the host that computed the last result
 
     def __repr__(self) -> str:
         return f"Piper({self.worker.__name__}, name={self.name!r})"
@@ -218,6 +222,7 @@ class Piper(lineage.Recovery):
             self.tees = [_TeeIterator(self, i) for i in range(self.tee_num)]
             self.finished = False
             self.started = not self.parallel
+            self.progress.reset()
         if self.parallel and 2 in stages and self._fanout is None:
             raise PiperError(f"{self.name}: start stage 0 before stage 2")
         if self.parallel:
@@ -269,6 +274,8 @@ class Piper(lineage.Recovery):
             except StopIteration:
                 self.finished = True
                 raise
+            self.progress.count(isinstance(item, PiperError | WorkerError), self._source)
+            self._source = None
         if isinstance(item, WorkerError):
             log.info("%s: item failed: %s", self.name, item)
             item = PiperError(item)
@@ -297,6 +304,7 @@ class Piper(lineage.Recovery):
             return PiperError(exc)
         except Exception as exc:  # the NuMap itself failed
             return PiperError(exc)
+        self._source = source
         ok, value = self._settle(index, ok, value, source)
         if not ok:  # an exception, a lost worker, a pickling failure
             return value if isinstance(value, PiperError) else PiperError(value)

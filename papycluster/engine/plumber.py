@@ -45,12 +45,20 @@ class Plumber(Dagger):
     With ``checkpoint`` (a URL or a :class:`Checkpoint`) every result reaching an
     output is stored, a new run skips what is stored, and :meth:`results` returns
     them all (see ``papycluster.engine.checkpoint``).
+
+    ``progress`` shows a live table per piper while it runs (items done, items/s,
+    errors, where it runs): True, False, a rich ``Console`` to draw on, or None (the
+    default) for on when stdout is a terminal. ``start(datas, progress=...)``
+    overrides it for one run.
     """
 
     def __init__(self, logger_options: dict | None = None,
                  checkpoint: str | Checkpoint | None = None,
-                 checkpoint_name: str = "papycluster", **kwargs: Any) -> None:
+                 checkpoint_name: str = "papycluster", progress: Any = None,
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        self.progress = progress
+        self._display: Any = None
         self.logger_options = dict(logger_options or {})
         if isinstance(checkpoint, str):
             checkpoint = Checkpoint(checkpoint, checkpoint_name)
@@ -69,8 +77,13 @@ class Plumber(Dagger):
 
     # -- transitions ---------------------------------------------------------------
 
-    def start(self, datas: Sequence[Iterable]) -> None:  # type: ignore[override]
-        """Connect the inputs to ``datas`` (one iterable per input piper) and start."""
+    def start(self, datas: Sequence[Iterable],  # type: ignore[override]
+              progress: Any = None) -> None:
+        """Connect the inputs to ``datas`` (one iterable per input piper) and start.
+
+        ``progress`` (True, False or a rich Console) overrides the Plumber's for this
+        run (see the class docstring).
+        """
         if self._started.is_set():
             raise PlumberError("start: the pipeline is already started")
         self.stats = {"start_time": time.time(), "run_time": None, "pipers_tracked": {},
@@ -99,6 +112,22 @@ class Plumber(Dagger):
             raise
         self._outputs = self.get_outputs()
         self._started.set()
+        self._show_progress(self.progress if progress is None else progress)
+
+    def _show_progress(self, progress: Any) -> None:
+        from papycluster.engine import progress as live
+
+        if not live.wanted(progress):
+            return
+        console = None if progress is True or progress is None else progress
+        pipers = self.postorder()
+        self._display = live.ProgressDisplay(lambda: pipers, console=console)
+        self._display.start()
+
+    def _end_progress(self) -> None:
+        display, self._display = self._display, None
+        if display is not None:
+            display.stop()
 
     def _count_recompute(self) -> None:
         with self._stats_lock:
@@ -202,6 +231,7 @@ class Plumber(Dagger):
         try:
             super().stop(timeout=timeout, drain=drain)
         finally:
+            self._end_progress()
             self.disconnect(forced=True)
 
     def _drained(self, piper: Any, item: Any) -> None:
@@ -227,10 +257,12 @@ class Plumber(Dagger):
             if checkpoint is not None:
                 checkpoint.flush()
             if not outputs:
+                self._end_progress()
                 self._finished.set()
         except BaseException as exc:
             log.error("the plunger failed: %r", exc)
             self._failure = exc
+            self._end_progress()
             self._finished.set()
 
     def _account(self, number: int, piper: Any, item: Any) -> None:

@@ -7,17 +7,23 @@ tasklet; it only forwards bytes between an authenticated peer and its own proces
 
 Manager to worker::
 
-    ("def", task_key, blob)         blob = cloudpickle.dumps((func, args, kwargs))
+    ("def", task_key, blob)         blob = pickle of ("task", cloudpickle of (func, args,
+                                    kwargs), sources)
     ("run", [(task_key, index, item), ...])
     ("drop", task_key)              forget a task's function
+    ("opt", {"log_to_driver": bool}) relay printed lines or not (engine.output)
     ("exit",)
 
 Worker to manager::
 
     ("res", [(task_key, index, ok, kind, payload), ...])   one or more results
+    b"OUT\n" + JSON                  lines the tasklets printed (engine.output)
 
 ``ok`` is False when the value is the exception that the function raised; it carries
 its traceback text in ``remote_traceback`` and a note that names the process and host.
+Where it arrives, that text becomes its ``__cause__`` (a :class:`RemoteTraceback`), so
+that the worker's frames are printed first, as with ``concurrent.futures``; ``sources``
+(the user's source lines, see :mod:`.shipping`) let those frames show the lines.
 Each value travels in its own envelope: ``kind`` None means ``payload`` is the value
 itself (bytes, str, numbers, flat tuples of them such as tickets: nothing that could
 fail to unpickle); otherwise ``kind`` is the value's type name and ``payload`` its own
@@ -39,8 +45,7 @@ import os
 import pickle
 import select
 import socket
-import sys
-import sysconfig
+import threading
 import time
 import traceback
 from collections import deque
@@ -51,7 +56,8 @@ from typing import Any
 
 import cloudpickle
 
-from papycluster.errors import RemoteError
+from papycluster.engine import output, shipping
+from papycluster.errors import RemoteError, RemoteTraceback, WorkerError
 
 PROTOCOL = pickle.HIGHEST_PROTOCOL
 
@@ -71,49 +77,30 @@ def loads(data: bytes) -> Any:
     return pickle.loads(data)
 
 
-def _installed_roots() -> tuple[str, ...]:
-    paths = sysconfig.get_paths()
-    roots = {os.path.realpath(paths[key]) for key in ("stdlib", "platstdlib", "purelib",
-                                                       "platlib") if key in paths}
-    roots.add(os.path.realpath(os.path.dirname(os.path.dirname(__file__))))  # ourselves
-    return tuple(roots)
-
-
 def user_packages(obj: Any) -> set[str]:
-    """Top-level modules of ``obj``'s functions that are the user's own code.
-
-    A function from the user's script or project (not the standard library, not an
-    installed package) is not importable on another host, so it must travel by value.
-    """
-    functions = list(getattr(obj, "task", ())) or [obj]
-    roots = _installed_roots()
-    found = set()
-    for function in functions:
-        name = getattr(function, "__module__", None) or ""
-        top = name.split(".")[0]
-        module = sys.modules.get(top)
-        path = getattr(module, "__file__", None)
-        if not top or top == "__main__" or module is None or path is None:
-            continue
-        if not os.path.realpath(path).startswith(roots):
-            found.add(top)
-    return found
+    """Names of the imported modules that travel by value (see :mod:`.shipping`)."""
+    return {m.__name__ for m in shipping.user_modules()}
 
 
-def pickle_task(func: Callable, args: tuple, kwargs: dict) -> bytes:
-    """cloudpickle ``(func, args, kwargs)``, the user's own modules by value."""
+def pickle_task(func: Callable, args: tuple, kwargs: dict, remote: bool = True) -> bytes:
+    """``("task", cloudpickle of (func, args, kwargs), sources)``: the user's own
+    modules by value
+    (all of them for a ``remote`` worker, the task's own for a local one), and the
+    source lines of the user's files for the worker's tracebacks (see .shipping)."""
     registered = []
-    for name in user_packages(func):
+    modules = shipping.user_modules() if remote else shipping.task_modules(func)
+    for module in modules:
         try:
-            cloudpickle.register_pickle_by_value(sys.modules[name])
-            registered.append(name)
+            cloudpickle.register_pickle_by_value(module)
+            registered.append(module)
         except ValueError:
             pass
     try:
-        return cloudpickle.dumps((func, args, kwargs), PROTOCOL)
+        inner, files = shipping.dumps((func, args, kwargs), PROTOCOL)
+        return pickle.dumps(("task", inner, shipping.source_lines(files)), PROTOCOL)
     finally:
-        for name in registered:
-            cloudpickle.unregister_pickle_by_value(sys.modules[name])
+        for module in registered:
+            cloudpickle.unregister_pickle_by_value(module)
 
 
 def where() -> str:
@@ -173,9 +160,14 @@ def decode_results(data: bytes, source: str = "a worker"
                    ) -> list[tuple[Any, int, bool, Any]]:
     """The results ``(task_key, index, ok, value)`` carried by one worker message.
 
+    A message of output lines (see :mod:`.output`) is shown here and has none.
+
     A value that cannot be rebuilt here becomes that item's :class:`RemoteError`,
     naming its type and ``source`` (the host or process it came from).
     """
+    if output.is_output(data):
+        output.show(data)
+        return []
     message = loads(data)
     if message[0] != "res":
         raise ValueError(f"not a result message from {source}: {message[0]!r}")
@@ -191,8 +183,32 @@ def decode_results(data: bytes, source: str = "a worker"
             value = RemoteError(kind, f"the {what} of item {index} ({kind}) from {source} "
                                 f"cannot be rebuilt here: {exc!r}", "", source)
             ok = False
+        if isinstance(value, BaseException):
+            attach_remote_traceback(value)
         results.append((task_key, index, ok, value))
     return results
+
+
+def attach_remote_traceback(exc: BaseException) -> None:
+    """Make the worker's traceback the printed cause of ``exc`` (see RemoteTraceback).
+
+    Done where the exception arrives from another process: the traceback text it
+    carries (``remote_traceback``, or a WorkerError's ``traceback``) becomes a
+    :class:`RemoteTraceback` set as its ``__cause__`` (and a WorkerError's
+    ``.exception``'s), unless it has a cause already.
+    """
+    text = getattr(exc, "remote_traceback", None)
+    targets = [exc]
+    if not text and isinstance(exc, WorkerError):
+        text = exc.traceback
+        if isinstance(exc.exception, BaseException):  # e.exception, raised by a user
+            targets.append(exc.exception)
+    for target in targets if text else ():
+        if target.__cause__ is None:
+            try:
+                target.__cause__ = RemoteTraceback(text)
+            except Exception:  # an exception type that refuses the attribute
+                pass
 
 
 #: Results of fast tasklets are sent together while more input waits, but never held
@@ -225,8 +241,16 @@ def serve(conn: Connection) -> None:
     # Messages read early, in order, so that their items could be prefetched.
     ahead: deque = deque()
 
+    # One message at a time on the pipe: the output relay's thread sends too.
+    send_lock = threading.Lock()
+    relay = output.start(conn.send_bytes, send_lock)
+
     def flush() -> None:
-        conn.send_bytes(encode_results(pending))
+        data = encode_results(pending)
+        with send_lock:
+            if relay is not None:  # what the tasklets printed goes first
+                relay.flush(partial=True)
+            conn.send_bytes(data)
         pending.clear()
 
     def input_ready(timeout: float | None) -> bool:
@@ -255,7 +279,12 @@ def serve(conn: Connection) -> None:
     def define(message: tuple) -> None:
         _, task_key, blob = message
         try:
-            functions[task_key] = loads(blob)
+            loaded = loads(blob)
+            if loaded[0] == "task":  # (see pickle_task); a bare 3-tuple is taken too
+                shipping.install_sources(loaded[2])
+                loaded = loads(loaded[1])
+            func, args, kwargs = loaded
+            functions[task_key] = (func, args, kwargs)
         except Exception as exc:
             functions[task_key] = (_raiser(describe_exception(exc)), (), {})
         if getattr(functions[task_key][0], "can_prefetch", False):
@@ -318,10 +347,16 @@ def serve(conn: Connection) -> None:
             elif kind == "drop":
                 functions.pop(message[1], None)
                 prefetching.discard(message[1])
+            elif kind == "opt":
+                if relay is not None and "log_to_driver" in message[1]:
+                    relay.enabled = bool(message[1]["log_to_driver"])
             elif kind == "exit":
                 return
     except (EOFError, OSError, BrokenPipeError):
         return
+    finally:
+        if relay is not None:
+            relay.close()
 
 
 def _raiser(exc: BaseException) -> Callable:
@@ -333,12 +368,20 @@ def _raiser(exc: BaseException) -> Callable:
     return raise_
 
 
-def worker_main(conn: Connection, owner: str | None = None) -> None:
+def worker_main(conn: Connection, owner: str | None = None,
+                run_secret: bytes | None = None) -> None:
     """Entry point of a worker process (picklable for spawn and forkserver).
 
     ``owner`` is the tag the starter chose for what this process leaves behind
-    (see :meth:`ProcessWorker.sweep`).
+    (see :meth:`ProcessWorker.sweep`). ``run_secret`` is the starter's ephemeral
+    secret when no cluster secret is configured (see
+    :func:`papycluster.transport.auth.secret_for_children`), so that its workers' tcp
+    and udp items are loadable by each other and by nobody else.
     """
+    if run_secret is not None:
+        from papycluster.transport import auth
+
+        auth.adopt_run_secret(run_secret)
     if owner is not None:
         from papycluster.transport import base as transport_base
 
@@ -359,11 +402,13 @@ class ProcessWorker:
     """
 
     def __init__(self, context: Any, name: str = "papycluster-worker") -> None:
+        from papycluster.transport import auth
         from papycluster.transport import base as transport_base
 
         self.owner = transport_base.new_owner_tag()
         self.conn, child = context.Pipe(duplex=True)
-        self.process = context.Process(target=worker_main, args=(child, self.owner),
+        self.process = context.Process(target=worker_main,
+                                       args=(child, self.owner, auth.secret_for_children()),
                                        name=name, daemon=True)
         self.process.start()
         self._pid = self.process.pid  # still known once the process object is closed
@@ -416,8 +461,9 @@ class ProcessWorker:
         shares, its fifo directory and its shared-memory segments.
         """
         from papycluster.transport import base as transport_base
+        from papycluster.transport import registry
 
-        removed = transport_base.sweep(self.owner)
+        removed = registry.sweep(self.owner)
         if removed:
             transport_base.log.warning(
                 "removed %d thing(s) that worker pid %s left behind (it did not end cleanly)",

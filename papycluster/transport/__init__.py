@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from papycluster.transport import base, read_ahead, shares, ticket
+from papycluster.transport import read_ahead, registry, shares, ticket
 from papycluster.transport.base import (
     ItemIntegrityError,
     ProducerLostError,
@@ -33,8 +33,8 @@ from papycluster.transport.base import (
     TransportError,
     UnsafePathError,
     close_all,
-    sweep,
 )
+from papycluster.transport.registry import sweep
 from papycluster.transport.shares import get_share, set_share
 
 STREAM = ("tcp", "udp", "fifo", "shm", "file")
@@ -94,7 +94,7 @@ def dump(item: Any, type: str = "file", **options: Any) -> tuple:
     if type not in STREAM:
         raise ValueError(f"unknown transport {type!r}; dump_item knows {', '.join(STREAM)}")
     view, flags = _as_view(item, f"dump_item(..., {type!r})")
-    fields = base.get(type).dump(view, **options)
+    fields = registry.get(type).dump(view, **options)
     return ticket.make(type, flags, *fields)
 
 
@@ -114,7 +114,7 @@ def dump_db(item: Any, type: str = "sqlite", table: str = "temp", key: Any = Non
     view, flags = _as_view(data, f"dump_db_item(..., {type!r})")
     if keep:
         flags |= ticket.FLAG_KEEP
-    fields = base.get(type).dump(view, table=table, db_path=db, key=item_key, keep=keep,
+    fields = registry.get(type).dump(view, table=table, db_path=db, key=item_key, keep=keep,
                                  **options)
     return ticket.make(type, flags, *fields)
 
@@ -168,7 +168,7 @@ def find(type: str, key: str, table: str = "temp", db: str | None = None,
     """The ticket of the newest checkpoint row with ``key``, or None (for resuming)."""
     if type not in DATABASE:
         raise ValueError(f"find_db_item works with {', '.join(DATABASE)}, not {type!r}")
-    fields = base.get(type).find(key, table=table, db_path=db, **options)
+    fields = registry.get(type).find(key, table=table, db_path=db, **options)
     if fields is None:
         return None
     return ticket.make(type, ticket.FLAG_KEEP, *fields)

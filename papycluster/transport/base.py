@@ -194,8 +194,6 @@ class Transport:
         return 0
 
 
-_REGISTRY: dict[str, Transport] = {}
-
 #: An owner tag: 12 hex digits, a part of the names and never a secret (the other part
 #: of each name is 128 random bits).
 OWNER_RE = re.compile(r"[0-9a-f]{12}\Z")
@@ -221,25 +219,6 @@ def owner_tag() -> str:
     if pid != os.getpid():  # never set here, or inherited through fork
         _owner = (os.getpid(), new_owner_tag())
     return _owner[1]
-
-
-def sweep(tag: str) -> int:
-    """Remove what a process tagged ``tag`` left on this host; return how many things.
-
-    For the process that started it, once it has ended (killed, or ended without its
-    exit hooks). Each transport looks where its names go: the fifo root, ``/dev/shm``,
-    the shares this process knows. What the process released itself is not found.
-    """
-    if not OWNER_RE.match(tag):
-        raise ValueError(f"invalid owner tag {tag!r}")
-    _load_builtin()
-    removed = 0
-    for transport in list(_REGISTRY.values()):
-        try:
-            removed += transport.sweep(tag)
-        except Exception:  # one transport's failure must not keep the others' files
-            log.exception("%s: sweeping what owner %s left failed", transport.name, tag)
-    return removed
 
 
 def remove_tagged(directory: str, prefix: str, suffix: str = "") -> int:
@@ -272,57 +251,6 @@ def remove_tagged(directory: str, prefix: str, suffix: str = "") -> int:
         except OSError as exc:
             log.warning("cannot remove %s left by a killed process: %s", entry.path, exc)
     return removed
-
-
-def register(transport: Transport) -> Transport:
-    """Make ``transport`` reachable by its name from ``dump_item`` and ``load_item``."""
-    _REGISTRY[transport.name] = transport
-    return transport
-
-
-def get(name: str) -> Transport:
-    """The transport called ``name``; a clear error listing the known ones otherwise."""
-    _load_builtin()
-    try:
-        return _REGISTRY[name]
-    except (KeyError, TypeError):
-        known = ", ".join(sorted(_REGISTRY))
-        raise ValueError(f"unknown transport {name!r}; known: {known}") from None
-
-
-def names() -> list[str]:
-    _load_builtin()
-    return sorted(_REGISTRY)
-
-
-_builtin_loaded = False
-_builtin_lock = threading.Lock()
-
-
-def _load_builtin() -> None:
-    """Import the built-in transports once; threads wait until all are registered.
-
-    (Setting the flag before the imports finished let a second thread see a
-    half-filled registry: "unknown transport 'tcp'" in a thread pool.)
-    """
-    global _builtin_loaded
-    if _builtin_loaded:
-        return
-    with _builtin_lock:
-        if _builtin_loaded:
-            return
-        # Imported for their register() side effect.
-        from papycluster.transport import (  # noqa: F401
-            fifo,
-            file,
-            mysql,
-            shm,
-            sqlite,
-            tcp,
-            udp,
-        )
-
-        _builtin_loaded = True
 
 
 class ProcessState:

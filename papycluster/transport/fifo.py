@@ -356,4 +356,4 @@ class FifoTransport(base.Transport):
         return base.remove_tagged(_fifo_root(), f"papyc-fifo-{tag}-")
 
 
-TRANSPORT = base.register(FifoTransport())
+TRANSPORT = FifoTransport()

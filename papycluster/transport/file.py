@@ -209,4 +209,4 @@ class FileTransport(base.Transport):
                    for root in sorted(roots))
 
 
-TRANSPORT = base.register(FileTransport())
+TRANSPORT = FileTransport()

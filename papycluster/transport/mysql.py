@@ -253,4 +253,4 @@ class MysqlTransport(base.Transport):
         self.state.close()
 
 
-TRANSPORT = base.register(MysqlTransport())
+TRANSPORT = MysqlTransport()

@@ -270,4 +270,4 @@ class ShmTransport(base.Transport):
         return base.remove_tagged("/dev/shm", f"{PREFIX}{tag}_")
 
 
-TRANSPORT = base.register(ShmTransport())
+TRANSPORT = ShmTransport()

@@ -318,4 +318,4 @@ class SqliteTransport(base.Transport):
         self.state.close()
 
 
-TRANSPORT = base.register(SqliteTransport())
+TRANSPORT = SqliteTransport()

@@ -29,6 +29,7 @@ import selectors
 import socket
 import struct
 import threading
+import time
 from typing import Any
 
 from papycluster.transport import auth, base, buffers, ticket
@@ -45,7 +46,17 @@ BIND_ENV = "PAPYCLUSTER_BIND_HOST"
 DEFAULT_TIMEOUT = 60.0
 #: An idle pooled connection is dropped by the server after this long.
 IDLE_TIMEOUT = 600.0
-HANDSHAKE_TIMEOUT = 10.0
+HANDSHAKE_TIMEOUT = auth.HANDSHAKE_DEADLINE
+#: At most this many connections of one server may be in their handshake at once; more
+#: are closed as soon as accepted. Together with the handshake's overall deadline this
+#: bounds what peers without the secret can hold (threads, sockets) at any time, while
+#: authenticated connections, which are ours, are not counted.
+MAX_UNAUTHENTICATED = 64
+#: A loader whose connection the server closed before greeting (it was over
+#: MAX_UNAUTHENTICATED) tries again after this many seconds, doubling up to BACKOFF_MAX,
+#: within its timeout.
+BACKOFF_FIRST = 0.05
+BACKOFF_MAX = 2.0
 #: A loader takes a producer that says nothing for this long (no handshake, no byte of
 #: its answer) for lost: the server answers from memory at once, and a frozen host's
 #: kernel keeps the connection open while nothing comes, so only silence tells.
@@ -162,6 +173,8 @@ class TcpServer:
         self._closed = threading.Event()
         self._conns: set[socket.socket] = set()
         self._lock = threading.Lock()
+        self._unauthenticated = 0
+        self.turned_away = 0  # connections closed at once: too many unauthenticated
         self._thread = threading.Thread(target=self._accept_loop, daemon=True,
                                         name=f"papycluster-tcp-{self.port}")
         self._thread.start()
@@ -183,19 +196,35 @@ class TcpServer:
                         if self._closed.is_set():
                             return
                         raise
-                    conn.setblocking(True)
                     with self._lock:
-                        self._conns.add(conn)
+                        busy = self._unauthenticated >= MAX_UNAUTHENTICATED
+                        if not busy:
+                            self._unauthenticated += 1
+                            self._conns.add(conn)
+                    if busy:
+                        self.turned_away += 1
+                        if self.turned_away in (1, 10, 100) or self.turned_away % 1000 == 0:
+                            log.warning("tcp: %d connections already in their handshake "
+                                        "(MAX_UNAUTHENTICATED): closed the one from %s "
+                                        "(%d turned away so far)", MAX_UNAUTHENTICATED,
+                                        peer, self.turned_away)
+                        conn.close()
+                        continue
+                    conn.setblocking(True)
                     threading.Thread(target=self._serve, args=(conn, peer), daemon=True,
                                      name=f"papycluster-tcp-conn-{peer}").start()
         finally:
             sel.close()
 
     def _serve(self, conn: socket.socket, peer: Any) -> None:
+        authenticating = True
         try:
-            conn.settimeout(HANDSHAKE_TIMEOUT)
             tune(conn, socket.SO_SNDBUF)
-            if not auth.server_handshake(conn, self.secret, peer):
+            ok = auth.server_handshake(conn, self.secret, peer, HANDSHAKE_TIMEOUT)
+            with self._lock:
+                self._unauthenticated -= 1
+                authenticating = False
+            if not ok:
                 return
             conn.settimeout(IDLE_TIMEOUT)
             request = bytearray(_REQ.size)
@@ -225,8 +254,15 @@ class TcpServer:
             return  # peer gone or idle too long; its loader reconnects
         finally:
             with self._lock:
+                if authenticating:
+                    self._unauthenticated -= 1
                 self._conns.discard(conn)
             conn.close()
+
+    def unauthenticated(self) -> int:
+        """How many connections are in their handshake now (for tests and status)."""
+        with self._lock:
+            return self._unauthenticated
 
     def close(self) -> None:
         self._closed.set()
@@ -282,16 +318,27 @@ class ConnectionPool:
                 sock = idle.pop()
                 sock.settimeout(min(timeout, SILENCE))
                 return sock, True
-        sock = _connect(host, port, timeout)
-        try:
-            # Every later read is bounded by SILENCE (a frozen producer's kernel still
-            # accepts the connection; only its silence tells).
-            sock.settimeout(min(timeout, SILENCE))
-            auth.client_handshake(sock, secret, f"tcp server {host}:{port}")
-        except BaseException:
-            sock.close()
-            raise
-        return sock, False
+        deadline = time.monotonic() + timeout
+        pause = BACKOFF_FIRST
+        while True:
+            sock = _connect(host, port, max(0.001, deadline - time.monotonic()))
+            try:
+                # Every later read is bounded by SILENCE (a frozen producer's kernel still
+                # accepts the connection; only its silence tells).
+                sock.settimeout(min(timeout, SILENCE))
+                auth.client_handshake(sock, secret, f"tcp server {host}:{port}")
+                return sock, False
+            except auth.PeerClosed as exc:
+                sock.close()
+                # Closed before its greeting: the server is turning connections away
+                # (others hold its handshake slots). Back off and try again in time.
+                if exc.got or time.monotonic() + pause >= deadline:
+                    raise
+                time.sleep(pause)
+                pause = min(pause * 2, BACKOFF_MAX)
+            except BaseException:
+                sock.close()
+                raise
 
     def put(self, host: str, port: int, sock: socket.socket) -> None:
         secret = auth.get_secret()
@@ -416,4 +463,4 @@ class TcpTransport(base.Transport):
         return len(state.server.store) if state is not None and state.server else 0
 
 
-TRANSPORT = base.register(TcpTransport())
+TRANSPORT = TcpTransport()

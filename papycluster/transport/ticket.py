@@ -20,7 +20,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from papycluster.transport import base
+from papycluster.transport import base, registry
 
 MAGIC = "papyc"
 VERSION = 1
@@ -62,7 +62,7 @@ def parse(ticket: Any, family: tuple[str, ...] | None = None) -> tuple[base.Tran
     if not isinstance(name, str):
         raise base.TicketError(ticket, f"transport name {name!r} is not a str")
     try:
-        transport = base.get(name)
+        transport = registry.get(name)
     except ValueError as exc:
         raise base.TicketError(ticket, str(exc)) from None
     if family is not None and name not in family:

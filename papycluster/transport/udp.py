@@ -17,8 +17,19 @@ payload (zlib's CRC-32 runs at about 7 GB/s here, Adler-32 at 4; UDP adds its ow
 datagram that is missing when its window times out, or that fails its checksum,
 makes the whole item an error (``retries=N`` asks for the missing ones again up to N
 times first); a loader never returns wrong data and never waits
-without a timeout. Control messages (HELLO, GET) are resent a few times, since
-they are idempotent.
+without a timeout. Control messages (HELLO, GET, WINDOW) are resent with a growing
+pause until the producer has been silent for :data:`SILENCE` seconds or the load's
+timeout is reached, since they are idempotent.
+
+Before a peer has proved the secret (its GET), the server answers it at most as many
+bytes as it sent: a HELLO is padded to the size of the CHALLENGE that answers it, so
+the server cannot be used to amplify a flood towards a forged source address. Greetings
+are rate-limited per peer address (a token bucket: :data:`GREETING_BURST`, then
+:data:`GREETING_RATE` per second); over the limit they are dropped without an HMAC or
+an answer, so one flooding address costs the server a read and a dictionary lookup per
+datagram and cannot evict the challenges of the other peers. This does not stop an
+attacker who forges many source addresses from filling the server's receive buffer;
+the loaders' retries with backoff are what gets their loads through such a flood.
 """
 
 from __future__ import annotations
@@ -39,6 +50,7 @@ from typing import Any
 from papycluster.transport import auth, base, buffers, ticket
 from papycluster.transport.base import (
     ProducerLostError,
+    SecretError,
     StaleTicketError,
     TicketError,
     TransportError,
@@ -47,7 +59,7 @@ from papycluster.transport.base import (
 from papycluster.transport.tcp import ItemStore, advertise_host, bind_host
 
 MAGIC = b"PU"
-VERSION = 2  # 2: data datagrams carry a CRC-32 (1 had Adler-32)
+VERSION = 3  # 3: HELLO padded to the CHALLENGE's size; 2: data datagrams carry a CRC-32
 T_HELLO, T_CHALLENGE, T_GET, T_INFO, T_WINDOW, T_DATA, T_DONE = range(1, 8)
 NONCE = 16
 MACLEN = 32
@@ -56,7 +68,21 @@ MAX_CHUNK = 65400  # + a 20-byte header: under the 65507-byte IPv4 limit
 DEFAULT_TIMEOUT = 60.0
 #: How long one window may stay incomplete before its datagrams count as lost.
 WINDOW_TIMEOUT = 1.0
-CONTROL_TRIES = 4
+#: A loader gives up on a producer that has answered nothing for this long (its
+#: control messages resent meanwhile, with a pause that doubles from CONTROL_PAUSE up to
+#: CONTROL_PAUSE_MAX): as the tcp loader's SILENCE, only silence tells a frozen host.
+SILENCE = 10.0
+CONTROL_PAUSE = 0.25
+CONTROL_PAUSE_MAX = 2.0
+#: Per peer address: this many greetings at once, then GREETING_RATE per second.
+GREETING_BURST = 8
+GREETING_RATE = 2.0
+#: Peer addresses whose greeting budget is remembered (the oldest is forgotten first).
+MAX_PEERS = 16384
+#: A challenge not answered by a GET within this many seconds is forgotten.
+CHALLENGE_LIFE = 15.0
+#: The server's receive buffer, so that a burst of requests is queued, not dropped.
+SERVER_RCVBUF = 2 << 20
 SESSION_IDLE = 60.0
 MAX_PENDING = 4096
 #: The largest item udp carries (bytes), unless ``PAPYCLUSTER_UDP_MAX_ITEM`` says
@@ -74,13 +100,15 @@ SNDBUF = 8 << 20
 SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33 if sys.platform == "linux" else None)
 
 _HEAD = struct.Struct("!2sBB")  # magic, version, type
-_HELLO = struct.Struct("!2sBB16s")
+# padded to _CHALLENGE's size: no answer before authentication is bigger than its request
+_HELLO = struct.Struct("!2sBB16s48x")
 _CHALLENGE = struct.Struct("!2sBB16s16s32s")
 _GET = struct.Struct("!2sBB16s32sBII32s")  # snonce key remove first count mac
 _INFO = struct.Struct("!2sBB16sBQII")  # snonce status size count chunk
 _WINDOW = struct.Struct("!2sBB16sII32s")
 _DONE = struct.Struct("!2sBB16s32s")
 _DATA = struct.Struct("!2sBB8sII")  # tag seq crc32
+assert _HELLO.size == _CHALLENGE.size
 ST_OK, ST_MISSING = 0, 1
 
 
@@ -115,10 +143,11 @@ class UdpServer:
         except OSError as exc:
             self.sock.close()
             raise TransportError(f"udp: cannot bind {bind!r}: {exc}") from None
-        try:
-            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SNDBUF)
-        except OSError:  # the kernel caps it at net.core.wmem_max; a refusal keeps the default
-            pass
+        for option, size in ((socket.SO_SNDBUF, SNDBUF), (socket.SO_RCVBUF, SERVER_RCVBUF)):
+            try:
+                self.sock.setsockopt(socket.SOL_SOCKET, option, size)
+            except OSError:  # the kernel caps it at net.core.[wr]mem_max; a refusal keeps
+                pass         # the default
         # Non-blocking: reads go through the selector, sends wait in _sendmsg (bounded).
         self.sock.setblocking(False)
         self._out = select.poll()
@@ -126,6 +155,11 @@ class UdpServer:
         self.port = self.sock.getsockname()[1]
         self._challenges: dict[bytes, tuple[Any, bytes, float]] = {}
         self._sessions: dict[bytes, _Session] = {}
+        self._greetings: dict[Any, list[float]] = {}  # addr -> [tokens, last refill]
+        self.dropped_greetings = 0
+        self._refused = 0
+        self._refused_logged: dict[str, float] = {}
+        self._expired = 0.0
         self._wake_r, self._wake_w = socket.socketpair()
         self._closed = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True,
@@ -142,45 +176,81 @@ class UdpServer:
                 events = sel.select(5.0)
                 if self._closed.is_set():
                     return
-                self._expire()
+                if time.monotonic() >= self._expired + 1.0:
+                    self._expire()
                 for key, _ in events:
                     if key.fileobj is self._wake_r:
                         return
-                    try:
-                        n, addr = self.sock.recvfrom_into(buf)
-                    except (BlockingIOError, TimeoutError):
-                        continue
-                    except OSError:
-                        if self._closed.is_set():
-                            return
-                        continue
-                    try:
-                        self._handle(memoryview(buf)[:n], addr)
-                    except OSError as exc:
-                        log.warning("udp: answering %s failed: %s", addr, exc)
+                    # drain what is queued (bounded), not one datagram per select
+                    for _ in range(256):
+                        try:
+                            n, addr = self.sock.recvfrom_into(buf)
+                        except (BlockingIOError, TimeoutError):
+                            break
+                        except OSError:
+                            if self._closed.is_set():
+                                return
+                            break
+                        try:
+                            self._handle(memoryview(buf)[:n], addr)
+                        except OSError as exc:
+                            log.warning("udp: answering %s failed: %s", addr, exc)
         finally:
             sel.close()
 
     def _expire(self) -> None:
-        now = time.monotonic()
+        now = self._expired = time.monotonic()
         for snonce in [k for k, v in self._challenges.items() if v[2] < now]:
             del self._challenges[snonce]
         for snonce in [k for k, s in self._sessions.items() if s.seen + SESSION_IDLE < now]:
             del self._sessions[snonce]
+        full = GREETING_BURST / GREETING_RATE  # an idle peer's bucket is full again
+        for addr in [a for a, b in self._greetings.items() if b[1] + full < now]:
+            del self._greetings[addr]
+
+    def _may_greet(self, addr: Any) -> bool:
+        """Take one token from ``addr``'s greeting budget; False if it has none left."""
+        now = time.monotonic()
+        bucket = self._greetings.get(addr)
+        if bucket is None:
+            if len(self._greetings) >= MAX_PEERS:
+                self._greetings.pop(next(iter(self._greetings)))
+            bucket = self._greetings[addr] = [float(GREETING_BURST), now]
+        else:
+            bucket[0] = min(float(GREETING_BURST), bucket[0] + (now - bucket[1]) * GREETING_RATE)
+            bucket[1] = now
+        if bucket[0] < 1.0:
+            self.dropped_greetings += 1
+            return False
+        bucket[0] -= 1.0
+        return True
+
+    def _refuse(self, addr: Any, why: str, detail: str = "") -> None:
+        """Log a refusal, at most once per 5 s for each reason ``why`` (a flood must not
+        flood the log too); every one is counted."""
+        self._refused += 1
+        now = time.monotonic()
+        if now >= self._refused_logged.get(why, 0.0) + 5.0:
+            self._refused_logged[why] = now
+            log.warning("udp: refused %s: %s%s (%d refused so far, %d greetings over the "
+                        "rate dropped)", addr, why, detail, self._refused,
+                        self.dropped_greetings)
 
     def _handle(self, msg: memoryview, addr: Any) -> None:
         if msg.nbytes < _HEAD.size:
             return
         magic, version, kind = _HEAD.unpack_from(msg)
         if magic != MAGIC or version != VERSION:
-            log.warning("udp: refused %s: not a papycluster datagram", addr)
+            self._refuse(addr, "not a papycluster datagram of this version")
             return
         if kind == T_HELLO and msg.nbytes == _HELLO.size:
+            if not self._may_greet(addr):
+                return
             cnonce = _HELLO.unpack(msg)[3]
             snonce = secrets.token_bytes(NONCE)
             if len(self._challenges) >= MAX_PENDING:
                 self._challenges.pop(next(iter(self._challenges)))
-            self._challenges[snonce] = (addr, cnonce, time.monotonic() + 30.0)
+            self._challenges[snonce] = (addr, cnonce, time.monotonic() + CHALLENGE_LIFE)
             proof = auth.mac(self.secret, b"papyc-udp-server", cnonce, snonce)
             self._sendmsg([_CHALLENGE.pack(MAGIC, VERSION, T_CHALLENGE, cnonce, snonce,
                                            proof)], addr)
@@ -192,8 +262,7 @@ class UdpServer:
             if session is None or session.addr != addr or not hmac.compare_digest(
                     proof, auth.mac(self.secret, b"papyc-udp-window", snonce, session.cnonce,
                                     _u32(first), _u32(count))):
-                log.warning("udp: refused window request from %s: no such session or "
-                            "bad proof", addr)
+                self._refuse(addr, "window request without a session or with a bad proof")
                 return
             session.seen = time.monotonic()
             self._send(snonce, session, first, count)
@@ -204,8 +273,7 @@ class UdpServer:
                     proof, auth.mac(self.secret, b"papyc-udp-done", snonce, session.cnonce)):
                 del self._sessions[snonce]
         else:
-            log.warning("udp: refused %s: unexpected message type %d of %d bytes", addr,
-                        kind, msg.nbytes)
+            self._refuse(addr, "unexpected message", f" (type {kind}, {msg.nbytes} bytes)")
 
     def _get(self, msg: memoryview, addr: Any) -> None:
         _, _, _, snonce, key, remove, first, count, proof = _GET.unpack(msg)
@@ -217,13 +285,13 @@ class UdpServer:
             return
         challenge = self._challenges.get(snonce)
         if challenge is None or challenge[0] != addr:
-            log.warning("udp: refused %s: GET without a valid challenge", addr)
+            self._refuse(addr, "GET without a valid challenge")
             return
         cnonce = challenge[1]
         if not hmac.compare_digest(proof, auth.mac(self.secret, b"papyc-udp-client", snonce,
                                                    cnonce, key, bytes([remove]),
                                                    _u32(first), _u32(count))):
-            log.warning("udp: refused %s: it does not know the cluster secret", addr)
+            self._refuse(addr, "it does not know the cluster secret")
             return
         del self._challenges[snonce]
         name = key.decode("ascii", "replace")
@@ -432,25 +500,37 @@ class UdpTransport(base.Transport):
                         raise ProducerLostError(tk, f"{where} timed out", self.name)
                     return -1
 
-        # 1. challenge
+        # 1. challenge: greet again after a pause that doubles, until the producer has
+        # been silent for SILENCE (a flood may fill its queue, and drop our greetings)
         cnonce = secrets.token_bytes(NONCE)
+        hello = _HELLO.pack(MAGIC, VERSION, T_HELLO, cnonce)
         snonce = b""
-        for _ in range(CONTROL_TRIES):
-            _send(sock, _HELLO.pack(MAGIC, VERSION, T_HELLO, cnonce))
-            n = recv(WINDOW_TIMEOUT)
-            if n == _CHALLENGE.size:
-                _, _, kind, echo, snonce, proof = _CHALLENGE.unpack(sview[:n])
+        pause = CONTROL_PAUSE
+        give_up = time.monotonic() + SILENCE
+        tries = 0
+        while not snonce:
+            if time.monotonic() >= give_up:
+                raise ProducerLostError(tk, f"{where} did not answer {tries} greetings in "
+                                        f"{SILENCE:g}s", self.name)
+            _send(sock, hello)
+            tries += 1
+            until = time.monotonic() + pause
+            while not snonce and (wait := until - time.monotonic()) > 0:
+                n = recv(wait)
+                if n < 0:
+                    break
+                if n != _CHALLENGE.size:
+                    continue
+                _, _, kind, echo, nonce, proof = _CHALLENGE.unpack(sview[:n])
                 if kind == T_CHALLENGE and echo == cnonce:
                     if not hmac.compare_digest(proof, auth.mac(
-                            secret, b"papyc-udp-server", cnonce, snonce)):
-                        raise TransportError(f"udp ticket {tk!r}: {where} does not know the "
-                                             "cluster secret; refusing its data")
-                    break
-            snonce = b""
-        if not snonce:
-            raise ProducerLostError(tk, f"{where} did not answer {CONTROL_TRIES} greetings",
-                                    self.name)
-        # 2. get, with the first window
+                            secret, b"papyc-udp-server", cnonce, nonce)):
+                        raise SecretError(f"udp ticket {tk!r}: {where} does not know the "
+                                          "cluster secret; refusing its data. "
+                                          f"{auth.secret_hint()}")
+                    snonce = nonce
+            pause = min(pause * 2, CONTROL_PAUSE_MAX)
+        # 2. get, with the first window (resent the same way)
         first_count = min(window, count)
         get = _GET.pack(MAGIC, VERSION, T_GET, snonce, key, int(remove), 0, first_count,
                         auth.mac(secret, b"papyc-udp-client", snonce, cnonce, key,
@@ -458,23 +538,26 @@ class UdpTransport(base.Transport):
         got = bytearray(count)
         tag = snonce[:8]
         info = None
-        for _ in range(CONTROL_TRIES):
+        pause = CONTROL_PAUSE
+        heard = time.monotonic()
+        while info is None:
+            if time.monotonic() >= heard + SILENCE:
+                raise ProducerLostError(tk, f"{where} did not answer the request in "
+                                        f"{SILENCE:g}s", self.name)
             _send(sock, get)
-            while True:
-                n = recv(WINDOW_TIMEOUT)
+            until = time.monotonic() + pause
+            while info is None and (wait := until - time.monotonic()) > 0:
+                n = recv(wait)
                 if n < 0:
                     break
                 if n == _INFO.size:
                     _, _, kind, echo, status, isize, icount, ichunk = _INFO.unpack(sview[:n])
                     if kind == T_INFO and echo == snonce:
                         info = (status, isize, icount, ichunk)
-                        break
                 elif n >= _DATA.size:  # data overtook a lost INFO; keep it
                     self._take(sview, n, tag, chunk, count, size, oview, got)
-            if info is not None:
-                break
-        if info is None:
-            raise ProducerLostError(tk, f"{where} did not answer the request", self.name)
+                    heard = time.monotonic()
+            pause = min(pause * 2, CONTROL_PAUSE_MAX)
         status, isize, icount, ichunk = info
         if status != ST_OK:
             raise StaleTicketError(tk, f"{where} has no item {key.decode()} (already loaded, "
@@ -487,14 +570,28 @@ class UdpTransport(base.Transport):
         first = 0
         end = first_count
         tries = retries
+        heard = time.monotonic()
+        # The INFO showed that the first window was asked for. A later window request
+        # that brings back nothing at all was probably lost itself on the way (a queue
+        # full at the producer, as in a flood): it is sent again, until SILENCE, and
+        # does not use up ``retries``, which are for datagrams missing from a window
+        # that did come.
+        arrived = True
         while True:
             while got.find(0, first, end) != -1:
                 n = recv(WINDOW_TIMEOUT)
                 if n < 0:
                     break
+                arrived = True
                 self._take(sview, n, tag, chunk, count, size, oview, got)
             missing = got.find(0, first, end)
             if missing != -1:
+                if arrived:
+                    heard = time.monotonic()
+                elif time.monotonic() < heard + SILENCE:
+                    self._window(sock, secret, snonce, cnonce, missing, end - missing)
+                    first = missing
+                    continue
                 if tries <= 0:
                     lost = got.count(0, first, end)
                     raise ProducerLostError(
@@ -502,12 +599,14 @@ class UdpTransport(base.Transport):
                         f"lost or corrupt (window {first}..{end - 1})", self.name)
                 tries -= 1
                 self._window(sock, secret, snonce, cnonce, missing, end - missing)
-                first = missing
+                first, arrived = missing, False
                 continue
             if end >= count:
                 break
+            heard = time.monotonic()
             first, end = end, min(count, end + window)
             self._window(sock, secret, snonce, cnonce, first, end - first)
+            arrived = False
         done = auth.mac(secret, b"papyc-udp-done", snonce, cnonce)
         try:
             _send(sock, _DONE.pack(MAGIC, VERSION, T_DONE, snonce, done))
@@ -542,4 +641,4 @@ class UdpTransport(base.Transport):
         self.state.close()
 
 
-TRANSPORT = base.register(UdpTransport())
+TRANSPORT = UdpTransport()

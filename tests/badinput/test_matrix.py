@@ -49,6 +49,7 @@ from papycluster.transport import auth as tauth
 from papycluster.transport import tcp, udp
 from papycluster.transport.shares import ShareError
 from papycluster.workers import io
+from tests.transport.peer import Peer, PeerError
 
 from .conftest import PEER_SECRET, Env, bounded, expect_error
 
@@ -454,10 +455,29 @@ def _(request: pytest.FixtureRequest) -> None:
 
 
 @case("tcp-no-secret", "secret",
-      "dumping with tcp where no secret is set: SecretError names both variables")
+      "tcp where no secret is set: the dump uses this run's ephemeral secret; another "
+      "process (not started by this one, so without it) is refused with a SecretError "
+      "that names both variables; the item is not lost")
 def _(request: pytest.FixtureRequest) -> None:
-    expect_error(lambda: io.dump_item([PAYLOAD], "tcp"), transport.SecretError,
-                 "PAPYCLUSTER_SECRET", "PAPYCLUSTER_SECRET_FILE", timeout=10)
+    # The secret is read when this process's tcp server starts: end one that an earlier
+    # test left running with another secret.
+    transport.close_all()
+    assert not tauth.configured()
+    tk = bounded(lambda: io.dump_item([PAYLOAD], "tcp"), 10, "dump")
+    stranger = Peer()  # spawned by hand, not a worker of ours: no run secret
+    try:
+        try:
+            bounded(lambda: stranger.call("load", tk, {"timeout": 10}), 60, "load")
+        except PeerError as exc:
+            text = str(exc)
+        else:
+            pytest.fail("a process without the run secret loaded the item")
+    finally:
+        stranger.close()
+    for needle in ("SecretError", f"tcp server 127.0.0.1:{tk[5]}", "PAPYCLUSTER_SECRET",
+                   "PAPYCLUSTER_SECRET_FILE", "ephemeral secret"):
+        assert needle in text, f"{needle!r} not named in: {text}"
+    assert bytes(bounded(lambda: io.load_item([tk], timeout=10), 60, "load")) == PAYLOAD
 
 
 @case("udp-short-secret", "secret",

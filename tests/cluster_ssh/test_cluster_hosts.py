@@ -98,3 +98,49 @@ def test_no_hosts_and_unknown_table():
 def test_missing_file(tmp_path):
     with pytest.raises(HostsFileError, match="no such file"):
         load_hosts(tmp_path / "nope.toml")
+
+
+# Issue 20, point 7: hostile or mistaken hosts files fail at parse time, clearly.
+@pytest.mark.parametrize("text, where, words", [
+    ('[[host]]\nname = "a"\naddress = "x"\nport = 0\n', "line 4",
+     ["port 0 out of range", "1..65535"]),
+    ('[defaults]\nagent_port = 0\n[[host]]\nname = "a"\naddress = "x"\n', "line 2",
+     ["port 0 out of range"]),
+    ('[[host]]\nname = "a"\naddress = "x"\nshares = { "bad name!" = "/x" }\n', "line 4",
+     ["bad share name 'bad name!'", "[[host]] #1", "letters, digits, '_', '.' and '-'"]),
+    ('[defaults]\n[defaults.shares]\n"a/b" = "/x"\n[[host]]\nname = "a"\naddress = "x"\n',
+     "line 3", ["bad share name 'a/b'", "[defaults]"]),
+    ('[[host]]\nname = "a"\naddress = "x"\n\n[[host]]\nname = "b"\naddress = "y"\n'
+     '[host.shares]\n"" = "/x"\n', "line 9", ["bad share name ''", "[[host]] #2"]),
+    ('[[host]]\nname = "a"\naddress = "x"\nbind = "0.0.0.0; rm -rf /"\n', "line 4",
+     ["bad bind address"]),
+])
+def test_hostile_values_are_refused_at_parse_time(text, where, words):
+    with pytest.raises(HostsFileError) as info:
+        parse_hosts(text, "/etc/lab.toml")
+    msg = str(info.value)
+    assert msg.startswith("/etc/lab.toml: ") and where in msg and "fix:" in msg, msg
+    for w in words:
+        assert w in msg, msg
+
+
+def test_deeply_nested_array_is_a_clear_error(tmp_path):
+    """Before: a RecursionError traceback out of tomllib."""
+    path = tmp_path / "deep.toml"
+    path.write_text('[[host]]\nname = "a"\naddress = "x"\nshares = { d = "/x" }\n'
+                    "junk = " + "[" * 100_000 + "]" * 100_000 + "\n")
+    with pytest.raises(HostsFileError) as info:
+        load_hosts(path)
+    msg = str(info.value)
+    assert msg.startswith(f"{path}: line 5: ") and "nested too deeply" in msg, msg
+    # no RecursionError traceback chained to it
+    assert info.value.__cause__ is None and info.value.__suppress_context__
+
+
+def test_bind_key_and_share_names_that_are_fine():
+    c = parse_hosts('[defaults]\nshares = { "my-data_1.v2" = "/d" }\n[[host]]\nname = "a"\n'
+                    'address = "x"\nbind = "0.0.0.0"\n[[host]]\nname = "b"\naddress = "y"\n'
+                    'port = 65535\n', "h.toml")
+    a, b = c.hosts
+    assert a.bind == "0.0.0.0" and b.bind is None and b.port == 65535
+    assert a.shares == {"my-data_1.v2": "/d"}

@@ -17,7 +17,7 @@ import pytest
 
 from papycluster import NuMap, Piper, Worker, workers
 from papycluster.engine import Dagger
-from papycluster.transport import base
+from papycluster.transport import base, registry
 
 from .test_transports import still_there
 
@@ -87,4 +87,4 @@ def test_a_sweep_removes_only_the_tagged_and_follows_no_link(tmp_path: Path) -> 
     assert sorted(p.name for p in root.iterdir()) == [f"papyc-fifo-{other}-{'c' * 32}"]
     assert (outside / "keep").read_bytes() == b"not papycluster's"
     with pytest.raises(ValueError, match="owner tag"):
-        base.sweep("../../etc")
+        registry.sweep("../../etc")

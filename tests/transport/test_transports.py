@@ -13,7 +13,7 @@ from papycluster import transport
 from papycluster.transport import auth, tcp, ticket
 from papycluster.workers import io
 
-from .peer import Peer, PeerError, digest, make_data
+from .peer import SECRET, Peer, PeerError, digest, make_data
 
 STREAM = ["tcp", "udp", "fifo", "shm", "file"]
 SIZES = [0, 1, 100_000, 3_000_001]
@@ -187,11 +187,17 @@ def test_files_and_shm_are_private(share: Path) -> None:
     io.load_item([tk])
 
 
-def test_missing_secret_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_no_secret_means_this_run_s_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without a configured secret the process uses its run's ephemeral one (and hands
+    it to the workers it starts); a configured one always wins, and a bad one is still a
+    clear error."""
     monkeypatch.delenv("PAPYCLUSTER_SECRET")
     monkeypatch.delenv("PAPYCLUSTER_SECRET_FILE", raising=False)
-    with pytest.raises(transport.SecretError, match="PAPYCLUSTER_SECRET"):
-        auth.get_secret()
+    ephemeral = auth.get_secret()
+    assert len(ephemeral) >= 32 and auth.get_secret() == ephemeral
+    assert auth.secret_for_children() == ephemeral
+    monkeypatch.setenv("PAPYCLUSTER_SECRET", SECRET)
+    assert auth.get_secret() == SECRET.encode() and auth.secret_for_children() is None
     monkeypatch.setenv("PAPYCLUSTER_SECRET", "short")
     with pytest.raises(transport.SecretError, match="too short"):
         auth.get_secret()
@@ -353,8 +359,8 @@ def test_registry_loads_on_a_host_without_posix_only_modules(tmp_path: Path) -> 
         "builtins.__import__ = fake\n"
         "del os.register_at_fork\n"
         "from papycluster.workers import io\n"
-        "from papycluster.transport import base\n"
-        "assert base.names() == ['fifo', 'file', 'mysql', 'shm', 'sqlite', 'tcp', 'udp']\n"
+        "from papycluster.transport import registry\n"
+        "assert registry.names() == ['fifo', 'file', 'mysql', 'shm', 'sqlite', 'tcp', 'udp']\n"
         "for kind in ('file', 'tcp'):\n"
         "    assert io.load_item([io.dump_item([b'win'], kind)]) == b'win'\n"
         "try:\n"

@@ -78,6 +78,44 @@ def unpacked(archive):
     return target
 
 
+def install_site(site):
+    """Unpack the shipped wheels (the hosts file's ``packages``) into ``site["dir"]``.
+
+    A wheel is a zip of what goes on sys.path (and ``*.data/purelib|platlib``, which
+    go there too); unpacking it is an install for import's needs, with no pip here.
+    The directory is named by the digest of its wheels: one already there is used as
+    it is. Unpacked beside it under a name of our own, then renamed into place.
+    """
+    import shutil
+    import zipfile
+
+    target = os.path.expanduser(site["dir"])
+    if os.path.isfile(os.path.join(target, ".papycluster-site")):
+        return False
+    tmp = f"{target}.{socket.gethostname()}-{os.urandom(4).hex()}.tmp"
+    try:
+        for wheel in site["wheels"]:
+            wheel = os.path.expanduser(wheel)
+            with zipfile.ZipFile(wheel) as z:
+                z.extractall(tmp)
+        for data in [d for d in os.listdir(tmp) if d.endswith(".data")]:
+            for part in ("purelib", "platlib"):
+                inner = os.path.join(tmp, data, part)
+                if os.path.isdir(inner):
+                    for name in os.listdir(inner):
+                        os.replace(os.path.join(inner, name), os.path.join(tmp, name))
+            shutil.rmtree(os.path.join(tmp, data), ignore_errors=True)
+        with open(os.path.join(tmp, ".papycluster-site"), "w") as f:
+            json.dump(site.get("names", []), f)
+        try:
+            os.replace(tmp, target)
+        except OSError:  # another `up` won the race: theirs is the same
+            pass
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return True
+
+
 def main():
     run_dir = os.path.expanduser(CONFIG.get("run_dir") or os.path.join(
         tempfile.gettempdir(), "papycluster-{}-{}-{}".format(
@@ -97,6 +135,13 @@ def main():
         if check.get("bundle") and tag and tag != sys.implementation.cache_tag:
             pythonpath = [unpacked(found["bundle"]) if p == found["bundle"] else p
                           for p in pythonpath]
+    if CONFIG.get("site"):
+        try:
+            install_site(CONFIG["site"])
+        except Exception as exc:
+            return result(ok=False, cause="packages failed", probe=found,
+                          detail=f"cannot unpack the packages' wheels into "
+                                 f"{CONFIG['site']['dir']}: {exc!r}")
     launched = launch(run_dir, pythonpath)
     launched["probe"] = found
     return result(**launched)
