@@ -190,21 +190,24 @@ def test_a_sqlite_row_rewritten_by_another_user_is_refused_before_unpickling(
 def test_a_mysql_row_rewritten_by_another_database_user_is_refused(
         mariadb: Any, marker: Path) -> None:
     my = mariadb.kwargs()
-    tk = io.dump_db_item([("ckpt-1", io.pickle_dumps([ITEM]))], "mysql", keep=True, **my)
+    table = "attacked"  # its own table: other tests count the rows of "temp"
+    tk = io.dump_db_item([("ckpt-1", io.pickle_dumps([ITEM]))], "mysql", table=table,
+                         keep=True, **my)
     import pymysql
 
     admin = pymysql.connect(unix_socket=mariadb.socket, user="root", password="",
                             database=mariadb.database, autocommit=True)
     try:
         with admin.cursor() as cur:  # another user of the server (its root)
-            assert cur.execute("UPDATE temp SET value = %s WHERE id = %s",
+            assert cur.execute(f"UPDATE {table} SET value = %s WHERE id = %s",
                                (evil_pickle(marker, 300), tk[9])) == 1
     finally:
         admin.close()
     with pytest.raises(transport.ItemIntegrityError,
-                       match=rf"mysql ticket .*row {tk[9]} of papytest.temp .*does not match"):
+                       match=rf"mysql ticket .*row {tk[9]} of papytest.{table} .*does not "
+                             "match"):
         load_and_unpickle(tk, password=my["password"])
-    found = io.find_db_item("mysql", "ckpt-1", **my)
+    found = io.find_db_item("mysql", "ckpt-1", table=table, **my)
     assert found == tk  # the MAC stored with the row is the ticket's
     with pytest.raises(transport.ItemIntegrityError):
         load_and_unpickle(found, password=my["password"])
