@@ -169,7 +169,8 @@ def test_a_sqlite_row_rewritten_by_another_user_is_refused_before_unpickling(
     """A database the user chose to share (0666 in a directory others may write)."""
     with open_dir("papyc-shared-db-") as where:
         db = where / "shared.sqlite"
-        tk = io.dump_db_item([io.pickle_dumps([ITEM])], "sqlite", db=str(db), keep=True)
+        tk = io.dump_db_item([("ckpt-1", io.pickle_dumps([ITEM]))], "sqlite", db=str(db),
+                             keep=True)
         for name in (db, Path(f"{db}-wal"), Path(f"{db}-shm")):
             name.chmod(0o666)
         as_nobody("""
@@ -182,9 +183,11 @@ def test_a_sqlite_row_rewritten_by_another_user_is_refused_before_unpickling(
                            match=rf"sqlite ticket .*row {tk[6]} of {db} table temp does "
                                  "not match the MAC"):
             load_and_unpickle(tk)
-        # Found again by key (a checkpoint), it is refused as well.
-        found = io.find_db_item("sqlite", "", db=str(db))
-        assert found is None or found[-1] == tk[-1]
+        # Found again by key (a checkpoint), with the MAC stored beside it: refused too.
+        found = io.find_db_item("sqlite", "ckpt-1", db=str(db))
+        assert found == tk
+        with pytest.raises(transport.ItemIntegrityError):
+            load_and_unpickle(found)
 
 
 def test_a_mysql_row_rewritten_by_another_database_user_is_refused(
