@@ -26,6 +26,7 @@ goes through all configurations in a rotated order), and the median is printed.
 
     python bench/transports.py [--reps 3] [--quick] [--only tcp,shm] [--buffers 1,4]
     python bench/transports.py --only file,file-MAC,sqlite,sqlite-MAC   # the MAC's cost
+    python bench/transports.py --mac       # the MAC's cost per item, in one process only
 """
 
 from __future__ import annotations
@@ -232,6 +233,58 @@ def raw_shm_copy(size: int, n: int) -> float:
     return n / elapsed
 
 
+# -- the MAC's cost, in one process -------------------------------------------------
+
+def _dump_load_us(kind: str, size: int, n: int) -> float:
+    """Microseconds per item for ``n`` dump + load pairs of ``kind`` in this process."""
+    from papycluster import transport
+
+    data = make_item(None, size)
+    t0 = time.perf_counter()
+    for _ in range(n):
+        if kind == "sqlite":
+            transport.load(transport.dump_db(data, "sqlite", db=SQLITE_DB))
+        else:
+            transport.load(transport.dump(data, kind))
+    return (time.perf_counter() - t0) / n * 1e6
+
+
+def mac_cost(reps: int, quick: bool) -> None:
+    """What the MAC adds to a dump and its load, with no pipeline around (less noise
+    than the pipelines on a busy machine): with and without, interleaved, medians."""
+    from papycluster.transport import integrity
+
+    times: dict[tuple, list[float]] = {}
+    for _ in range(reps):
+        for label, size in SIZES:
+            n = max(4, count_for(size, quick) // 4)
+            for kind in ("file", "sqlite"):
+                for off in (False, True):
+                    integrity.bench_without_mac(off)
+                    times.setdefault((label, kind, off), []).append(
+                        _dump_load_us(kind, size, n))
+    integrity.bench_without_mac(False)
+    block = make_item(None, 16 << 20)
+    hashing = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        integrity.sign("file", block, "name", len(block))
+        hashing.append(time.perf_counter() - t0)
+    print(f"\nthe MAC's cost: one dump + its load in one process, median of {reps} "
+          f"interleaved repetitions, {os.cpu_count()} CPUs (x -MAC: items/s with the "
+          "MAC / without)")
+    print(f"HMAC-SHA256 alone: {len(block) / statistics.median(hashing) / 1e6:.0f} MB/s "
+          "(a dump hashes the item once, its load once more)\n")
+    head = f"{'size':<8} {'path':<7} {'with MAC us':>12} {'without us':>11} {'x -MAC':>7}"
+    print(head)
+    print("-" * len(head))
+    for label, _ in SIZES:
+        for kind in ("file", "sqlite"):
+            on = statistics.median(times[(label, kind, False)])
+            off = statistics.median(times[(label, kind, True)])
+            print(f"{label:<8} {kind:<7} {on:>12.1f} {off:>11.1f} {off / on:>7.2f}")
+
+
 # -- the table -------------------------------------------------------------------
 
 def main() -> None:
@@ -242,13 +295,18 @@ def main() -> None:
     parser.add_argument("--sizes", default="", help="comma-separated labels, e.g. '1 MB'")
     parser.add_argument("--buffers", default="1,4",
                         help="comma-separated NuMap buffers to run every path with")
+    parser.add_argument("--mac", action="store_true",
+                        help="only the MAC's cost per item (file, sqlite), in one process")
     args = parser.parse_args()
     os.environ.setdefault("PAPYCLUSTER_SECRET", secrets.token_hex(32))
     global SQLITE_DB
     workdir = tempfile.mkdtemp(prefix="papyc-bench-")
     SQLITE_DB = os.path.join(workdir, "bench.sqlite")
     try:
-        _run(args)
+        if args.mac:
+            mac_cost(args.reps, args.quick)
+        else:
+            _run(args)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
