@@ -119,15 +119,20 @@ def test_down_still_stops_agents_and_what_a_crashed_agent_left(cluster_name: str
         info = json.loads((Path(entry["run_dir"]) / "agent.json").read_text())
         assert info["process"] == _procs.identity(entry["pid"]), name
     w = open_remote_worker("local2")  # starts the forkserver and a worker on local2
-    w.close()
     crashed = hosts["local2"]["pid"]
-    os.kill(crashed, signal.SIGKILL)
+    info = json.loads((Path(hosts["local2"]["run_dir"]) / "agent.json").read_text())
     deadline = time.monotonic() + 10
+    while len(_procs.orphans(crashed, info)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)  # the agent and, in its group, the forkserver and the worker
+    assert len(_procs.orphans(crashed, info)) >= 2, "local2 started no worker"
+    os.kill(crashed, signal.SIGKILL)
     while _procs.alive(crashed) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert _procs.orphans(crashed, json.loads(
-        (Path(hosts["local2"]["run_dir"]) / "agent.json").read_text())), \
-        "the crashed agent left no forkserver: nothing to test"
+    assert _procs.orphans(crashed, info), "the crashed agent left nothing: nothing to test"
+    try:
+        w.close()
+    except Exception:  # its agent is gone
+        pass
     results = controller.down()
     assert all(r.ok for r in results), results
     assert agent_pids(cluster_name) == [] and run_dirs(cluster_name) == []
