@@ -21,6 +21,10 @@ FORBIDDEN = [
     ("papycluster.engine", "papycluster.cluster"),
     ("papycluster.transport", "papycluster.cluster"),
     ("papycluster.transport", "papycluster.engine"),
+    # the one handshake and framing sit below every layer that uses them
+    ("papycluster.wire", "papycluster.transport"),
+    ("papycluster.wire", "papycluster.cluster"),
+    ("papycluster.wire", "papycluster.engine"),
 ]
 
 

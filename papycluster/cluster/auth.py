@@ -1,24 +1,20 @@
-"""The cluster secret and the HMAC handshake that proves it.
+"""The cluster's secret files, and the agents' side of the handshake that proves it.
 
-Every agent listener runs :func:`server_handshake` on the raw socket before a single
+Every agent listener (the RPyC port, :class:`HmacAuthenticator`, and the per-worker
+stream listener) runs :func:`server_handshake` on the raw socket before a single
 RPyC/brine byte is read, so a peer that does not know the secret never reaches code
 that deserializes anything. The handshake is mutual: the client also checks that the
 agent knows the secret, so a process squatting on the agent's port cannot collect
 tasklets.
 
-Wire format (all fixed-size, no parsing)::
-
-    agent  -> client   MAGIC (16 bytes) + nonce_a (32 bytes)
-    client -> agent    nonce_c (32) + HMAC-SHA256(secret, b"client" + nonce_a + nonce_c)
-    agent  -> client   HMAC-SHA256(secret, b"agent" + nonce_c + nonce_a)
-
-The secret itself never crosses the wire. A wrong proof closes the socket at once.
+The handshake is :mod:`papycluster.wire.handshake` (the same code as the tcp
+transport's) with the agent's greeting :data:`MAGIC` and labels; here its failures
+become :class:`AuthError`. The secret itself never crosses the wire. A wrong proof
+closes the socket at once.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import logging
 import os
 import secrets
@@ -26,14 +22,18 @@ import socket
 import time
 
 from papycluster.cluster.errors import AuthError
+from papycluster.transport.auth import SECRET_ENV, SECRET_FILE_ENV
+from papycluster.wire import handshake
+from papycluster.wire.handshake import DIGEST, HANDSHAKE_DEADLINE, NONCE
 
-MAGIC = b"PAPYCLUSTER-A1\r\n"
-NONCE = 32
-DIGEST = 32
-HANDSHAKE_TIMEOUT = 10.0
+#: The agent's greeting (A2 since the handshake is shared with tcp: an agent that
+#: greets with A1 is named as another version by the client).
+MAGIC = handshake.AGENT.greeting
+HANDSHAKE_TIMEOUT = HANDSHAKE_DEADLINE
 
-SECRET_ENV = "PAPYCLUSTER_SECRET"
-SECRET_FILE_ENV = "PAPYCLUSTER_SECRET_FILE"
+__all__ = ["DIGEST", "HANDSHAKE_TIMEOUT", "MAGIC", "NONCE", "SECRET_ENV", "SECRET_FILE_ENV",
+           "AuthError", "HmacAuthenticator", "client_handshake", "new_secret",
+           "read_secret_file", "secret_from_env", "server_handshake", "write_secret_file"]
 
 log = logging.getLogger("papycluster.auth")
 
@@ -43,79 +43,39 @@ def new_secret() -> str:
     return secrets.token_hex(32)
 
 
-def _key(secret: str | bytes) -> bytes:
-    return secret.encode() if isinstance(secret, str) else secret
-
-
-def _recv_exact(sock: socket.socket, n: int, deadline: float) -> bytes:
-    buf = bytearray()
-    while len(buf) < n:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise AuthError("handshake timed out")
-        sock.settimeout(left)
-        try:
-            chunk = sock.recv(n - len(buf))
-        except TimeoutError:  # not yet TimeoutError on Python 3.9 hosts
-            raise AuthError("handshake timed out")
-        if not chunk:
-            raise AuthError("peer closed the connection during the handshake")
-        buf += chunk
-    return bytes(buf)
-
-
-def _mac(secret: str | bytes, label: bytes, *parts: bytes) -> bytes:
-    return hmac.new(_key(secret), label + b"".join(parts), hashlib.sha256).digest()
-
-
 def server_handshake(sock: socket.socket, secret: str | bytes,
                      timeout: float = HANDSHAKE_TIMEOUT) -> None:
     """Make the peer on ``sock`` prove the secret; raise :class:`AuthError` if it does not.
 
-    The socket is left blocking (timeout ``None``) on success.
+    One deadline of ``timeout`` seconds over the whole exchange. The socket is left
+    blocking (timeout ``None``) on success.
     """
-    deadline = time.monotonic() + timeout
-    nonce_a = os.urandom(NONCE)
     try:
-        sock.settimeout(timeout)
-        sock.sendall(MAGIC + nonce_a)
-        reply = _recv_exact(sock, NONCE + DIGEST, deadline)
-        nonce_c, proof = reply[:NONCE], reply[NONCE:]
-        if not hmac.compare_digest(proof, _mac(secret, b"client", nonce_a, nonce_c)):
-            raise AuthError("wrong proof of the cluster secret")
-        sock.sendall(_mac(secret, b"agent", nonce_c, nonce_a))
-        sock.settimeout(None)
-    except OSError as exc:
-        raise AuthError(f"handshake failed: {exc}")
+        handshake.serve(sock, secret, handshake.AGENT, timeout)
+    except handshake.HandshakeError as exc:
+        raise AuthError(str(exc)) from None
+    sock.settimeout(None)
 
 
 def client_handshake(sock: socket.socket, secret: str | bytes,
                      timeout: float = HANDSHAKE_TIMEOUT) -> None:
-    """Prove the secret to the agent on ``sock`` and check that it knows it too."""
-    deadline = time.monotonic() + timeout
+    """Prove the secret to the agent on ``sock`` and check that it knows it too, all
+    within ``timeout`` seconds. The socket is left blocking on success."""
     try:
-        hello = _recv_exact(sock, len(MAGIC) + NONCE, deadline)
-        if hello[: len(MAGIC)] != MAGIC:
-            raise AuthError("the peer is not a papycluster agent (bad greeting)")
-        nonce_a = hello[len(MAGIC):]
-        nonce_c = os.urandom(NONCE)
-        sock.sendall(nonce_c + _mac(secret, b"client", nonce_a, nonce_c))
-        try:
-            answer = _recv_exact(sock, DIGEST, deadline)
-        except AuthError:
-            raise AuthError("the agent refused our proof: wrong cluster secret")
-        if not hmac.compare_digest(answer, _mac(secret, b"agent", nonce_c, nonce_a)):
-            raise AuthError("the agent does not know the cluster secret")
-        sock.settimeout(None)
+        handshake.greet(sock, secret, handshake.AGENT, "the peer",
+                        time.monotonic() + timeout)
+    except handshake.HandshakeError as exc:
+        raise AuthError(str(exc)) from None
     except OSError as exc:
-        raise AuthError(f"handshake failed: {exc}")
+        raise AuthError(f"handshake failed: {exc}") from None
+    sock.settimeout(None)
 
 
 class HmacAuthenticator:
     """An RPyC authenticator: the HMAC challenge/response above, logged when refused."""
 
     def __init__(self, secret: str | bytes, timeout: float = HANDSHAKE_TIMEOUT) -> None:
-        self._secret = _key(secret)
+        self._secret = secret
         self.timeout = timeout
         self.refused = 0
 

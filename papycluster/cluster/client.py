@@ -155,6 +155,8 @@ class RemoteWorker:
         self._conn = conn
         self._queue: queue.Queue = queue.Queue()
         self._lost_reason = ""
+        #: The agent said that the worker process ended: the host itself is fine.
+        self.process_ended = False
         conn._listeners.append(self._connection_lost)
         root = conn.root
         self.wid = root.open_worker(self._on_message)
@@ -193,6 +195,7 @@ class RemoteWorker:
             if not data:  # None: closed; empty frame: the agent says the process ended
                 if data is not None:
                     reason = "the worker process ended"
+                    self.process_ended = True
                 break
             self._queue.put(data)
         if not self._lost_reason:
@@ -208,6 +211,7 @@ class RemoteWorker:
         # runs in the connection's serving thread; must not block
         if data is None:
             self._lost_reason = "the worker process ended"
+            self.process_ended = True
             self._queue.put(_LOST)
         else:
             self._queue.put(bytes(data))

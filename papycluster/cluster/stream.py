@@ -5,9 +5,10 @@ so: every message is a request that is answered, brine-encoded and dispatched by
 serving thread at both ends. Measured between two docker nodes sharing two cores, that
 cost the controller 0.40 s of CPU and each agent 0.13 s for 1,000 items of 1 MB, on a
 machine that was then 87% busy (with streams: 0.22 s, 0.06 s, 75% busy). A stream is
-one TCP connection per worker that carries length-prefixed frames and nothing else: the
-controller's protocol messages one way, the worker's replies the other, both unchanged
-(the agent still never unpickles).
+one TCP connection per worker that carries length-prefixed frames
+(:func:`papycluster.wire.frames.send_frame`) and nothing else: the controller's
+protocol messages one way, the worker's replies the other, both unchanged (the agent
+still never unpickles).
 
 Opening: the controller asks the agent over RPyC (``open_stream(wid)``) for the port of
 the agent's stream listener and a one-time token. It connects, both ends prove the
@@ -27,66 +28,28 @@ from __future__ import annotations
 
 import logging
 import os
-import select
 import socket
-import struct
 import threading
 from collections.abc import Callable
 from typing import Any
 
-from papycluster.cluster.auth import AuthError, client_handshake, server_handshake
+from papycluster.cluster.auth import (
+    HANDSHAKE_TIMEOUT,
+    AuthError,
+    client_handshake,
+    server_handshake,
+)
+from papycluster.wire.frames import FRAME, SMALL, recv_exact, recv_frame, send_frame
+
+#: The frames are papycluster.wire's; named here for the agent and the client.
+__all__ = ["FRAME", "HANDSHAKE_TIMEOUT", "SMALL", "TIMEOUT", "TOKEN", "StreamListener",
+           "close", "connect", "recv_frame", "send_frame"]
 
 log = logging.getLogger("papycluster.stream")
 
-FRAME = struct.Struct("!Q")
 TOKEN = 32
-#: Frames up to this size go out as one buffer with their header (one system call).
-SMALL = 64 * 1024
-HANDSHAKE_TIMEOUT = 10.0
 #: Bound on every send, and on every read inside a frame, on an open stream (seconds).
 TIMEOUT = 10.0
-
-
-def send_frame(sock: socket.socket, data: Any, lock: threading.Lock) -> None:
-    """Send one frame; ``lock`` keeps frames of several threads whole."""
-    header = FRAME.pack(len(data))
-    with lock:
-        if len(data) < SMALL:
-            sock.sendall(header + bytes(data))
-        else:
-            sock.sendall(header)
-            sock.sendall(data)
-
-
-def _recv_into(sock: socket.socket, view: memoryview) -> bool:
-    """Fill ``view``; False on an end of stream before the first byte."""
-    got = 0
-    while got < view.nbytes:
-        n = sock.recv_into(view[got:])
-        if n == 0:
-            if got == 0:
-                return False
-            raise ConnectionError(f"stream closed after {got} of {view.nbytes} bytes")
-        got += n
-    return True
-
-
-def recv_frame(sock: socket.socket) -> bytearray | None:
-    """The next frame, or None at the end of the stream.
-
-    It waits for the first byte without a bound (an idle peer is no error; the stream
-    is closed from our side when its worker is dropped). Once a frame has begun, every
-    read is bounded by the socket's timeout (:data:`TIMEOUT`).
-    """
-    select.select([sock], [], [])
-    header = bytearray(FRAME.size)
-    if not _recv_into(sock, memoryview(header)):
-        return None
-    (size,) = FRAME.unpack(header)
-    data = bytearray(size)
-    if size and not _recv_into(sock, memoryview(data)):
-        raise ConnectionError("stream closed inside a frame")
-    return data
 
 
 def close(sock: socket.socket) -> None:
@@ -147,11 +110,9 @@ class StreamListener:
             _tune(conn)
             server_handshake(conn, self.secret, HANDSHAKE_TIMEOUT)
             conn.settimeout(HANDSHAKE_TIMEOUT)
-            token = bytearray(TOKEN)
-            if not _recv_into(conn, memoryview(token)):
-                raise ConnectionError("closed before its token")
+            token = recv_exact(conn, TOKEN, what="its token")
             with self.lock:
-                wid = self.tokens.pop(bytes(token), None)
+                wid = self.tokens.pop(token, None)
             if wid is None:
                 raise AuthError("a token this agent did not issue (or issued and used)")
             conn.settimeout(TIMEOUT)

@@ -1237,7 +1237,10 @@ class NuMap:
         log.warning("%s: remote worker on %s lost while running item %d of task %d "
                     "(%d item(s) in flight): %s", self.name, spec, index, task.id,
                     len(held), exc)
-        self._lane_worker_lost(lane, spec, exc, list(held))
+        # The agent saying that this worker's process ended proves the host is alive:
+        # its other workers stay in the lane.
+        self._lane_worker_lost(lane, spec, exc, list(held),
+                               host_alive=getattr(remote, "process_ended", False))
         self._drop_remote(remote)
 
     def _await_reply(self, remote: Any, spec: str, alive: _Liveness) -> bytes | None:
@@ -1276,20 +1279,21 @@ class NuMap:
         closing.start()
 
     def _lane_worker_lost(self, lane: _SharedLane, spec: str, exc: BaseException,
-                          held: list[tuple] | None) -> None:
+                          held: list[tuple] | None, host_alive: bool = False) -> None:
         """A remote worker is gone: resend what it held, or fail it with the queue.
 
         Each tasklet ``held`` goes back to the lane while another worker of the lane
         survives and its retries are not used up; when none survives, every queued
         tasklet becomes an error item naming the host. A worker lost while holding
-        tasklets marks its host lost, so that the host's idle workers leave the lane
+        tasklets marks its host lost (unless ``host_alive``: its agent reported that
+        only the worker's process ended), so that the host's idle workers leave the lane
         at their next tasklet instead of each using up a retry (or a heartbeat) on it.
         """
         failed = []
         with self._cond:
             lane.alive -= 1
             lane.lost = f"{spec}: {exc}"
-            if held:  # lost while running: the other workers there are too
+            if held and not host_alive:  # lost while running: so are the others there
                 lane.lost_hosts.add(spec)
             survivors = lane.alive
             for task, index, item, attempts in held or ():

@@ -1,10 +1,10 @@
-"""The cluster secret and the HMAC challenge/response that network transports use.
+"""Which secret the network transports use, and their side of the handshake.
 
-Both ends prove that they know the cluster secret before anything else is read: the
-server sends a fresh nonce, the client answers with its own nonce and an HMAC over
-both, the server checks it with :func:`hmac.compare_digest` and only then proves
-itself back. Nothing a peer sends is deserialized before that; a peer that fails is
-logged and dropped. The secret itself never crosses the wire.
+The handshake itself (a mutual HMAC challenge/response, one deadline over all of it)
+is :mod:`papycluster.wire.handshake`, shared with the cluster's agents; here it gets
+tcp's greeting and the transports' errors: a server logs and drops a peer that fails,
+a loader gets a :class:`SecretError` saying where its own secret comes from. Nothing a
+peer sends is deserialized before it has proved the secret.
 
 The secret comes from ``PAPYCLUSTER_SECRET`` or from the file named by
 ``PAPYCLUSTER_SECRET_FILE`` (the cluster sets one of them on every host). There is
@@ -19,28 +19,35 @@ refused. Inside a cluster the cluster secret is configured and used, as before.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import os
 import secrets
 import socket
 import threading
 import time
 
-from papycluster.errors import PapyError
 from papycluster.transport.base import SecretError, TransportError, log
+from papycluster.wire import handshake
+from papycluster.wire.frames import PeerClosed, recv_exact
+from papycluster.wire.handshake import (
+    DIGEST,
+    HANDSHAKE_DEADLINE,
+    NONCE,
+    mac,
+    nonce,
+)
 
 SECRET_ENV = "PAPYCLUSTER_SECRET"
 SECRET_FILE_ENV = "PAPYCLUSTER_SECRET_FILE"
 MIN_SECRET = 16
 
-NONCE = 32
-DIGEST = 32
-#: Sent first by the server: protocol name and version, so a stray client fails early.
-HELLO = b"PAPYCT1\n"
-#: The whole server handshake, not each read, must finish within this many seconds (as
-#: the cluster's own handshake): a peer dripping one byte at a time is cut at the deadline.
-HANDSHAKE_DEADLINE = 10.0
+#: Sent first by a tcp server: protocol name and version, so a stray client fails early.
+HELLO = handshake.TCP.greeting
+#: DIGEST, HANDSHAKE_DEADLINE, NONCE, PeerClosed, mac, nonce and recv_exact are
+#: :mod:`papycluster.wire`'s, named here too for the transports (udp) and their tests.
+__all__ = ["DIGEST", "HANDSHAKE_DEADLINE", "HELLO", "NONCE", "PeerClosed", "mac", "nonce",
+           "recv_exact", "configured", "run_secret", "secret_for_children",
+           "adopt_run_secret", "get_secret", "server_handshake", "client_handshake",
+           "secret_hint"]
 
 _cache: tuple[tuple[str | None, str | None], bytes] | None = None
 _run_secret: bytes | None = None
@@ -116,103 +123,43 @@ def get_secret() -> bytes:
     return secret
 
 
-def mac(secret: bytes, label: bytes, *parts: bytes) -> bytes:
-    """HMAC-SHA256 of ``label`` and ``parts`` (length-prefixed, so parts cannot shift)."""
-    h = hmac.new(secret, label, hashlib.sha256)
-    for part in parts:
-        h.update(len(part).to_bytes(4, "big"))
-        h.update(part)
-    return h.digest()
-
-
-def nonce() -> bytes:
-    return secrets.token_bytes(NONCE)
-
-
-class PeerClosed(PapyError, ConnectionError):
-    """The peer closed the connection; ``got`` bytes of the expected ones had come.
-
-    A ``ConnectionError`` for the callers that handle a lost peer, and a
-    :class:`~papycluster.errors.PapyError` like every error of the package.
-    """
-
-    def __init__(self, message: str, got: int) -> None:
-        ConnectionError.__init__(self, message)
-        self.got = got
-
-
-def recv_exact(sock: socket.socket, n: int, deadline: float | None = None) -> bytes:
-    """Read exactly ``n`` bytes or raise ``ConnectionError``.
-
-    Without ``deadline`` each read is bounded by the socket's own timeout; with one (a
-    :func:`time.monotonic` instant) the reads *together* are, so a peer that sends one
-    byte just before each timeout cannot stretch the wait (``TimeoutError`` at the
-    deadline).
-    """
-    buf = bytearray(n)
-    view = memoryview(buf)
-    got = 0
-    while got < n:
-        if deadline is not None:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError(f"handshake deadline passed after {got} of {n} bytes")
-            sock.settimeout(left)
-        k = sock.recv_into(view[got:])
-        if k == 0:
-            raise PeerClosed(f"peer closed the connection after {got} of {n} bytes", got)
-        got += k
-    return bytes(buf)
-
-
 def server_handshake(sock: socket.socket, secret: bytes, peer: object,
                      timeout: float = HANDSHAKE_DEADLINE) -> bool:
     """Authenticate a client that connected to us; True if it knows the secret.
 
-    Reads at most ``NONCE + DIGEST`` bytes from the peer before deciding, and only
-    compares them; a failure is logged with the peer's address. The whole exchange
-    has one deadline of ``timeout`` seconds (sends included), so an unauthenticated
-    peer holds a connection and its thread for at most that long.
+    :func:`papycluster.wire.handshake.serve` with tcp's greeting: one deadline of
+    ``timeout`` seconds over the whole exchange. A failure is logged with the peer's
+    address, never raised: the server thread just drops the connection.
     """
-    deadline = time.monotonic() + timeout
-    snonce = nonce()
     try:
-        sock.settimeout(timeout)
-        sock.sendall(HELLO + snonce)
-        answer = recv_exact(sock, NONCE + DIGEST, deadline)
-    except (OSError, ConnectionError) as exc:
-        log.warning("refused %s: handshake failed before authentication (%s)", peer, exc)
-        return False
-    cnonce, digest = answer[:NONCE], answer[NONCE:]
-    if not hmac.compare_digest(digest, mac(secret, b"papyc-client", snonce, cnonce)):
-        log.warning("refused %s: it does not know the cluster secret", peer)
-        return False
-    try:
-        sock.settimeout(max(0.001, deadline - time.monotonic()))
-        sock.sendall(mac(secret, b"papyc-server", cnonce, snonce))
-    except OSError as exc:
-        log.warning("refused %s: handshake failed at its end (%s)", peer, exc)
+        handshake.serve(sock, secret, handshake.TCP, timeout)
+    except handshake.HandshakeError as exc:
+        log.warning("refused %s: %s", peer, exc)
         return False
     return True
 
 
 def client_handshake(sock: socket.socket, secret: bytes, where: str) -> None:
-    """Prove ourselves to the server at ``where`` and check that it knows the secret too."""
-    hello = recv_exact(sock, len(HELLO) + NONCE)
-    if hello[:len(HELLO)] != HELLO:
-        raise TransportError(f"{where} is not a papycluster tcp server "
-                             f"(it greeted {hello[:len(HELLO)]!r})")
-    snonce = hello[len(HELLO):]
-    cnonce = nonce()
-    sock.sendall(cnonce + mac(secret, b"papyc-client", snonce, cnonce))
+    """Prove ourselves to the server at ``where`` and check that it knows the secret too.
+
+    The whole exchange must finish within the socket's timeout (at most
+    :data:`HANDSHAKE_DEADLINE`), which is restored after it. A server that is not a tcp
+    server is a :class:`TransportError`; one that refuses our proof or cannot prove
+    its own is a :class:`SecretError` that says where our secret comes from. A server
+    that closes before greeting raises :class:`PeerClosed` with ``got == 0`` (tcp
+    backs off and tries again: it was turning connections away).
+    """
+    previous = sock.gettimeout()
+    limit = HANDSHAKE_DEADLINE if previous is None else min(previous, HANDSHAKE_DEADLINE)
     try:
-        proof = recv_exact(sock, DIGEST)
-    except ConnectionError:
-        raise SecretError(f"{where} refused us: does it use the same cluster secret? "
-                          f"{secret_hint()}") from None
-    if not hmac.compare_digest(proof, mac(secret, b"papyc-server", cnonce, snonce)):
-        raise SecretError(f"{where} does not know the cluster secret; refusing its data. "
-                          f"{secret_hint()}")
+        handshake.greet(sock, secret, handshake.TCP, where, time.monotonic() + limit)
+    except handshake.NotAPeer as exc:
+        raise TransportError(str(exc)) from None
+    except handshake.Refused as exc:
+        raise SecretError(f"{exc} {secret_hint()}") from None
+    except handshake.Impostor as exc:
+        raise SecretError(f"{exc}; refusing its data. {secret_hint()}") from None
+    sock.settimeout(previous)
 
 
 def secret_hint() -> str:

@@ -17,8 +17,8 @@ Wire protocol, after :mod:`~papycluster.transport.auth`'s handshake::
 The request carries the ticket's size so that a forged or corrupted ticket with a real
 key cannot consume the item: the server compares before it removes anything.
 
-Large items go out with ``sendall`` from a memoryview and come in with
-``recv_into`` a preallocated bytearray; ``TCP_NODELAY`` is on.
+Large items go out with ``sendmsg`` from a memoryview and come in with ``recv_into`` a
+preallocated bytearray (:mod:`papycluster.wire.frames`); ``TCP_NODELAY`` is on.
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ from papycluster.transport.base import (
     TransportError,
     log,
 )
+from papycluster.wire.frames import recv_into_exact, send_parts
 
 ADVERTISE_ENV = "PAPYCLUSTER_ADVERTISE_HOST"
 BIND_ENV = "PAPYCLUSTER_BIND_HOST"
@@ -94,31 +95,6 @@ def tune(sock: socket.socket, option: int) -> None:
         sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER)
     except OSError:  # a platform that refuses the size keeps its default
         pass
-
-
-def send_frame(sock: socket.socket, header: bytes, item: memoryview) -> None:
-    """``header`` then ``item`` in as few system calls as the kernel allows."""
-    if not hasattr(sock, "sendmsg"):  # Windows
-        sock.sendall(header)
-        sock.sendall(item)
-        return
-    sent = sock.sendmsg([header, item])
-    if sent < len(header):
-        sock.sendall(header[sent:])
-        sent = len(header)
-    if sent - len(header) < item.nbytes:
-        sock.sendall(item[sent - len(header):])
-
-
-def recv_into_exact(sock: socket.socket, view: memoryview) -> None:
-    """Fill ``view`` from ``sock`` or raise ``ConnectionError`` on a short read."""
-    got = 0
-    n = view.nbytes
-    while got < n:
-        k = sock.recv_into(view[got:])
-        if k == 0:
-            raise ConnectionError(f"connection closed after {got} of {n} bytes")
-        got += k
 
 
 class ItemStore:
@@ -231,7 +207,7 @@ class TcpServer:
             view = memoryview(request)
             while not self._closed.is_set():
                 try:
-                    recv_into_exact(conn, view)
+                    recv_into_exact(conn, view, what="a request")
                 except ConnectionError:
                     return
                 op, key, remove, size = _REQ.unpack(request)
@@ -249,7 +225,7 @@ class TcpServer:
                 if item.nbytes < SMALL:
                     conn.sendall(header + item)
                 else:
-                    send_frame(conn, header, item)
+                    send_parts(conn, header, item)
         except OSError:
             return  # peer gone or idle too long; its loader reconnects
         finally:
@@ -425,7 +401,7 @@ class TcpTransport(base.Transport):
                 sock.sendall(_REQ.pack(OP_GET, key.encode("ascii"), 1 if remove else 0,
                                        size))
                 header = bytearray(_REP.size)
-                recv_into_exact(sock, memoryview(header))
+                recv_into_exact(sock, memoryview(header), what="the reply header")
             except (ConnectionError, OSError) as exc:
                 sock.close()
                 if reused and attempt == 0 and not isinstance(exc, TimeoutError):
@@ -445,7 +421,8 @@ class TcpTransport(base.Transport):
                 raise TicketError(tk, f"tcp server {where} offers {length} bytes, the ticket "
                                   f"says {size}", self.name)
             try:
-                out = buffers.receive(length, lambda view, s=sock: recv_into_exact(s, view))
+                out = buffers.receive(length, lambda view, s=sock: recv_into_exact(
+                    s, view, None, "the item"))
             except (ConnectionError, OSError) as exc:
                 sock.close()
                 raise ProducerLostError(tk, f"{where} failed mid-item: {exc}",
