@@ -58,7 +58,7 @@ def open_share() -> Iterator[Path]:
 @pytest.fixture
 def default_in(monkeypatch: pytest.MonkeyPatch) -> Any:
     """Point this process's default share at a directory for one test."""
-    saved = shares.shares()["default"]
+    saved = shares._overrides.get("default")  # None: the environment's, as it was
 
     def use(path: Path | str) -> None:
         shares.set_share("default", str(path))
