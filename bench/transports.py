@@ -15,11 +15,18 @@ a deeper buffer a worker holds its next tasklet and ``load_item`` reads its item
 (see ``papycluster.transport.read_ahead``), while the manager path does not gain from it
 on two cores. "x manager" compares with the manager path at its best buffer.
 
+``file`` and ``sqlite`` items carry a MAC under the cluster secret (see
+``papycluster.transport.integrity``); their rows ``file -MAC`` and ``sqlite -MAC`` run the
+same pipelines with it switched off in both worker processes (a bench-only switch), and
+"x -MAC" is the ratio of the two medians: what the MAC costs.
+
 Throughput is measured between the first and the last result, so pool start-up does
 not count. Every configuration runs ``--reps`` times, interleaved (each repetition
 goes through all configurations in a rotated order), and the median is printed.
 
     python bench/transports.py [--reps 3] [--quick] [--only tcp,shm] [--buffers 1,4]
+    python bench/transports.py --only file,file-MAC,sqlite,sqlite-MAC   # the MAC's cost
+    python bench/transports.py --mac       # the MAC's cost per item, in one process only
 """
 
 from __future__ import annotations
@@ -46,7 +53,10 @@ from papycluster import NuMap, Piper, Worker, workers
 SIZES = [("100 B", 100), ("10 KB", 10_000), ("1 MB", 1 << 20), ("16 MB", 16 << 20)]
 STREAM = ["tcp", "udp", "fifo", "shm", "file"]
 RAW_FOR = {"tcp": "socket", "udp": "socket", "fifo": "shm copy", "shm": "shm copy",
-           "file": "shm copy", "sqlite": "shm copy"}
+           "file": "shm copy", "sqlite": "shm copy", "file-MAC": "shm copy",
+           "sqlite-MAC": "shm copy"}
+#: Paths run a second time without the MAC, to show its cost ("x -MAC").
+WITHOUT_MAC = {"file": "file-MAC", "sqlite": "sqlite-MAC"}
 #: Roughly how many bytes (and at most how many items) one measurement moves.
 BUDGET = 480 << 20
 MAX_ITEMS = 1500
@@ -80,6 +90,15 @@ def make_array(inbox: Any, size: int) -> Any:
     return block
 
 
+def mac_switch(inbox: Any, off: bool) -> Any:
+    """First thing in both workers of a file or sqlite pipe: the MAC on (the default) or
+    off, so that both variants run the same functions."""
+    from papycluster.transport import integrity
+
+    integrity.bench_without_mac(off)
+    return inbox[0]
+
+
 def nbytes(inbox: Any) -> int:
     item = inbox[0]
     return item.nbytes if hasattr(item, "nbytes") else len(item)
@@ -96,6 +115,13 @@ def run_pipeline(kind: str, size: int, n: int, array: bool = False, buffer: int 
     up_args: list[tuple] = [(size,)]
     down_funcs: list[Callable] = []
     down_args: list[tuple] = []
+    if kind in ("file", "sqlite", *WITHOUT_MAC.values()):
+        off = kind.endswith("-MAC")
+        kind = kind.removesuffix("-MAC")
+        up_funcs.append(mac_switch)
+        up_args.append((off,))
+        down_funcs.append(mac_switch)
+        down_args.append((off,))
     if array and kind != "manager":
         up_funcs.append(workers.io.pickle_dumps)
         up_args.append(())
@@ -207,6 +233,58 @@ def raw_shm_copy(size: int, n: int) -> float:
     return n / elapsed
 
 
+# -- the MAC's cost, in one process -------------------------------------------------
+
+def _dump_load_us(kind: str, size: int, n: int) -> float:
+    """Microseconds per item for ``n`` dump + load pairs of ``kind`` in this process."""
+    from papycluster import transport
+
+    data = make_item(None, size)
+    t0 = time.perf_counter()
+    for _ in range(n):
+        if kind == "sqlite":
+            transport.load(transport.dump_db(data, "sqlite", db=SQLITE_DB))
+        else:
+            transport.load(transport.dump(data, kind))
+    return (time.perf_counter() - t0) / n * 1e6
+
+
+def mac_cost(reps: int, quick: bool) -> None:
+    """What the MAC adds to a dump and its load, with no pipeline around (less noise
+    than the pipelines on a busy machine): with and without, interleaved, medians."""
+    from papycluster.transport import integrity
+
+    times: dict[tuple, list[float]] = {}
+    for _ in range(reps):
+        for label, size in SIZES:
+            n = max(4, count_for(size, quick) // 4)
+            for kind in ("file", "sqlite"):
+                for off in (False, True):
+                    integrity.bench_without_mac(off)
+                    times.setdefault((label, kind, off), []).append(
+                        _dump_load_us(kind, size, n))
+    integrity.bench_without_mac(False)
+    block = make_item(None, 16 << 20)
+    hashing = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        integrity.sign("file", block, "name", len(block))
+        hashing.append(time.perf_counter() - t0)
+    print(f"\nthe MAC's cost: one dump + its load in one process, median of {reps} "
+          f"interleaved repetitions, {os.cpu_count()} CPUs (x -MAC: items/s with the "
+          "MAC / without)")
+    print(f"HMAC-SHA256 alone: {len(block) / statistics.median(hashing) / 1e6:.0f} MB/s "
+          "(a dump hashes the item once, its load once more)\n")
+    head = f"{'size':<8} {'path':<7} {'with MAC us':>12} {'without us':>11} {'x -MAC':>7}"
+    print(head)
+    print("-" * len(head))
+    for label, _ in SIZES:
+        for kind in ("file", "sqlite"):
+            on = statistics.median(times[(label, kind, False)])
+            off = statistics.median(times[(label, kind, True)])
+            print(f"{label:<8} {kind:<7} {on:>12.1f} {off:>11.1f} {off / on:>7.2f}")
+
+
 # -- the table -------------------------------------------------------------------
 
 def main() -> None:
@@ -217,19 +295,24 @@ def main() -> None:
     parser.add_argument("--sizes", default="", help="comma-separated labels, e.g. '1 MB'")
     parser.add_argument("--buffers", default="1,4",
                         help="comma-separated NuMap buffers to run every path with")
+    parser.add_argument("--mac", action="store_true",
+                        help="only the MAC's cost per item (file, sqlite), in one process")
     args = parser.parse_args()
     os.environ.setdefault("PAPYCLUSTER_SECRET", secrets.token_hex(32))
     global SQLITE_DB
     workdir = tempfile.mkdtemp(prefix="papyc-bench-")
     SQLITE_DB = os.path.join(workdir, "bench.sqlite")
     try:
-        _run(args)
+        if args.mac:
+            mac_cost(args.reps, args.quick)
+        else:
+            _run(args)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
 def _run(args: argparse.Namespace) -> None:
-    kinds = ["manager", *STREAM, "sqlite"]
+    kinds = ["manager", *STREAM, "file-MAC", "sqlite", "sqlite-MAC"]
     if args.only:
         kinds = ["manager"] + [k for k in args.only.split(",") if k != "manager"]
     buffers = [int(b) for b in args.buffers.split(",")]
@@ -242,7 +325,7 @@ def _run(args: argparse.Namespace) -> None:
         import numpy  # noqa: F401
 
         cases += [("16 MB numpy", kind, 16 << 20, True, buffer)
-                  for kind in kinds if kind != "sqlite" for buffer in buffers]
+                  for kind in kinds if not kind.startswith("sqlite") for buffer in buffers]
     except ImportError:
         pass
     rates: dict[tuple, list[float]] = {}
@@ -265,8 +348,8 @@ def _run(args: argparse.Namespace) -> None:
     print("buffer: items in flight per NuMap (1 is PaPy's default here; deeper lets a "
           "worker read its next item ahead).\nx manager: against the manager path at "
           "its best buffer; x raw: against the raw baseline named at the right.\n")
-    head = (f"{'size':<12} {'path':<9} {'buffer':>6} {'items/s':>10} {'MB/s':>9} "
-            f"{'x manager':>10} {'x raw':>7}  raw baseline")
+    head = (f"{'size':<12} {'path':<10} {'buffer':>6} {'items/s':>10} {'MB/s':>9} "
+            f"{'x manager':>10} {'x raw':>7} {'x -MAC':>7}  raw baseline")
     print(head)
     print("-" * len(head))
     labels = [label for label, _ in sizes] + (["16 MB numpy"] if any(c[3] for c in cases)
@@ -288,8 +371,10 @@ def _run(args: argparse.Namespace) -> None:
             raw = med.get((raw_label, raw_name, 0)) if raw_name else None
             xraw = f"{rate / raw:.2f}" if raw else ""
             shown = str(buffer) if buffer else ""
-            print(f"{label:<12} {kind:<9} {shown:>6} {rate:>10.1f} {mbs:>9.1f} {xman:>10} "
-                  f"{xraw:>7}  {raw_name or ''}")
+            bare = med.get((label, WITHOUT_MAC.get(kind, ""), buffer))
+            xmac = f"{rate / bare:.2f}" if bare else ""
+            print(f"{label:<12} {kind:<10} {shown:>6} {rate:>10.1f} {mbs:>9.1f} {xman:>10} "
+                  f"{xraw:>7} {xmac:>7}  {raw_name or ''}")
         print()
     print(f"total {time.perf_counter() - started:.0f} s")
 

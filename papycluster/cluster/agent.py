@@ -44,6 +44,7 @@ import rpyc
 from rpyc.utils.server import ThreadedServer
 
 from papycluster.cluster.auth import SECRET_FILE_ENV, HmacAuthenticator, read_secret_file
+from papycluster.cluster.remote._procs import identity as process_identity
 
 log = logging.getLogger("papycluster.agent")
 
@@ -672,8 +673,11 @@ def main(argv: list | None = None) -> None:
     if hasattr(signal, "SIGBREAK"):
         signal.signal(signal.SIGBREAK, _term)
 
+    # "process": start time and command line, so that `down` kills this pid only while
+    # it is still this agent (see cluster/remote/_procs.py: is_agent).
     info = {"pid": os.getpid(), "port": server.port, "name": args.name,
-            "cluster": args.cluster, "started": agent.started}
+            "cluster": args.cluster, "started": agent.started,
+            "process": process_identity(os.getpid())}
     tmp = os.path.join(run_dir, INFO_FILE + ".tmp")
     with open(tmp, "w") as f:
         json.dump(info, f)

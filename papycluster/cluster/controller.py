@@ -281,6 +281,8 @@ def down(config: ClusterConfig | None = None, progress: Progress = _quiet,
         except HostError as exc:
             progress(name, f"FAILED: {exc.cause}: {exc.detail}")
             return DownResult(name, False, f"{exc.cause}: {exc.detail}")
+        for path, why in res.get("refused", []):  # planted, or opened up: not touched
+            progress(name, f"not touched: {path} ({why})")
         ok = bool(res.get("ok"))
         progress(name, "down" if ok else f"left behind: {res.get('left')}")
         return DownResult(name, ok, "" if ok else f"left {res.get('left')}",

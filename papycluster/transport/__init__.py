@@ -25,11 +25,13 @@ from typing import Any
 
 from papycluster.transport import read_ahead, registry, shares, ticket
 from papycluster.transport.base import (
+    ItemIntegrityError,
     ProducerLostError,
     SecretError,
     StaleTicketError,
     TicketError,
     TransportError,
+    UnsafePathError,
     close_all,
 )
 from papycluster.transport.registry import sweep
@@ -44,11 +46,13 @@ __all__ = [
     "ALIASES",
     "DATABASE",
     "STREAM",
+    "ItemIntegrityError",
     "ProducerLostError",
     "SecretError",
     "StaleTicketError",
     "TicketError",
     "TransportError",
+    "UnsafePathError",
     "close_all",
     "dump",
     "find",

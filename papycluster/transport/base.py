@@ -25,6 +25,7 @@ import logging
 import os
 import re
 import secrets
+import stat
 import threading
 from collections.abc import Callable
 from multiprocessing import util as mp_util
@@ -92,6 +93,75 @@ def recoverable(exc: BaseException | None) -> bool:
 
 class SecretError(TransportError):
     """The cluster secret that tcp and udp need is missing or unusable."""
+
+
+class ItemIntegrityError(TransportError):
+    """An item does not match the keyed hash (MAC) that its ticket carries.
+
+    Items that wait where other users can write (files on a share, rows of ``sqlite`` and
+    ``mysql``) are signed with the cluster secret when they are written, and the MAC goes
+    in the ticket; a loader checks it before anything is deserialized. A mismatch means
+    the item was changed or swapped after it was written (or written under another
+    secret). Not recoverable by recomputing: something is writing where it should not.
+    """
+
+    def __init__(self, ticket: Any, reason: str, transport: str | None = None) -> None:
+        self.ticket = ticket
+        self.reason = reason
+        self.transport = transport
+        what = f"{transport} ticket" if transport else "ticket"
+        super().__init__(f"{what} {_short(ticket)}: {reason}")
+
+
+class UnsafePathError(TransportError):
+    """A file, directory, database or segment is not this user's own, or others may write it.
+
+    Refused before anything is read from it, the way OpenSSH's ``StrictModes`` refuses a
+    key file that others could change: ``path`` names it, ``reason`` says what is wrong
+    (its owner, its mode, its kind) and, for a load, ``ticket`` is the ticket that named it.
+    """
+
+    def __init__(self, path: str, reason: str, transport: str | None = None,
+                 ticket: Any = None) -> None:
+        self.path = path
+        self.reason = reason
+        self.transport = transport
+        self.ticket = ticket
+        what = f"{transport}: " if transport else ""
+        named = f" (named by ticket {_short(ticket)})" if ticket is not None else ""
+        super().__init__(f"{what}refusing {path}: {reason}{named}")
+
+
+def check_private(path: str, transport: str, ticket: Any = None, kind: str = "file",
+                  refused: int = 0o077, st: os.stat_result | None = None) -> os.stat_result:
+    """Refuse ``path`` unless it is a ``kind`` (``file``, ``dir``, ``fifo``) of this user
+    with none of the mode bits ``refused`` set; return its ``lstat``.
+
+    A symbolic link is never accepted (it is not followed). ``st`` is a stat result the
+    caller already has (``fstat`` of what it opened). On a host without user ids
+    (Windows) only the kind is checked.
+    """
+    if st is None:
+        st = os.lstat(path)
+    mode = st.st_mode
+    if not _KINDS[kind](mode):
+        found = "a symbolic link" if stat.S_ISLNK(mode) else f"not a {_KIND_NAMES[kind]}"
+        raise UnsafePathError(path, f"it is {found}", transport, ticket)
+    if hasattr(os, "geteuid"):
+        if st.st_uid != os.geteuid():
+            raise UnsafePathError(path, f"it belongs to uid {st.st_uid}, not to this user "
+                                  f"(uid {os.geteuid()})", transport, ticket)
+        if mode & refused:
+            access = "write" if not refused & 0o044 else "access"
+            fix = "go-w" if not refused & 0o044 else "go-rwx"
+            raise UnsafePathError(path, f"its mode {stat.S_IMODE(mode):04o} lets other users "
+                                  f"{access} it (chmod {fix} it, or remove it)", transport,
+                                  ticket)
+    return st
+
+
+_KINDS = {"file": stat.S_ISREG, "dir": stat.S_ISDIR, "fifo": stat.S_ISFIFO}
+_KIND_NAMES = {"file": "regular file", "dir": "directory", "fifo": "fifo"}
 
 
 class Transport:

@@ -5,9 +5,18 @@ Windows host and a Linux host reading the same NFS/Samba export each find the fi
 under their own mount point (see :mod:`~papycluster.transport.shares`). Files are
 created ``O_EXCL`` with mode 0600 and an unguessable name; the ticket exists only once
 the file is complete, so a loader never sees half an item. The loader reads it in
-one read and deletes it; files this process wrote and nobody
+one pass and deletes it; files this process wrote and nobody
 loaded are deleted when the process ends, or, if it was killed, when its pool stops
 (the names carry the process's owner tag).
+
+A share may be writable by other users (no sticky bit), who could swap a file for one
+of their own. So the ticket also carries a MAC of the item under the cluster secret
+(see :mod:`~papycluster.transport.integrity`), computed while the file is written and
+checked while it is read, before anything is returned. The loader opens only a regular
+file (never a link, never a fifo that would block it), and in the host's temporary
+directory, where every item is this user's own, also refuses one owned by another user.
+On NFS or Samba the owner says nothing (another host's uid, or the mount's), so there
+the MAC is the check.
 """
 
 from __future__ import annotations
@@ -15,11 +24,18 @@ from __future__ import annotations
 import os
 import re
 import secrets
+import stat
+import tempfile
 import threading
 from typing import Any
 
-from papycluster.transport import base, shares, ticket
-from papycluster.transport.base import StaleTicketError, TicketError, TransportError
+from papycluster.transport import base, integrity, shares, ticket
+from papycluster.transport.base import (
+    StaleTicketError,
+    TicketError,
+    TransportError,
+    UnsafePathError,
+)
 
 PREFIX = "papyc-"
 SUFFIX = ".item"
@@ -27,7 +43,10 @@ SUFFIX = ".item"
 NAME_RE = re.compile(r"papyc-[0-9a-f]{12}-[0-9a-f]{32}\.item\Z")
 PRUNE_AT = 4096
 _BINARY = getattr(os, "O_BINARY", 0)
-_CHUNK = 1 << 24
+#: Opening for a load: never follow a link, never wait in open() for a planted fifo.
+_READ_FLAGS = (os.O_RDONLY | _BINARY | getattr(os, "O_NOFOLLOW", 0)
+               | getattr(os, "O_NONBLOCK", 0))
+_CHUNK = integrity.CHUNK
 
 
 class _State:
@@ -45,15 +64,46 @@ class _State:
                 pass
 
 
-def _write_all(fd: int, data: memoryview) -> None:
-    pos = 0
-    while pos < data.nbytes:
-        pos += os.write(fd, data[pos:pos + _CHUNK])
+def _write_all(fd: int, data: memoryview, mac: object) -> None:
+    """Write ``data``, feeding each piece to ``mac`` just before it is written."""
+    for start in range(0, data.nbytes, _CHUNK):
+        piece = data[start:start + _CHUNK]
+        mac.update(piece)  # type: ignore[attr-defined]
+        pos = 0
+        while pos < piece.nbytes:
+            pos += os.write(fd, piece[pos:])
+
+
+def _read_all(fd: int, size: int, mac: object, path: str, tk: tuple) -> bytearray:
+    """Read ``size`` bytes into a new buffer, feeding each piece to ``mac`` as it lands."""
+    out = bytearray(size)
+    view = memoryview(out)
+    got = 0
+    with open(fd, "rb", buffering=0, closefd=False) as f:
+        while got < size:
+            k = f.readinto(view[got:got + _CHUNK])
+            if not k:
+                raise TransportError(f"file ticket {tk!r}: {path} ended after {got} of "
+                                     f"{size} bytes")
+            mac.update(view[got:got + k])  # type: ignore[attr-defined]
+            got += k
+    view.release()
+    return out
+
+
+def _strict_owner(root: str) -> bool:
+    """Does a file's owner mean anything in ``root``? Only in this host's temp directory,
+    where every item is written by this user on this host; in a share several hosts
+    write, owners are other hosts' uids (or the mount's), and the MAC is the check."""
+    try:
+        return os.path.samefile(root, tempfile.gettempdir())
+    except OSError:
+        return False
 
 
 class FileTransport(base.Transport):
     name = "file"
-    fields = ("share", "name", "size")
+    fields = ("share", "name", "size", "mac")
 
     def __init__(self) -> None:
         self.state = base.ProcessState(_State)
@@ -64,6 +114,7 @@ class FileTransport(base.Transport):
         root = shares.resolve(share)
         name = f"{PREFIX}{base.owner_tag()}-{secrets.token_hex(16)}{SUFFIX}"
         path = os.path.join(root, name)
+        mac = integrity.signer(self.name, name, data.nbytes)
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _BINARY, 0o600)
         except OSError as exc:
@@ -76,10 +127,10 @@ class FileTransport(base.Transport):
             state.created.add(path)
         try:
             try:
-                _write_all(fd, data)
+                _write_all(fd, data, mac)
             finally:
                 os.close(fd)
-        except OSError as exc:
+        except BaseException as exc:
             # a full share must not keep half an item: remove it now, not at exit
             try:
                 os.unlink(path)
@@ -87,12 +138,14 @@ class FileTransport(base.Transport):
                 pass
             with state.lock:
                 state.created.discard(path)
-            raise TransportError(f"file: writing an item of {data.nbytes} bytes to share "
-                                 f"{share!r} ({path}) failed: {exc}") from None
-        return (share, name, data.nbytes)
+            if isinstance(exc, OSError):
+                raise TransportError(f"file: writing an item of {data.nbytes} bytes to "
+                                     f"share {share!r} ({path}) failed: {exc}") from None
+            raise
+        return (share, name, data.nbytes, integrity.tag(mac))
 
     def validate(self, fields: tuple, tk: tuple) -> None:
-        share, name, size = fields
+        share, name, size, mac = fields
         ticket.check(tk, self.name, share, str, "share")
         if not shares.NAME_RE.match(share):
             raise TicketError(tk, f"share name {share!r} is invalid", self.name)
@@ -101,41 +154,40 @@ class FileTransport(base.Transport):
             raise TicketError(tk, f"file name {name!r} is not one papycluster makes",
                               self.name)
         ticket.check_int(tk, self.name, size, "size", 0, 2**48)
+        ticket.check_token(tk, self.name, mac, "mac")
 
     def load(self, fields: tuple, tk: tuple, remove: bool = True,
              timeout: float | None = None) -> Any:
-        share, name, size = fields
+        share, name, size, expected = fields
         try:
             root = shares.resolve(share)
         except shares.ShareError as exc:
             raise TicketError(tk, str(exc), self.name) from None
         path = os.path.join(root, name)
         try:
-            fd = os.open(path, os.O_RDONLY | _BINARY)
+            fd = os.open(path, _READ_FLAGS)
         except FileNotFoundError:
             raise StaleTicketError(tk, f"no file {path} (already loaded, its process ended, "
                                    f"or share {share!r} is not the same directory here)",
                                    self.name) from None
         except OSError as exc:
+            if os.path.islink(path):
+                raise UnsafePathError(path, "it is a symbolic link", self.name, tk) from None
             raise TransportError(f"file ticket {tk!r}: cannot open {path}: {exc}") from None
         try:
-            actual = os.fstat(fd).st_size
-            if actual != size:
-                raise TicketError(tk, f"{path} has {actual} bytes, the ticket says {size}",
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise UnsafePathError(path, "it is not a regular file", self.name, tk)
+            if _strict_owner(root):
+                base.check_private(path, self.name, tk, st=st)
+            if st.st_size != size:
+                raise TicketError(tk, f"{path} has {st.st_size} bytes, the ticket says {size}",
                                   self.name)
-            # One read into a new object: no zero-filled buffer to copy into first.
-            parts = []
-            got = 0
-            while got < size:
-                part = os.read(fd, size - got)
-                if not part:
-                    raise TransportError(f"file ticket {tk!r}: {path} ended after "
-                                         f"{got} of {size} bytes")
-                parts.append(part)
-                got += len(part)
-            out = parts[0] if len(parts) == 1 else b"".join(parts)  # b"" for size 0
+            mac = integrity.signer(self.name, name, size)
+            out = _read_all(fd, size, mac, path, tk)
         finally:
             os.close(fd)
+        integrity.verify(mac, expected, tk, self.name, f"the file {path}")
         if remove:
             try:
                 os.unlink(path)

@@ -9,6 +9,11 @@ in the same process.
 
 The server's ``max_allowed_packet`` bounds the item size (16 MB by default on
 MariaDB); an item above it fails with an error that says so.
+
+Other users of the database may be able to change a row, so every row carries the MAC
+of its item under the cluster secret (:mod:`~papycluster.transport.integrity`): in the
+ticket, and in a ``mac`` column for :meth:`MysqlTransport.find`. The loader checks it
+before it returns the bytes.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import threading
 import time
 from typing import Any
 
-from papycluster.transport import base, db, ticket
+from papycluster.transport import base, db, integrity, ticket
 from papycluster.transport.base import StaleTicketError, TicketError, TransportError, log
 
 USER_ENV = "PAPYCLUSTER_MYSQL_USER"
@@ -104,7 +109,7 @@ class _State:
 
 class MysqlTransport(base.Transport):
     name = "mysql"
-    fields = ("host", "port", "user", "database", "table", "rowid", "key")
+    fields = ("host", "port", "user", "database", "table", "rowid", "key", "mac")
 
     def __init__(self) -> None:
         self.state = base.ProcessState(_State)
@@ -131,17 +136,25 @@ class MysqlTransport(base.Transport):
         conn, lock = state.connect(where, password if password is not None else passwd,
                                    DEFAULT_TIMEOUT if timeout is None else timeout)
         value = data.obj if type(data.obj) is bytes else data.tobytes()
+        mac = integrity.sign(self.name, value, where[3], table, key or "")
         try:
             with lock, conn.cursor() as cur:
                 if (where, table) not in state.tables:
                     cur.execute(f"CREATE TABLE IF NOT EXISTS `{table}` ("
                                 "id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY, "
                                 "item_key VARCHAR(255) NULL, value LONGBLOB NOT NULL, "
-                                "created DOUBLE NOT NULL, KEY item_key (item_key)) "
-                                "ENGINE=InnoDB")
+                                "created DOUBLE NOT NULL, mac CHAR(32) NULL, "
+                                "KEY item_key (item_key)) ENGINE=InnoDB")
+                    cur.execute(f"SHOW COLUMNS FROM `{table}` LIKE 'mac'")
+                    if cur.fetchone() is None:  # a table made by an older papycluster
+                        try:
+                            cur.execute(f"ALTER TABLE `{table}` ADD COLUMN mac CHAR(32) NULL")
+                        except _pymysql().err.OperationalError as exc:
+                            if not exc.args or exc.args[0] != 1060:  # duplicate column:
+                                raise                               # another was first
                     state.tables.add((where, table))
-                cur.execute(f"INSERT INTO `{table}` (item_key, value, created) "
-                            "VALUES (%s, %s, %s)", (key, value, time.time()))
+                cur.execute(f"INSERT INTO `{table}` (item_key, value, created, mac) "
+                            "VALUES (%s, %s, %s, %s)", (key, value, time.time(), mac))
                 rowid = cur.lastrowid
         except Exception as exc:
             hint = (" (the item is larger than the server's max_allowed_packet)"
@@ -150,10 +163,10 @@ class MysqlTransport(base.Transport):
                                  f"table {table}: {exc}{hint}") from None
         if not keep:
             state.unloaded.add((where, table), rowid)
-        return (*where, table, rowid, key or "")
+        return (*where, table, rowid, key or "", mac)
 
     def validate(self, fields: tuple, tk: tuple) -> None:
-        host, port, user, database, table, rowid, key = fields
+        host, port, user, database, table, rowid, key, mac = fields
         for value, what in ((host, "host"), (user, "user"), (database, "database"),
                             (key, "key")):
             ticket.check(tk, self.name, value, str, what)
@@ -164,10 +177,11 @@ class MysqlTransport(base.Transport):
         ticket.check_int(tk, self.name, port, "port", 0, 65535)
         db.validate_table_field(tk, self.name, table)
         ticket.check_int(tk, self.name, rowid, "rowid", 1, 2**63 - 1)
+        ticket.check_token(tk, self.name, mac, "mac")
 
     def load(self, fields: tuple, tk: tuple, remove: bool = True,
              timeout: float | None = None, password: str | None = None) -> Any:
-        host, port, user, database, table, rowid, _ = fields
+        host, port, user, database, table, rowid, key, expected = fields
         where = (host, port, user, database)
         state = self.state.get()
         conn, lock = state.connect(where, password,
@@ -201,7 +215,12 @@ class MysqlTransport(base.Transport):
                                    "loaded?)", self.name)
         if remove:
             state.unloaded.discard((where, table), rowid)
-        return row[0]
+        value = row[0]
+        mac = integrity.signer(self.name, database, table, key)
+        mac.update(value)
+        integrity.verify(mac, expected, tk, self.name,
+                         f"row {rowid} of {database}.{table} on {host}")
+        return value
 
     def find(self, key: str, table: str = db.DEFAULT_TABLE, db_path: str | None = None,
              host: str | None = None, port: int | None = None, user: str | None = None,
@@ -214,14 +233,21 @@ class MysqlTransport(base.Transport):
         pymysql = _pymysql()
         try:
             with lock, conn.cursor() as cur:
-                cur.execute(f"SELECT id FROM `{table}` WHERE item_key = %s ORDER BY id DESC "
-                            "LIMIT 1", (key,))
+                cur.execute(f"SELECT id, mac FROM `{table}` WHERE item_key = %s ORDER BY id "
+                            "DESC LIMIT 1", (key,))
                 row = cur.fetchone()
-        except pymysql.err.ProgrammingError as exc:
-            if exc.args and exc.args[0] == 1146:
+        except (pymysql.err.ProgrammingError, pymysql.err.OperationalError) as exc:
+            if exc.args and exc.args[0] in (1146, 1054):  # no such table, no such column
                 return None
             raise
-        return None if row is None else (*where, table, row[0], key)
+        if row is None:
+            return None
+        mac = row[1].decode("ascii", "replace") if isinstance(row[1], bytes) else row[1]
+        if not (isinstance(mac, str) and ticket.TOKEN_RE.match(mac)):
+            log.warning("mysql: row %s of %s.%s has no MAC (written by an older "
+                        "papycluster?): not trusted, not found", row[0], where[3], table)
+            return None
+        return (*where, table, row[0], key, mac)
 
     def cleanup(self) -> None:
         self.state.close()

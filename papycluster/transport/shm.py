@@ -15,7 +15,10 @@ the mapping for the next item through it), checks state and generation, copies t
 item out, checks the generation again (a seqlock: a reused segment is never read as
 this item), and sets ``state = free`` so the dumper can reuse it.
 
-Segments are created ``O_EXCL`` with mode 0600 and unguessable names. They are opened
+Segments are created ``O_EXCL`` with mode 0600 and unguessable names, and a loader maps
+only a segment of this user with that mode (a forged ticket could name one that another
+user planted, 0666, full of their bytes); there is no MAC on this hot path, none is
+needed for objects only we can write. They are opened
 with ``_posixshmem`` (what :mod:`multiprocessing.shared_memory` uses) and mapped
 with :mod:`mmap`, which keeps Python's ``resource_tracker`` out of it: it would
 unlink a segment when *any* process that attached it ends, and warn about segments
@@ -37,7 +40,12 @@ from collections import OrderedDict
 from typing import Any
 
 from papycluster.transport import base, ticket
-from papycluster.transport.base import StaleTicketError, TicketError, TransportError
+from papycluster.transport.base import (
+    StaleTicketError,
+    TicketError,
+    TransportError,
+    UnsafePathError,
+)
 
 try:
     import _posixshmem
@@ -64,12 +72,20 @@ def _capacity(size: int) -> int:
     return -(-need // step) * step
 
 
-def _open(name: str, create: int = 0) -> mmap.mmap:
+def _open(name: str, create: int = 0, tk: tuple | None = None) -> mmap.mmap:
     if _posixshmem is None:
         raise TransportError("shm: this host has no POSIX shared memory (use file or tcp)")
     flags = os.O_RDWR | (os.O_CREAT | os.O_EXCL if create else 0)
-    fd = _posixshmem.shm_open("/" + name, flags, mode=0o600)
     try:
+        fd = _posixshmem.shm_open("/" + name, flags, mode=0o600)
+    except PermissionError:
+        if create:
+            raise
+        raise UnsafePathError(f"/dev/shm/{name}", "permission denied: it is not a segment "
+                              "of this user", "shm", tk) from None
+    try:
+        if not create:  # before reading a byte: ours, and nobody else's to write
+            base.check_private(f"/dev/shm/{name}", "shm", tk, st=os.fstat(fd))
         if create:
             # Reserve the pages now: on a full tmpfs (a container's 64 MB /dev/shm)
             # this fails with ENOSPC, where a sparse segment would SIGBUS on write.
@@ -141,7 +157,7 @@ class _State:
             segments.append(segment)
             return segment
 
-    def mapping(self, name: str) -> mmap.mmap | None:
+    def mapping(self, name: str, tk: tuple | None = None) -> mmap.mmap | None:
         with self.map_lock:
             mapping = self.mapped.get(name)
             if mapping is not None:
@@ -154,7 +170,7 @@ class _State:
                 except BufferError:
                     pass
         try:
-            mapping = _open(name)
+            mapping = _open(name, tk=tk)
         except FileNotFoundError:
             return None
         with self.map_lock:
@@ -218,7 +234,7 @@ class ShmTransport(base.Transport):
              timeout: float | None = None) -> Any:
         name, generation, size = fields
         state = self.state.get()
-        mapping = state.mapping(name)
+        mapping = state.mapping(name, tk)
         if mapping is None:
             raise StaleTicketError(tk, f"no shared-memory segment {name} (its process ended, "
                                    "or it is on another host)", self.name)

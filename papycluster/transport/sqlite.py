@@ -6,6 +6,16 @@ or retrying forever as PaPy did. Each process keeps one connection per file.
 A consuming read selects the row (WAL readers take no lock) and then deletes it in
 a short write transaction. SQLite files must not be shared over NFS; for hosts that do not share a
 disk use ``mysql``.
+
+The default database is ``papycluster.sqlite`` in a directory of this user's own
+(``papyc-sqlite-<uid>``, 0700) in the default share, created 0600 before SQLite opens it
+(its ``-wal`` and ``-shm`` files take the same mode). A default directory or database
+that belongs to another user, or that others may write (or, for the database, read),
+is refused with an :class:`~papycluster.transport.base.UnsafePathError` naming it:
+another user who could change a row would have the loader unpickle their bytes. Every
+row also carries the MAC of its item (:mod:`~papycluster.transport.integrity`), in the
+ticket and in a ``mac`` column (for :meth:`SqliteTransport.find`), checked before the
+bytes are returned, whichever file the database is.
 """
 
 from __future__ import annotations
@@ -16,15 +26,76 @@ import threading
 import time
 from typing import Any
 
-from papycluster.transport import base, db, shares, ticket
-from papycluster.transport.base import StaleTicketError, TicketError, TransportError, log
+from papycluster.transport import base, db, integrity, shares, ticket
+from papycluster.transport.base import (
+    StaleTicketError,
+    TicketError,
+    TransportError,
+    log,
+)
 
 DEFAULT_DB = "papycluster.sqlite"
 BUSY_TIMEOUT = 60.0
+_BINARY = getattr(os, "O_BINARY", 0)
+
+
+def _user_id() -> str:
+    if hasattr(os, "geteuid"):
+        return str(os.geteuid())
+    import getpass
+
+    return "".join(c if c.isalnum() or c in "._-" else "_" for c in getpass.getuser())
+
+
+def default_dir() -> str:
+    """This user's directory for the default database, in the default share."""
+    return os.path.join(shares.resolve(shares.DEFAULT), f"papyc-sqlite-{_user_id()}")
 
 
 def default_path() -> str:
-    return os.path.join(shares.resolve(shares.DEFAULT), DEFAULT_DB)
+    return os.path.join(default_dir(), DEFAULT_DB)
+
+
+def prepare_default(path: str) -> None:
+    """Make the default database's directory (0700) and file (0600) if they are missing,
+    and refuse them, and the ``-wal`` and ``-shm`` beside, unless they are this user's
+    and private. Runs before this process's first connection to the file."""
+    directory = os.path.dirname(path)
+    try:
+        os.mkdir(directory, 0o700)
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise TransportError(f"sqlite: cannot make the default database's directory "
+                             f"{directory}: {exc}") from None
+    base.check_private(directory, "sqlite", kind="dir")
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _BINARY
+                         | getattr(os, "O_NOFOLLOW", 0), 0o600))
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise TransportError(f"sqlite: cannot create the default database {path}: {exc}") \
+            from None
+    base.check_private(path, "sqlite")
+    for extra in (path + "-wal", path + "-shm"):
+        if os.path.lexists(extra):
+            base.check_private(extra, "sqlite")
+
+
+def _prepare_explicit(path: str) -> None:
+    """A database the user named: create it 0600 if it is new (SQLite would use 0644)."""
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _BINARY, 0o600))
+    except OSError:  # it exists (then it is the user's choice), or SQLite will say why
+        pass
+
+
+def _prepare(path: str) -> None:
+    if path == default_path():
+        prepare_default(path)
+    else:
+        _prepare_explicit(path)
 
 
 class _Conn:
@@ -61,9 +132,16 @@ class _Conn:
             return
         self.conn.execute(f'CREATE TABLE IF NOT EXISTS "{table}" (id INTEGER PRIMARY KEY '
                           "AUTOINCREMENT, item_key TEXT, value BLOB NOT NULL, "
-                          "created REAL NOT NULL)")
+                          "created REAL NOT NULL, mac TEXT)")
         self.conn.execute(f'CREATE INDEX IF NOT EXISTS "{table}_item_key" ON "{table}" '
                           "(item_key)")
+        columns = {row[1] for row in self.conn.execute(f'PRAGMA table_info("{table}")')}
+        if "mac" not in columns:  # a table made by an older papycluster
+            try:
+                self.conn.execute(f'ALTER TABLE "{table}" ADD COLUMN mac TEXT')
+            except sqlite3.OperationalError as exc:
+                if "duplicate column" not in str(exc):  # another process was first
+                    raise
         self.tables.add(table)
 
 
@@ -113,7 +191,7 @@ class _State:
 
 class SqliteTransport(base.Transport):
     name = "sqlite"
-    fields = ("db", "table", "rowid", "key")
+    fields = ("db", "table", "rowid", "key", "mac")
 
     def __init__(self) -> None:
         self.state = base.ProcessState(_State)
@@ -126,13 +204,14 @@ class SqliteTransport(base.Transport):
         db.check_table(table)
         path = os.path.abspath(db_path) if db_path else default_path()
         state = self.state.get()
+        mac = integrity.sign(self.name, data, table, key or "")
         try:
-            conn = state.conn(path)
+            conn = state.conn(path, check=_prepare)
             with conn.lock:
                 conn.ensure(table)
                 cursor = conn.conn.execute(
-                    f'INSERT INTO "{table}" (item_key, value, created) VALUES (?, ?, ?)',
-                    (key, data, time.time()))
+                    f'INSERT INTO "{table}" (item_key, value, created, mac) VALUES '
+                    "(?, ?, ?, ?)", (key, data, time.time(), mac))
                 rowid = cursor.lastrowid
         except sqlite3.Error as exc:
             raise TransportError(f"sqlite: cannot store an item in {path} table {table}: "
@@ -141,7 +220,7 @@ class SqliteTransport(base.Transport):
             rows = state.unloaded.add((path, table), rowid)
             if rows is not None:
                 self._prune(state, path, table, rows)
-        return (path, table, rowid, key or "")
+        return (path, table, rowid, key or "", mac)
 
     def _prune(self, state: _State, path: str, table: str, rows: set[int]) -> None:
         conn = state.conn(path)
@@ -154,19 +233,26 @@ class SqliteTransport(base.Transport):
         state.unloaded.replace((path, table), alive)
 
     def validate(self, fields: tuple, tk: tuple) -> None:
-        path, table, rowid, key = fields
+        path, table, rowid, key, mac = fields
         ticket.check(tk, self.name, path, str, "db")
         if not os.path.isabs(path):
             raise TicketError(tk, f"db path {path!r} is not absolute", self.name)
         db.validate_table_field(tk, self.name, table)
         ticket.check_int(tk, self.name, rowid, "rowid", 1, 2**63 - 1)
         ticket.check(tk, self.name, key, str, "key")
+        ticket.check_token(tk, self.name, mac, "mac")
 
     def load(self, fields: tuple, tk: tuple, remove: bool = True,
              timeout: float | None = None) -> Any:
-        path, table, rowid, _ = fields
+        path, table, rowid, key, expected = fields
 
         def is_database(path: str) -> None:
+            if path == default_path():
+                try:
+                    base.check_private(os.path.dirname(path), self.name, tk, kind="dir")
+                    base.check_private(path, self.name, tk)
+                except FileNotFoundError:
+                    raise StaleTicketError(tk, f"no database {path}", self.name) from None
             try:
                 with open(path, "rb") as handle:
                     header = handle.read(16)
@@ -198,7 +284,11 @@ class SqliteTransport(base.Transport):
                                    "loaded?)", self.name)
         if remove:
             state.unloaded.discard((path, table), rowid)
-        return row[0]
+        value = row[0]
+        mac = integrity.signer(self.name, table, key)
+        mac.update(value)
+        integrity.verify(mac, expected, tk, self.name, f"row {rowid} of {path} table {table}")
+        return value
 
     def find(self, key: str, table: str = db.DEFAULT_TABLE, db_path: str | None = None
              ) -> tuple | None:
@@ -207,16 +297,22 @@ class SqliteTransport(base.Transport):
         path = os.path.abspath(db_path) if db_path else default_path()
         if not os.path.isfile(path):
             return None
-        conn = self.state.get().conn(path)
+        conn = self.state.get().conn(path, check=_prepare)
         with conn.lock:
             try:
-                row = conn.conn.execute(f'SELECT id FROM "{table}" WHERE item_key = ? '
+                row = conn.conn.execute(f'SELECT id, mac FROM "{table}" WHERE item_key = ? '
                                         "ORDER BY id DESC LIMIT 1", (key,)).fetchone()
             except sqlite3.OperationalError as exc:
-                if "no such table" in str(exc):
+                if "no such table" in str(exc) or "no such column" in str(exc):
                     return None
                 raise
-        return None if row is None else (path, table, row[0], key)
+        if row is None:
+            return None
+        if not (isinstance(row[1], str) and ticket.TOKEN_RE.match(row[1])):
+            log.warning("sqlite: row %s of %s table %s has no MAC (written by an older "
+                        "papycluster?): not trusted, not found", row[0], path, table)
+            return None
+        return (path, table, row[0], key, row[1])
 
     def cleanup(self) -> None:
         self.state.close()

@@ -530,7 +530,7 @@ def _(request: pytest.FixtureRequest) -> None:
       "real ticket")
 def _(request: pytest.FixtureRequest) -> None:
     n = len(PAYLOAD)
-    _ticket_case(request, "file", lambda tk: (*tk[:6], n + 1), transport.TicketError,
+    _ticket_case(request, "file", lambda tk: (*tk[:6], n + 1, tk[7]), transport.TicketError,
                  "file ticket", f"has {n} bytes, the ticket says {n + 1}")
 
 
@@ -558,7 +558,7 @@ def _(request: pytest.FixtureRequest) -> None:
 @case("ticket-path-traversal", "ticket",
       "a file ticket naming ../../etc/passwd: refused by the ticket check, the name named")
 def _(request: pytest.FixtureRequest) -> None:
-    _ticket_case(request, "file", lambda tk: (*tk[:5], "../../etc/passwd", 10),
+    _ticket_case(request, "file", lambda tk: (*tk[:5], "../../etc/passwd", 10, tk[7]),
                  transport.TicketError, "file ticket", "'../../etc/passwd'",
                  "not one papycluster makes")
 

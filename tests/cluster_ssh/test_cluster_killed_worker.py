@@ -39,7 +39,11 @@ def _fed(first, then, go):
 
 
 @pytest.mark.parametrize("kind", ["shm", "file"])
-def test_a_killed_remote_workers_items_go_when_its_pool_stops(local_cluster, kind):
+def test_a_killed_remote_workers_items_go_when_its_pool_stops(local_cluster, kind,
+                                                             monkeypatch):
+    # This process loads one item itself: a file item is checked with the cluster secret
+    # (a pipeline's controller gets it from negotiate.prepare_controller_env).
+    monkeypatch.setenv("PAPYCLUSTER_SECRET", local_cluster.secret)
     go = threading.Event()
     numap = NuMap(worker_num=0, worker_remote=[("local1", 2)], retries=2)
     task = numap.add_task(_dump_with_pid, _fed(range(20), range(20, 30), go), args=(kind,))

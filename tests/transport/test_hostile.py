@@ -117,7 +117,7 @@ def test_stale_and_foreign_tickets_are_named(tickets: dict[str, tuple]) -> None:
     with pytest.raises(transport.TicketError, match="version 2 is not supported"):
         io.load_item([("papyc", 2, *tickets["tcp"][2:])])
     with pytest.raises(transport.TicketError, match=r"file ticket .*not one papycluster makes"):
-        io.load_item([(*tickets["file"][:5], "../../../etc/passwd", 10)])
+        io.load_item([(*tickets["file"][:5], "../../../etc/passwd", 10, tickets["file"][7])])
     with pytest.raises(transport.TicketError, match="sqlite ticket .*not an SQLite database"):
         io.load_db_item([(*tickets["sqlite"][:4], "/etc/passwd", *tickets["sqlite"][5:])])
 

@@ -15,6 +15,7 @@ import pytest
 from papycluster import NuMap, Piper, Plumber, Worker, workers
 from papycluster.engine import Dagger
 from papycluster.errors import PiperError, WorkerError
+from papycluster.transport import sqlite as sqlite_mod
 from papycluster.transport import ticket as ticket_mod
 
 from .test_transports import still_there
@@ -79,7 +80,7 @@ def test_seed_snippet_sqlite(share: Path) -> None:
     pipes.stop()
     assert pipes.stats["items_out"] == 100 and pipes.stats["errors_out"] == 0
     assert results(upstream, downstram, list(range(100))) == [x * x for x in range(100)]
-    with sqlite3.connect(share / "papycluster.sqlite") as conn:
+    with sqlite3.connect(sqlite_mod.default_path()) as conn:
         assert conn.execute("SELECT COUNT(*) FROM temp").fetchone()[0] == 0  # all consumed
 
 

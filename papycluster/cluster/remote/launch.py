@@ -19,8 +19,8 @@ import sys
 import tempfile
 import time
 
-# alive, ours, group_alive and kill_tree come from _procs.py, probe and fit from
-# _probe.py; render() puts both in front of this script.
+# alive, is_agent and kill_tree come from _procs.py, probe and fit from _probe.py;
+# render() puts both in front of this script.
 
 CONFIG = {}  # replaced by render()
 
@@ -160,10 +160,11 @@ def launch(run_dir, pythonpath):
     info_path = os.path.join(run_dir, "agent.json")
     try:
         with open(info_path) as f:
-            old = json.load(f).get("pid")
-        if old and alive(old) and ours(old):
+            info = json.load(f)
+        old = int(info.get("pid") or 0)
+        if old and is_agent(old, info, run_dir):  # never a pid that is not that agent
             kill_tree(old, 5.0)
-    except (OSError, ValueError):
+    except (OSError, ValueError, TypeError, AttributeError):
         pass
     try:
         os.remove(info_path)
