@@ -47,7 +47,6 @@ import time
 import weakref
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 from papycluster import hooks
@@ -55,6 +54,7 @@ from papycluster.engine import output
 from papycluster.engine import process as proto
 from papycluster.engine.lanes import HEARTBEAT_EVERY, Hub, Lane, ThreadLane, join_all
 from papycluster.engine.process_lane import ProcessLane
+from papycluster.engine.tasks import _Failed, _NuMapTask, _parks_items, _Task
 from papycluster.errors import NuMapTimeoutError, WorkerLostError
 
 log = logging.getLogger("papycluster.numap")
@@ -80,60 +80,6 @@ def _stop_all() -> None:
             numap._stop(timeout=1.0)
         except Exception:  # pragma: no cover - best effort at exit
             pass
-
-
-@dataclass(eq=False)
-class _Task:
-    """One task of a NuMap: a function over an iterable, and its results so far."""
-
-    id: int
-    func: Callable
-    iterable: Iterable
-    args: tuple
-    kwargs: dict
-    timeout: float | None
-    block: bool
-    track: bool
-    skip: bool
-    blob: bytes | BaseException | None = None  # cloudpickled (func, args, kwargs)
-    remote_blob: bytes | None = None  # the same for remote workers (engine.shipping)
-    pulled: int = 0  # items taken from the iterable so far
-    fed: int = 0  # tasklets admitted to the buffer so far
-    total: int | None = None  # known once the iterable is exhausted (or stopped)
-    next_index: int = 0  # ordered: the index next() returns next
-    returned: int = 0  # results returned or skipped so far
-    results: dict[int, tuple[bool, Any]] = field(default_factory=dict)  # ordered
-    arrived: deque = field(default_factory=deque)  # unordered
-    skipped: set[int] = field(default_factory=set)  # ordered: indexes to drop
-    drop_next: int = 0  # unordered: late results to drop
-    closed: bool = False  # the NuMap was stopped: no more results will come
-    delivered: set[int] = field(default_factory=set)  # unordered: against duplicates
-    sources: dict[int, str] = field(default_factory=dict)  # remote: which host answered
-
-    def finished(self) -> bool:
-        return self.closed or (self.total is not None and self.returned >= self.total)
-
-
-class _NuMapTask:
-    """The iterator of one task's results (what ``add_task`` and ``get_task`` return)."""
-
-    def __init__(self, numap: NuMap, task: int, timeout: float | None = None,
-                 block: bool = True) -> None:
-        self.numap = numap
-        self.task = task
-        self.timeout = timeout
-        self.block = block
-
-    def __iter__(self) -> _NuMapTask:
-        return self
-
-    def __next__(self) -> Any:
-        return self.numap.next(timeout=self.timeout, task=self.task, block=self.block)
-
-    next = __next__
-
-    def __repr__(self) -> str:
-        return f"<_NuMapTask {self.task} of {self.numap.name}>"
 
 
 class _Budget:
@@ -924,30 +870,3 @@ class NuMap:
 
     def __next__(self) -> Any:
         return self.next()
-
-
-class _Failed:
-    """An upstream error pulled from a task's iterable: it becomes that item's result."""
-
-    __slots__ = ("exception",)
-
-    def __init__(self, exception: BaseException) -> None:
-        self.exception = exception
-
-
-#: Functions whose worker process keeps what they return a ticket for (a transport's
-#: server, its files or segments) until a loader takes it.
-_PARKING = {"dump_item", "dump_db_item"}
-
-
-def _parks_items(func: Callable) -> bool:
-    """Does ``func`` (a function, or a Worker's composition) park items in its worker
-    process? True for papycluster's dump functions and for any function with a true
-    ``parks_items`` attribute (for a user's own function that does the same)."""
-    for function in getattr(func, "task", None) or [func]:
-        if getattr(function, "parks_items", False):
-            return True
-        if (getattr(function, "__name__", "") in _PARKING
-                and getattr(function, "__module__", "").startswith("papycluster.")):
-            return True
-    return False
