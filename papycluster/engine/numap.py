@@ -417,7 +417,8 @@ class NuMap:
             return
         self._stopping.set()
         self._closing.set()
-        retiring = self._retiring
+        with self._cond:  # set and started under the lock: read it under the lock
+            retiring = self._retiring
         if retiring is not None and retiring is not threading.current_thread():
             retiring.join(timeout)  # idle workers ending: let them end first
         with self._cond:
