@@ -45,22 +45,19 @@ import os
 import threading
 import time
 import weakref
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from papycluster import hooks
 from papycluster.engine import output
 from papycluster.engine import process as proto
+from papycluster.engine.feed import POLL, Budget, Feed
 from papycluster.engine.lanes import HEARTBEAT_EVERY, Hub, Lane, ThreadLane, join_all
 from papycluster.engine.process_lane import ProcessLane
-from papycluster.engine.tasks import _Failed, _NuMapTask, _parks_items, _Task
+from papycluster.engine.tasks import _NuMapTask, _parks_items, _Task, close_tasks
 from papycluster.errors import NuMapTimeoutError, WorkerLostError
 
 log = logging.getLogger("papycluster.numap")
-
-#: How often blocked manager threads look at the stop flag (seconds).
-POLL = 0.1
 
 #: Most tasklets an adaptive buffer (no ``buffer=`` given) lets in flight.
 ADAPTIVE_MAX = 2048
@@ -80,59 +77,6 @@ def _stop_all() -> None:
             numap._stop(timeout=1.0)
         except Exception:  # pragma: no cover - best effort at exit
             pass
-
-
-class _Budget:
-    """PaPy's buffer: room for tasklets admitted and not yet returned by ``next()``.
-
-    A semaphore whose size can change: a fixed ``buffer=`` never changes it; an
-    adaptive one grows it (and shrinks it for big items; tasklets already admitted
-    stay). ``waiting`` tells that the feeding thread waits for room.
-    """
-
-    def __init__(self, capacity: int) -> None:
-        self.capacity = capacity
-        self.used = 0
-        self.waiting = False
-        self._cond = threading.Condition(threading.Lock())
-
-    def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
-        with self._cond:
-            if self.used < self.capacity:
-                self.used += 1
-                return True
-            if not blocking:
-                return False
-            self.waiting = True
-            try:
-                self._cond.wait(timeout)
-            finally:
-                self.waiting = False
-            if self.used < self.capacity:
-                self.used += 1
-                return True
-            return False
-
-    def release(self) -> None:
-        with self._cond:
-            self.used -= 1
-            self._cond.notify()
-
-    def resize(self, capacity: int) -> None:
-        with self._cond:
-            self.capacity = capacity
-            self._cond.notify()
-
-
-class _Feed:
-    """One feeding run: what the putter admitted and the sender has not yet sent."""
-
-    def __init__(self, generation: int) -> None:
-        self.generation = generation
-        self.outbox: deque[tuple[_Task, int, Any]] = deque()
-        self.wake = threading.Event()
-        self.pulled_all = False  # the putter has ended
-        self.sent_all = False  # ... and the sender has sent everything it admitted
 
 
 class NuMap:
@@ -203,8 +147,8 @@ class NuMap:
         self._threads: list[threading.Thread] = []  # the putter and the sender
         #: The executors (see engine.lanes): the local lane first, then the remote one.
         self._lanes: list[Lane] = []
-        self._semaphore: _Budget | None = None  # PaPy's buffer (its name in PaPy)
-        self._feed: _Feed | None = None
+        self._semaphore: Budget | None = None  # PaPy's buffer (its name in PaPy)
+        self._feed: Feed | None = None
         #: Adaptive buffer: bytes per tasklet (item sent + result back), estimated.
         self._tasklet_bytes = 0.0
         self._readers = 0  # threads waiting in next() for a result
@@ -355,7 +299,7 @@ class NuMap:
 
     def _start_feeding(self) -> None:
         floor = len(self._tasks) * self.stride or self.stride
-        self._semaphore = _Budget(self.buffer or floor)
+        self._semaphore = Budget(self.buffer or floor)
         self._tasklet_bytes = 0.0
         self._parks = any(_parks_items(task.func) for task in self._tasks)
         for task in self._tasks:
@@ -368,14 +312,13 @@ class NuMap:
                                                              task.kwargs)
                 except Exception as exc:
                     task.blob = proto.describe_exception(exc)
-        self._feed = feed = _Feed(self._generation)
-        putter = threading.Thread(target=self._putter, args=(feed,),
-                                  name=f"{self.name}-putter", daemon=True)
-        sender = threading.Thread(target=self._sender, args=(feed,),
-                                  name=f"{self.name}-sender", daemon=True)
-        putter.start()
-        sender.start()
-        self._threads += [putter, sender]
+        self._feed = feed = Feed(
+            self.name, self._tasks, self.stride, self._semaphore, self._cond,
+            self._stopping, self._generation, current=lambda: self._generation,
+            deliver=self._deliver, batch_limit=self._batch_limit,
+            send=self._dispatch_batch, done=self._retire_if_idle)
+        feed.start()
+        self._threads += feed.threads
 
     @property
     def _adaptive(self) -> bool:
@@ -456,98 +399,9 @@ class NuMap:
 
     def _close_tasks(self, tasks: list[_Task] | None = None) -> None:
         """Feeding has ended: every task's total is what has been handed out."""
-        for task in self._tasks if tasks is None else tasks:
-            if task.total is None:
-                task.total = task.fed
+        close_tasks(self._tasks if tasks is None else tasks)
 
     # -- feeding -------------------------------------------------------------------
-
-    def _weave(self) -> Iterator[tuple[_Task, Iterator]]:
-        """Yield ``(task, iterator)`` round-robin, ``stride`` times per task and round.
-
-        The putter pulls one item per step. Stopping takes effect at a round boundary,
-        so every task completes the round.
-        """
-        active = [(task, iter(task.iterable)) for task in self._tasks]
-        while active and not self._stopping.is_set():
-            for entry in active:
-                for _ in range(self.stride):
-                    if entry[0].total is not None:
-                        break
-                    yield entry
-            active = [entry for entry in active if entry[0].total is None]
-
-    def _putter(self, feed: _Feed) -> None:
-        """Feed the workers: pull an item, wait for room in the buffer, queue it.
-
-        The sender thread sends what is queued; the putter never holds a tasklet back,
-        so a pull that blocks (a generator, an upstream task) delays nothing admitted.
-        """
-        generation, tasks = feed.generation, self._tasks
-        try:
-            for task, iterator in self._weave():
-                if generation != self._generation:
-                    return  # stopped while blocked on an upstream task
-                index = task.pulled
-                try:
-                    item = next(iterator)
-                except StopIteration:
-                    with self._cond:
-                        task.total = task.fed
-                        self._cond.notify_all()
-                    continue
-                except Exception as exc:  # an upstream error becomes this item's
-                    item = _Failed(exc)
-                task.pulled += 1
-                if not self._acquire() or generation != self._generation:
-                    break
-                with self._cond:
-                    task.fed += 1
-                if isinstance(item, _Failed):
-                    self._deliver(task.id, index, False, item.exception)
-                    continue
-                feed.outbox.append((task, index, item))
-                if not feed.wake.is_set():
-                    feed.wake.set()
-        except Exception as exc:  # never die silently: fail the tasks instead
-            log.exception("%s: the feeding thread failed", self.name)
-            with self._cond:
-                for task in tasks:
-                    if task.total is None:
-                        task.results.setdefault(task.fed, (False, exc))
-                        task.arrived.append((task.fed, False, exc))
-                        task.fed += 1
-        finally:
-            with self._cond:
-                self._close_tasks(tasks)
-                self._cond.notify_all()
-            feed.pulled_all = True
-            feed.wake.set()
-
-    def _sender(self, feed: _Feed) -> None:
-        """Send the queued tasklets, in batches of what waits (at most a batch limit).
-
-        Batches form by themselves while the workers or the pipes are busy; a tasklet
-        never waits for others to join it.
-        """
-        outbox = feed.outbox
-        while True:
-            feed.wake.wait(POLL)
-            feed.wake.clear()
-            while outbox:
-                if feed.generation != self._generation:
-                    return
-                limit = self._batch_limit()
-                batch = [outbox.popleft()]
-                while outbox and len(batch) < limit:
-                    batch.append(outbox.popleft())
-                self._dispatch_batch(batch)
-            if feed.pulled_all and not outbox:
-                break
-            if feed.generation != self._generation:
-                return
-        feed.sent_all = True
-        self._retire_if_idle()
 
     def _batch_limit(self) -> int:
         """Tasklets per message: only for process-only pools with a deep buffer."""
@@ -563,16 +417,6 @@ class NuMap:
         elif batch:
             self._dispatch_many(batch)
         batch.clear()
-
-    def _acquire(self) -> bool:
-        """Take room in the buffer; False when the NuMap stops meanwhile."""
-        assert self._semaphore is not None
-        if self._semaphore.acquire(blocking=False):
-            return True
-        while not self._stopping.is_set():
-            if self._semaphore.acquire(timeout=POLL):
-                return True
-        return False
 
     def _grow(self) -> None:
         """A worker ran out of work while the putter waited for room and a reader

@@ -93,3 +93,10 @@ def _parks_items(func: Callable) -> bool:
                 and getattr(function, "__module__", "").startswith("papycluster.")):
             return True
     return False
+
+
+def close_tasks(tasks: list[_Task]) -> None:
+    """Feeding has ended: every task's total is what has been handed out."""
+    for task in tasks:
+        if task.total is None:
+            task.total = task.fed
