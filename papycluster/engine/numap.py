@@ -556,30 +556,12 @@ class NuMap:
                 return
             if task_id >= len(self._tasks):
                 return  # a result from before a restart
-            task = self._tasks[task_id]
-            if self.ordered:
-                duplicate = index in task.results or (
-                    index < task.next_index and index not in task.skipped)
-            else:
-                duplicate = index in task.delivered
-                task.delivered.add(index)
-            if duplicate:
+            stored = self._tasks[task_id].store(index, ok, value, source, self.ordered)
+            if stored is None:
                 log.warning("%s: dropped a duplicate result for item %d of task %d",
                             self.name, index, task_id)
-                return
-            if source is not None:
-                task.sources[index] = source
-            if self.ordered:
-                if index in task.skipped:
-                    task.skipped.discard(index)
-                    return
-                task.results[index] = (ok, value)
-            else:
-                if task.drop_next:
-                    task.drop_next -= 1
-                    return
-                task.arrived.append((index, ok, value))
-            self._cond.notify_all()
+            elif stored:
+                self._cond.notify_all()
 
     # -- results -------------------------------------------------------------------
 
@@ -686,29 +668,13 @@ class NuMap:
                 self._reruns.pop(key, None)
 
     def _take(self, t: _Task) -> tuple[int, bool, Any] | None:
-        if self.ordered:
-            if t.next_index in t.results:
-                index = t.next_index
-                ok, value = t.results.pop(index)
-                t.next_index += 1
-                return index, ok, value
-            return None
-        if t.arrived:
-            return t.arrived.popleft()
-        return None
+        return t.take(self.ordered)
 
     def _time_out(self, t: _Task) -> None:
         """With skip, give up on the awaited item: its result is dropped on arrival."""
-        if not t.skip or t.finished():
-            return
-        if self.ordered:
-            t.skipped.add(t.next_index)
-            t.next_index += 1
-        else:
-            t.drop_next += 1
-        t.returned += 1
-        assert self._semaphore is not None
-        self._semaphore.release()
+        if t.give_up(self.ordered):
+            assert self._semaphore is not None
+            self._semaphore.release()
 
     def __iter__(self) -> NuMap:
         return self

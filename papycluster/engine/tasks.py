@@ -45,6 +45,58 @@ class _Task:
     def finished(self) -> bool:
         return self.closed or (self.total is not None and self.returned >= self.total)
 
+    def store(self, index: int, ok: bool, value: Any, source: str | None,
+              ordered: bool) -> bool | None:
+        """Keep a result for ``next()``: True if stored, False if dropped (a late
+        result of an item skipped after a timeout), None for a duplicate."""
+        if ordered:
+            duplicate = index in self.results or (
+                index < self.next_index and index not in self.skipped)
+        else:
+            duplicate = index in self.delivered
+            self.delivered.add(index)
+        if duplicate:
+            return None
+        if source is not None:
+            self.sources[index] = source
+        if ordered:
+            if index in self.skipped:
+                self.skipped.discard(index)
+                return False
+            self.results[index] = (ok, value)
+        else:
+            if self.drop_next:
+                self.drop_next -= 1
+                return False
+            self.arrived.append((index, ok, value))
+        return True
+
+    def take(self, ordered: bool) -> tuple[int, bool, Any] | None:
+        """The next result ``(index, ok, value)`` to return, or None (not there yet)."""
+        if ordered:
+            if self.next_index in self.results:
+                index = self.next_index
+                ok, value = self.results.pop(index)
+                self.next_index += 1
+                return index, ok, value
+            return None
+        if self.arrived:
+            return self.arrived.popleft()
+        return None
+
+    def give_up(self, ordered: bool) -> bool:
+        """With skip, give up on the awaited item (its result is dropped on arrival):
+        True if an item was given up (its room in the buffer is free again)."""
+        if not self.skip or self.finished():
+            return False
+        if ordered:
+            self.skipped.add(self.next_index)
+            self.next_index += 1
+        else:
+            self.drop_next += 1
+        self.returned += 1
+        return True
+
 
 class _NuMapTask:
     """The iterator of one task's results (what ``add_task`` and ``get_task`` return)."""
