@@ -66,6 +66,8 @@ class Hub:
     dispatch: Callable[..., None]
     #: settle(): a lane ran out of work; local workers may end if all are idle
     settle: Callable[[], None]
+    #: inputs_done() (lock held): every input was consumed and sent, nothing to rerun
+    inputs_done: Callable[[], bool]
     #: the NuMap's generation (bumped by every stop): late threads see they are stale
     generation: Callable[[], int]
     #: the multiprocessing context of local processes

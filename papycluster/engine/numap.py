@@ -48,12 +48,11 @@ import weakref
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from papycluster import hooks
 from papycluster.engine import output
 from papycluster.engine import process as proto
 from papycluster.engine.feed import POLL, Budget, Feed
-from papycluster.engine.lanes import HEARTBEAT_EVERY, Hub, Lane, ThreadLane, join_all
-from papycluster.engine.process_lane import ProcessLane
+from papycluster.engine.lane_set import LaneSet
+from papycluster.engine.lanes import HEARTBEAT_EVERY, Hub, join_all
 from papycluster.engine.tasks import _NuMapTask, _parks_items, _Task, close_tasks
 from papycluster.errors import NuMapTimeoutError, WorkerLostError
 
@@ -145,18 +144,11 @@ class NuMap:
         self._stopping = threading.Event()  # stop feeding
         self._closing = threading.Event()  # stop collecting too: the workers are ending
         self._threads: list[threading.Thread] = []  # the putter and the sender
-        #: The executors (see engine.lanes): the local lane first, then the remote one.
-        self._lanes: list[Lane] = []
         self._semaphore: Budget | None = None  # PaPy's buffer (its name in PaPy)
         self._feed: Feed | None = None
         #: Adaptive buffer: bytes per tasklet (item sent + result back), estimated.
         self._tasklet_bytes = 0.0
         self._readers = 0  # threads waiting in next() for a result
-        #: The local workers ended because the inputs were all consumed (see
-        #: _retire_if_idle); _workers_lock orders ending and starting them again.
-        self._retired = False
-        self._retiring: threading.Thread | None = None
-        self._workers_lock = threading.Lock()
         #: A task dumps items that its worker process holds (or serves) until a loader
         #: takes them: such workers stay until stop(), whatever their input.
         self._parks = False
@@ -173,9 +165,13 @@ class NuMap:
                         closing=self._closing, retries=self.retries,
                         heartbeat=self.heartbeat, log_to_driver=self.log_to_driver,
                         deliver=self._deliver, dispatch=self._dispatch,
-                        settle=self._retire_if_idle, generation=lambda: self._generation,
+                        settle=self._retire_if_idle, inputs_done=self._inputs_done,
+                        generation=lambda: self._generation,
                         context=self._context, weigh=self._weigh, grow=self._grow,
                         adaptive=lambda: self._adaptive)
+        #: The executors (see engine.lanes): the local lane first, then the remote one.
+        self._lanes = LaneSet(self._hub, self.worker_type, self.worker_num,
+                              [host for host, n in self.worker_remote for _ in range(n)])
         if bool(func) != bool(iterable):
             raise ValueError("NuMap(func, iterable) needs both or neither")
         if func and iterable:
@@ -259,43 +255,17 @@ class NuMap:
     def _start_workers(self) -> None:
         self._stopping.clear()
         self._closing.clear()
-        self._retired = False
-        self._start_local_workers()
-        if self.worker_remote:
-            specs = [host for host, n in self.worker_remote for _ in range(n)]
-            lane = hooks.lane_factory("remote")(self._hub, specs)  # cluster.lane
-            with self._cond:
-                self._lanes.append(lane)
-            lane.start()
-
-    def _start_local_workers(self) -> None:
-        """Start the local lane: processes and their getter, or threads."""
-        if not self.worker_num:
-            return
-        kind = ProcessLane if self.worker_type == "process" else ThreadLane
-        lane = kind(self._hub, self.worker_num)
-        with self._cond:
-            self._lanes.insert(0, lane)
-        lane.start()
+        self._lanes.start()
 
     @property
     def _slots(self) -> list:
         """The local worker processes (for tests and status)."""
-        return [slot for lane in self._lanes if isinstance(lane, ProcessLane)
-                for slot in lane.slots]
+        return self._lanes.slots
 
     @property
     def _remote_workers(self) -> list:
         """The open remote workers (for tests and status)."""
-        return [w for lane in self._lanes if lane.kind == "remote"
-                for w in getattr(lane, "workers", ())]
-
-    def _processes_only(self) -> ProcessLane | None:
-        """The lane of local processes when it is the only one, else None."""
-        lanes = self._lanes
-        if len(lanes) == 1 and isinstance(lanes[0], ProcessLane):
-            return lanes[0]
-        return None
+        return self._lanes.remote_workers
 
     def _start_feeding(self) -> None:
         floor = len(self._tasks) * self.stride or self.stride
@@ -323,7 +293,7 @@ class NuMap:
     @property
     def _adaptive(self) -> bool:
         """No ``buffer=`` given and only local processes: the buffer may grow."""
-        return self.buffer is None and self._processes_only() is not None
+        return self.buffer is None and self._lanes.processes_only() is not None
 
     def stop(self, ends: Iterable[int] | None = None, forced: bool = False) -> None:
         """Stop feeding, end the workers and make the NuMap reusable.
@@ -360,10 +330,7 @@ class NuMap:
             return
         self._stopping.set()
         self._closing.set()
-        with self._cond:  # set and started under the lock: read it under the lock
-            retiring = self._retiring
-        if retiring is not None and retiring is not threading.current_thread():
-            retiring.join(timeout)  # idle workers ending: let them end first
+        self._lanes.wait_retired(timeout)
         with self._cond:
             self._generation += 1
             self._close_tasks()
@@ -372,18 +339,11 @@ class NuMap:
             self._cond.notify_all()
         if self._feed is not None:
             self._feed.wake.set()  # the sender sees the stop at once
-        lanes = list(self._lanes)
-        for lane in lanes:  # every lane is asked to stop before any is waited for
-            lane.stop()
+        self._lanes.stop()  # every lane is asked to stop before any is waited for
         deadline = time.monotonic() + timeout
         join_all(self._threads, deadline)
-        for lane in lanes:
-            lane.close(deadline)
-        with self._cond:
-            dead, self._hub.dead_workers[:] = list(self._hub.dead_workers), []
-        for worker in dead:  # died mid-run: their unloaded items go now, as the others'
-            worker.sweep()
-        self._lanes, self._threads = [], []
+        self._lanes.close(deadline)
+        self._threads = []
         self._feed = None
         self._kept = keep
         if not keep:
@@ -405,7 +365,7 @@ class NuMap:
 
     def _batch_limit(self) -> int:
         """Tasklets per message: only for process-only pools with a deep buffer."""
-        lane = self._processes_only()
+        lane = self._lanes.processes_only()
         if lane is None:
             return 1
         assert self._semaphore is not None
@@ -454,19 +414,9 @@ class NuMap:
         if isinstance(task.blob, BaseException):
             self._deliver(task.id, index, False, task.blob)
             return
-        while True:
-            with self._cond:
-                target: Lane | None = None
-                best = float("inf")
-                for lane in self._lanes:
-                    load = lane.load()
-                    if load < best:
-                        target, best = lane, load
-                lost = "; ".join(lane.lost for lane in self._lanes if lane.lost)
-            if target is None:
-                break
-            if target.submit(task, index, item, attempts):
-                return
+        lost = self._lanes.dispatch(task, index, item, attempts)
+        if lost is None:
+            return
         error = WorkerLostError(f"{self.name}: no worker is left to run item {index} "
                                 f"of task {task.id}" + (f" (lost: {lost})" if lost else ""))
         self._deliver(task.id, index, False, error)
@@ -479,66 +429,24 @@ class NuMap:
                 self._deliver(task.id, index, False, task.blob)
             else:
                 sendable.append((task, index, item))
-        lane = self._processes_only()
-        if lane is not None:
-            lane.submit_many(sendable)
+        if self._lanes.dispatch_many(sendable):
             return
         for tasklet in sendable:  # the lanes changed since the batch was made
             self._dispatch(*tasklet)
 
     # -- idle workers ----------------------------------------------------------------
 
-    def _idle(self) -> bool:
-        """All inputs consumed, every tasklet back, nothing to rerun (``_cond`` held).
-
-        Only pools of local workers: remote workers stay until ``stop()``.
-        """
+    def _inputs_done(self) -> bool:
+        """Every input consumed and sent, nothing to rerun (``_cond`` held): the
+        local workers may end once they hold nothing (see engine.lane_set)."""
         feed = self._feed
-        return (self._started and not self._retired and not self._closing.is_set()
-                and not self._parks
+        return (self._started and not self._parks
                 and feed is not None and feed.sent_all
                 and feed.generation == self._generation
-                and not self._reruns
-                and bool(self._lanes)
-                and all(lane.local for lane in self._lanes)
-                and not any(lane.busy() for lane in self._lanes))
+                and not self._reruns)
 
     def _retire_if_idle(self) -> None:
-        """End the local workers once they can get no more work (PaPy's ended with
-        their input), in a thread of its own: the caller may be one of them."""
-        with self._cond:
-            if self._retiring is not None or not self._idle():
-                return
-            thread = threading.Thread(target=self._retire, args=(self._generation,),
-                                      name=f"{self.name}-retire", daemon=True)
-            self._retiring = thread
-            thread.start()  # under the lock: whoever sees it can join it
-
-    def _retire(self, generation: int) -> None:
-        try:
-            with self._workers_lock:
-                with self._cond:
-                    if generation != self._generation or not self._idle():
-                        return
-                    self._retired = True
-                    lanes = [lane for lane in self._lanes if lane.local]
-                    self._lanes = [lane for lane in self._lanes if not lane.local]
-                for lane in lanes:
-                    lane.stop()
-                    lane.close(time.monotonic() + 5.0)
-                log.debug("%s: inputs consumed, the idle local workers ended", self.name)
-        finally:
-            with self._cond:
-                self._retiring = None
-
-    def _ensure_workers(self) -> None:
-        """Start the local workers again if they ended idle (a rerun needs them)."""
-        with self._workers_lock:
-            if not self._retired or self._closing.is_set():
-                return
-            self._start_local_workers()
-            with self._cond:
-                self._retired = False
+        self._lanes.retire_if_idle()
 
     def _deliver(self, task_id: int, index: int, ok: bool, value: Any,
                  source: str | None = None) -> None:
@@ -649,7 +557,7 @@ class NuMap:
             t = self._tasks[task]
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
-            self._ensure_workers()
+            self._lanes.ensure_local()
             self._dispatch(t, index, item)
             with self._cond:
                 while not waiting:
