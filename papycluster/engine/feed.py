@@ -35,6 +35,8 @@ class Budget:
         self.capacity = capacity
         self.used = 0
         self.waiting = False
+        #: Adaptive buffer: bytes per tasklet (item sent + result back), estimated.
+        self.tasklet_bytes = 0.0
         self._cond = threading.Condition(threading.Lock())
 
     def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
@@ -63,6 +65,31 @@ class Budget:
         with self._cond:
             self.capacity = capacity
             self._cond.notify()
+
+    def grow(self, most: int, bytes_in_flight: int) -> None:
+        """A worker ran out of work while the putter waited for room (and a reader
+        waited for a result): the buffer holds the pool back, so double it, within
+        ``most`` tasklets and ``bytes_in_flight`` bytes."""
+        if not self.waiting:
+            return
+        bound = most
+        if self.tasklet_bytes:
+            bound = min(bound, int(bytes_in_flight // self.tasklet_bytes))
+        if self.capacity < bound:
+            self.resize(min(bound, self.capacity * 2))
+
+    def weigh(self, nbytes: int, count: int, floor: int, bytes_in_flight: int) -> None:
+        """Count ``nbytes`` for ``count`` items sent or results received: tasklets
+        too big for ``bytes_in_flight`` shrink the buffer back towards ``floor``
+        (PaPy's)."""
+        share = 2 * nbytes / count  # as much again for the other way
+        if self.tasklet_bytes:
+            self.tasklet_bytes += (share - self.tasklet_bytes) * 0.1
+        else:
+            self.tasklet_bytes = share
+        bound = max(floor, int(bytes_in_flight // max(self.tasklet_bytes, 1.0)))
+        if self.capacity > bound:
+            self.resize(bound)
 
 
 class Feed:

@@ -146,8 +146,6 @@ class NuMap:
         self._threads: list[threading.Thread] = []  # the putter and the sender
         self._semaphore: Budget | None = None  # PaPy's buffer (its name in PaPy)
         self._feed: Feed | None = None
-        #: Adaptive buffer: bytes per tasklet (item sent + result back), estimated.
-        self._tasklet_bytes = 0.0
         self._readers = 0  # threads waiting in next() for a result
         #: A task dumps items that its worker process holds (or serves) until a loader
         #: takes them: such workers stay until stop(), whatever their input.
@@ -270,7 +268,6 @@ class NuMap:
     def _start_feeding(self) -> None:
         floor = len(self._tasks) * self.stride or self.stride
         self._semaphore = Budget(self.buffer or floor)
-        self._tasklet_bytes = 0.0
         self._parks = any(_parks_items(task.func) for task in self._tasks)
         for task in self._tasks:
             if self.worker_type == "process" or self.worker_remote:
@@ -379,35 +376,18 @@ class NuMap:
         batch.clear()
 
     def _grow(self) -> None:
-        """A worker ran out of work while the putter waited for room and a reader
-        waited for a result: the buffer holds the pool back, so double it (called
-        with ``_cond`` held), within ``ADAPTIVE_MAX`` and ``BYTES_IN_FLIGHT``."""
-        budget = self._semaphore
-        if budget is None or not budget.waiting or not self._readers:
-            return
-        bound = ADAPTIVE_MAX
-        if self._tasklet_bytes:
-            bound = min(bound, int(BYTES_IN_FLIGHT // self._tasklet_bytes))
-        if budget.capacity < bound:
-            budget.resize(min(bound, budget.capacity * 2))
+        """A worker ran out of work (called with ``_cond`` held): the buffer may grow
+        (see Budget.grow) if a reader waits, within ``ADAPTIVE_MAX`` tasklets and
+        ``BYTES_IN_FLIGHT`` bytes."""
+        if self._semaphore is not None and self._readers:
+            self._semaphore.grow(ADAPTIVE_MAX, BYTES_IN_FLIGHT)
 
     def _weigh(self, nbytes: int, count: int) -> None:
         """Count ``nbytes`` for ``count`` items sent or results received (adaptive
-        buffer): tasklets too big for the bytes bound shrink it back towards PaPy's."""
-        if not count or not self._adaptive:
-            return
-        share = 2 * nbytes / count  # as much again for the other way
-        if self._tasklet_bytes:
-            self._tasklet_bytes += (share - self._tasklet_bytes) * 0.1
-        else:
-            self._tasklet_bytes = share
-        budget = self._semaphore
-        if budget is None:
-            return
-        floor = len(self._tasks) * self.stride or self.stride
-        bound = max(floor, int(BYTES_IN_FLIGHT // max(self._tasklet_bytes, 1.0)))
-        if budget.capacity > bound:
-            budget.resize(bound)
+        buffer only; see Budget.weigh)."""
+        if count and self._adaptive and self._semaphore is not None:
+            floor = len(self._tasks) * self.stride or self.stride
+            self._semaphore.weigh(nbytes, count, floor, BYTES_IN_FLIGHT)
 
     def _dispatch(self, task: _Task, index: int, item: Any, attempts: int = 0) -> None:
         """Hand one tasklet to the least loaded lane (process, thread or remote)."""
