@@ -20,6 +20,7 @@ from typing import Any
 from papycluster import hooks
 from papycluster.engine.lanes import Hub, Lane, ThreadLane
 from papycluster.engine.process_lane import ProcessLane
+from papycluster.errors import WorkerLostError
 
 log = logging.getLogger("papycluster.numap")
 
@@ -81,11 +82,15 @@ class LaneSet:
 
     # -- dispatch ----------------------------------------------------------------------
 
-    def dispatch(self, task: Any, index: int, item: Any, attempts: int = 0) -> str | None:
-        """Hand one tasklet to the least loaded lane that takes it: None when one
-        did, else why the workers were lost ("" if no worker was ever lost)."""
+    def dispatch(self, task: Any, index: int, item: Any, attempts: int = 0) -> None:
+        """Hand one tasklet to the least loaded lane that takes it; when none is
+        left, its result is a WorkerLostError naming what was lost."""
+        hub = self.hub
+        if isinstance(task.blob, BaseException):
+            hub.deliver(task.id, index, False, task.blob)
+            return
         while True:
-            with self.hub.cond:
+            with hub.cond:
                 target: Lane | None = None
                 best = float("inf")
                 for lane in self.lanes:
@@ -94,18 +99,37 @@ class LaneSet:
                         target, best = lane, load
                 lost = "; ".join(lane.lost for lane in self.lanes if lane.lost)
             if target is None:
-                return lost
+                break
             if target.submit(task, index, item, attempts):
-                return None
+                return
+        error = WorkerLostError(f"{hub.name}: no worker is left to run item {index} "
+                                f"of task {task.id}" + (f" (lost: {lost})" if lost else ""))
+        hub.deliver(task.id, index, False, error)
 
-    def dispatch_many(self, sendable: list[tuple[Any, int, Any]]) -> bool:
-        """Send several tasklets to the processes in one message; False when the
-        lanes are no longer processes only (send them one by one)."""
+    def send(self, batch: list[tuple[Any, int, Any]]) -> None:
+        """Hand out a batch of tasklets (the sender's): several go to the processes in
+        one message when they are the only lane (see batch_limit)."""
+        if len(batch) == 1:
+            self.dispatch(*batch[0])
+        elif batch:
+            sendable = []
+            for task, index, item in batch:
+                if isinstance(task.blob, BaseException):
+                    self.hub.deliver(task.id, index, False, task.blob)
+                else:
+                    sendable.append((task, index, item))
+            lane = self.processes_only()
+            if lane is not None:
+                lane.submit_many(sendable)
+            else:
+                for tasklet in sendable:  # the lanes changed since the batch was made
+                    self.dispatch(*tasklet)
+        batch.clear()
+
+    def batch_limit(self, capacity: int) -> int:
+        """Tasklets per message: only for process-only pools with a deep buffer."""
         lane = self.processes_only()
-        if lane is None:
-            return False
-        lane.submit_many(sendable)
-        return True
+        return 1 if lane is None else lane.batch_limit(capacity)
 
     # -- idle workers ------------------------------------------------------------------
 

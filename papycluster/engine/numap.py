@@ -283,7 +283,7 @@ class NuMap:
             self.name, self._tasks, self.stride, self._semaphore, self._cond,
             self._stopping, self._generation, current=lambda: self._generation,
             deliver=self._deliver, batch_limit=self._batch_limit,
-            send=self._dispatch_batch, done=self._retire_if_idle)
+            send=self._lanes.send, done=self._retire_if_idle)
         feed.start()
         self._threads += feed.threads
 
@@ -360,21 +360,6 @@ class NuMap:
 
     # -- feeding -------------------------------------------------------------------
 
-    def _batch_limit(self) -> int:
-        """Tasklets per message: only for process-only pools with a deep buffer."""
-        lane = self._lanes.processes_only()
-        if lane is None:
-            return 1
-        assert self._semaphore is not None
-        return lane.batch_limit(self._semaphore.capacity)
-
-    def _dispatch_batch(self, batch: list[tuple[_Task, int, Any]]) -> None:
-        if len(batch) == 1:
-            self._dispatch(*batch[0])
-        elif batch:
-            self._dispatch_many(batch)
-        batch.clear()
-
     def _grow(self) -> None:
         """A worker ran out of work (called with ``_cond`` held): the buffer may grow
         (see Budget.grow) if a reader waits, within ``ADAPTIVE_MAX`` tasklets and
@@ -389,30 +374,13 @@ class NuMap:
             floor = len(self._tasks) * self.stride or self.stride
             self._semaphore.weigh(nbytes, count, floor, BYTES_IN_FLIGHT)
 
+    def _batch_limit(self) -> int:
+        assert self._semaphore is not None
+        return self._lanes.batch_limit(self._semaphore.capacity)
+
     def _dispatch(self, task: _Task, index: int, item: Any, attempts: int = 0) -> None:
         """Hand one tasklet to the least loaded lane (process, thread or remote)."""
-        if isinstance(task.blob, BaseException):
-            self._deliver(task.id, index, False, task.blob)
-            return
-        lost = self._lanes.dispatch(task, index, item, attempts)
-        if lost is None:
-            return
-        error = WorkerLostError(f"{self.name}: no worker is left to run item {index} "
-                                f"of task {task.id}" + (f" (lost: {lost})" if lost else ""))
-        self._deliver(task.id, index, False, error)
-
-    def _dispatch_many(self, batch: list[tuple[_Task, int, Any]]) -> None:
-        """Send several tasklets to the least loaded process in one message."""
-        sendable = []
-        for task, index, item in batch:
-            if isinstance(task.blob, BaseException):
-                self._deliver(task.id, index, False, task.blob)
-            else:
-                sendable.append((task, index, item))
-        if self._lanes.dispatch_many(sendable):
-            return
-        for tasklet in sendable:  # the lanes changed since the batch was made
-            self._dispatch(*tasklet)
+        self._lanes.dispatch(task, index, item, attempts)
 
     # -- idle workers ----------------------------------------------------------------
 
