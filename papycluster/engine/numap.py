@@ -34,6 +34,13 @@ What is different from PaPy, and why:
   all come back end (PaPy's workers ended with their input); a rerun, or a new start
   after ``stop()``, starts new ones. A program creating many NuMaps without stopping
   them does not pile up processes.
+
+Where the parts live: this module keeps the tasks, the buffer's bounds, ordering,
+timeouts and reruns; the task records are in :mod:`.tasks`, the buffer and the feeding
+threads in :mod:`.feed`. The executors are *lanes* behind one interface
+(:mod:`.lanes`: its contract, and local threads; :mod:`.process_lane`: local
+processes; ``papycluster.cluster.lane``: remote workers, found through
+:mod:`papycluster.hooks`), gathered per NuMap in :mod:`.lane_set`.
 """
 
 from __future__ import annotations
@@ -49,7 +56,6 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from papycluster.engine import output
-from papycluster.engine import process as proto
 from papycluster.engine.feed import POLL, Budget, Feed
 from papycluster.engine.lane_set import LaneSet
 from papycluster.engine.lanes import HEARTBEAT_EVERY, Hub, join_all
@@ -271,14 +277,7 @@ class NuMap:
         self._parks = any(_parks_items(task.func) for task in self._tasks)
         for task in self._tasks:
             if self.worker_type == "process" or self.worker_remote:
-                try:
-                    task.blob = proto.pickle_task(task.func, task.args, task.kwargs,
-                                                  remote=False)
-                    if self.worker_remote:
-                        task.remote_blob = proto.pickle_task(task.func, task.args,
-                                                             task.kwargs)
-                except Exception as exc:
-                    task.blob = proto.describe_exception(exc)
+                task.pickle(remote=bool(self.worker_remote))
         self._feed = feed = Feed(
             self.name, self._tasks, self.stride, self._semaphore, self._cond,
             self._stopping, self._generation, current=lambda: self._generation,

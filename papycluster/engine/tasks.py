@@ -13,6 +13,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from papycluster.engine import process as proto
+
 
 @dataclass(eq=False)
 class _Task:
@@ -44,6 +46,16 @@ class _Task:
 
     def finished(self) -> bool:
         return self.closed or (self.total is not None and self.returned >= self.total)
+
+    def pickle(self, remote: bool) -> None:
+        """Pickle the function for worker processes (and once more for remote ones,
+        see engine.shipping); one that cannot be pickled fails each of its items."""
+        try:
+            self.blob = proto.pickle_task(self.func, self.args, self.kwargs, remote=False)
+            if remote:
+                self.remote_blob = proto.pickle_task(self.func, self.args, self.kwargs)
+        except Exception as exc:
+            self.blob = proto.describe_exception(exc)
 
     def store(self, index: int, ok: bool, value: Any, source: str | None,
               ordered: bool) -> bool | None:
