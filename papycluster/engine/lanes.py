@@ -10,7 +10,8 @@ The contract of a lane (:class:`Lane`):
 
 * ``kind`` (``'thread'``, ``'process'``, ``'remote'``) and ``local`` (local lanes end
   when a NuMap's inputs are all consumed; remote ones stay until ``stop()``).
-* ``start()`` starts its threads; the workers start when the lane is built.
+* ``start()`` starts its threads (local processes start when the lane is built,
+  remote workers are opened by the lane's threads).
 * ``load()``, called with the NuMap's lock held: tasklets in flight per live worker,
   ``QUEUED`` when the lane can only queue a tasklet behind others, ``inf`` when it
   cannot take one. The NuMap submits to the least loaded lane.
