@@ -89,22 +89,35 @@ class LaneSet:
         if isinstance(task.blob, BaseException):
             hub.deliver(task.id, index, False, task.blob)
             return
+        check = False
         while True:
             with hub.cond:
-                target: Lane | None = None
-                best = float("inf")
-                for lane in self.lanes:
-                    load = lane.load()
-                    if load < best:
-                        target, best = lane, load
-                lost = "; ".join(lane.lost for lane in self.lanes if lane.lost)
+                target = self._least_loaded(check)
             if target is None:
                 break
             if target.submit(task, index, item, attempts):
                 return
+            check = True  # it could not take it: from now on, lanes that can
+        with hub.cond:
+            lost = "; ".join(lane.lost for lane in self.lanes if lane.lost)
         error = WorkerLostError(f"{hub.name}: no worker is left to run item {index} "
                                 f"of task {task.id}" + (f" (lost: {lost})" if lost else ""))
         hub.deliver(task.id, index, False, error)
+
+    def _least_loaded(self, check: bool) -> Lane | None:
+        """The lane to try (lock held): the only one, as it is (it picks its own
+        worker, so a tasklet costs one scan), unless ``check``; else the least
+        loaded lane that can take a tasklet, or None."""
+        lanes = self.lanes
+        if len(lanes) == 1 and not check:
+            return lanes[0]
+        target: Lane | None = None
+        best = float("inf")
+        for lane in lanes:
+            load = lane.load()
+            if load < best:
+                target, best = lane, load
+        return target
 
     def send(self, batch: list[tuple[Any, int, Any]]) -> None:
         """Hand out a batch of tasklets (the sender's): several go to the processes in
