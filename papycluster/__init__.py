@@ -12,6 +12,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from papycluster import hooks
+
 __version__ = "0.1.0"
 
 _EXPORTS = {
@@ -33,6 +35,26 @@ _EXPORTS = {
 }
 
 __all__ = [*_EXPORTS, "__version__"]
+
+
+def _remote_lane(*args: Any, **kwargs: Any) -> Any:
+    """The cluster layer's lane of remote workers, imported when a pool first needs it."""
+    from papycluster.cluster.lane import RemoteLane
+
+    return RemoteLane(*args, **kwargs)
+
+
+def _plan(plumber: Any) -> None:
+    """The cluster layer's transport negotiation, imported when a Plumber needs it."""
+    from papycluster.cluster.negotiate import negotiate_dagger
+
+    negotiate_dagger(plumber)
+
+
+# The root package wires the layers: the engine asks papycluster.hooks, never the
+# cluster layer (see papycluster/hooks.py).
+hooks.register_lane("remote", _remote_lane)
+hooks.register_planner(_plan)
 
 
 def __getattr__(name: str) -> Any:

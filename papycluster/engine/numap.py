@@ -34,6 +34,13 @@ What is different from PaPy, and why:
   all come back end (PaPy's workers ended with their input); a rerun, or a new start
   after ``stop()``, starts new ones. A program creating many NuMaps without stopping
   them does not pile up processes.
+
+Where the parts live: this module keeps the tasks, the buffer's bounds, ordering,
+timeouts and reruns; the task records are in :mod:`.tasks`, the buffer and the feeding
+threads in :mod:`.feed`. The executors are *lanes* behind one interface
+(:mod:`.lanes`: its contract, and local threads; :mod:`.process_lane`: local
+processes; ``papycluster.cluster.lane``: remote workers, found through
+:mod:`papycluster.hooks`), gathered per NuMap in :mod:`.lane_set`.
 """
 
 from __future__ import annotations
@@ -42,35 +49,20 @@ import atexit
 import logging
 import multiprocessing
 import os
-import queue
-import selectors
-import sys
 import threading
 import time
 import weakref
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
-from multiprocessing.connection import wait
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from papycluster.engine import output
-from papycluster.engine import process as proto
+from papycluster.engine.feed import POLL, Budget, Feed
+from papycluster.engine.lane_set import LaneSet
+from papycluster.engine.lanes import HEARTBEAT_EVERY, Hub, join_all
+from papycluster.engine.tasks import _NuMapTask, _parks_items, _Task, close_tasks
 from papycluster.errors import NuMapTimeoutError, WorkerLostError
 
 log = logging.getLogger("papycluster.numap")
-
-#: How often blocked manager threads look at the stop flag (seconds).
-POLL = 0.1
-
-#: Seconds between heartbeats while a remote reply is awaited.
-HEARTBEAT_EVERY = 1.0
-
-#: Tasklets in flight per remote worker: the second hides the round trip to the host.
-REMOTE_DEPTH = 2
-
-#: Most tasklets sent to a process in one message.
-BATCH_MAX = 32
 
 #: Most tasklets an adaptive buffer (no ``buffer=`` given) lets in flight.
 ADAPTIVE_MAX = 2048
@@ -79,12 +71,7 @@ ADAPTIVE_MAX = 2048
 #: pickled sizes seen so far): a pool of 16 MB items stays at PaPy's buffer.
 BYTES_IN_FLIGHT = 32 << 20
 
-#: How long a stop waits for the agents of remote workers lost mid-run to remove what
-#: those left (a cut-off host cannot answer; its agent removes it when it ends).
-SWEEP_TIMEOUT = 2.0
-
 _live: weakref.WeakSet[NuMap] = weakref.WeakSet()
-_GONE = object()
 
 
 @atexit.register
@@ -95,147 +82,6 @@ def _stop_all() -> None:
             numap._stop(timeout=1.0)
         except Exception:  # pragma: no cover - best effort at exit
             pass
-
-
-@dataclass(eq=False)
-class _Task:
-    """One task of a NuMap: a function over an iterable, and its results so far."""
-
-    id: int
-    func: Callable
-    iterable: Iterable
-    args: tuple
-    kwargs: dict
-    timeout: float | None
-    block: bool
-    track: bool
-    skip: bool
-    blob: bytes | BaseException | None = None  # cloudpickled (func, args, kwargs)
-    remote_blob: bytes | None = None  # the same for remote workers (engine.shipping)
-    pulled: int = 0  # items taken from the iterable so far
-    fed: int = 0  # tasklets admitted to the buffer so far
-    total: int | None = None  # known once the iterable is exhausted (or stopped)
-    next_index: int = 0  # ordered: the index next() returns next
-    returned: int = 0  # results returned or skipped so far
-    results: dict[int, tuple[bool, Any]] = field(default_factory=dict)  # ordered
-    arrived: deque = field(default_factory=deque)  # unordered
-    skipped: set[int] = field(default_factory=set)  # ordered: indexes to drop
-    drop_next: int = 0  # unordered: late results to drop
-    closed: bool = False  # the NuMap was stopped: no more results will come
-    delivered: set[int] = field(default_factory=set)  # unordered: against duplicates
-    sources: dict[int, str] = field(default_factory=dict)  # remote: which host answered
-
-    def finished(self) -> bool:
-        return self.closed or (self.total is not None and self.returned >= self.total)
-
-
-class _NuMapTask:
-    """The iterator of one task's results (what ``add_task`` and ``get_task`` return)."""
-
-    def __init__(self, numap: NuMap, task: int, timeout: float | None = None,
-                 block: bool = True) -> None:
-        self.numap = numap
-        self.task = task
-        self.timeout = timeout
-        self.block = block
-
-    def __iter__(self) -> _NuMapTask:
-        return self
-
-    def __next__(self) -> Any:
-        return self.numap.next(timeout=self.timeout, task=self.task, block=self.block)
-
-    next = __next__
-
-    def __repr__(self) -> str:
-        return f"<_NuMapTask {self.task} of {self.numap.name}>"
-
-
-class _ProcessSlot:
-    """One local worker process and the tasklets it holds."""
-
-    def __init__(self, context: Any, name: str) -> None:
-        self.worker = proto.ProcessWorker(context, name=name)
-        #: (task id, index) -> (task, item, attempts so far): resent if the process dies
-        self.inflight: dict[tuple[int, int], tuple[Any, Any, int]] = {}
-        self.defined: set[int] = set()
-        self.send_lock = threading.Lock()
-        self.dead = False
-        #: After a worker died holding several tasklets: those still to run here one at
-        #: a time (see NuMap._next_suspect); None when the worker takes any tasklet.
-        self.quarantine: deque | None = None
-
-
-class _SharedLane:
-    """Threads that take tasklets from one queue: local threads, or remote workers."""
-
-    def __init__(self, size: int) -> None:
-        self.queue: queue.Queue = queue.Queue()
-        self.size = size
-        self.alive = size
-        self.inflight = 0
-        self.lost = ""  # why the last worker of this lane was lost (for error messages)
-        self.idle = 0  # remote workers waiting for a tasklet
-        self.lost_hosts: set[str] = set()  # remote: hosts declared lost (for the run)
-        self.threads: list[threading.Thread] = []
-        self.local = False  # local threads (not remote workers)
-
-    @property
-    def load(self) -> float:
-        return self.inflight / self.alive if self.alive else float("inf")
-
-
-class _Budget:
-    """PaPy's buffer: room for tasklets admitted and not yet returned by ``next()``.
-
-    A semaphore whose size can change: a fixed ``buffer=`` never changes it; an
-    adaptive one grows it (and shrinks it for big items; tasklets already admitted
-    stay). ``waiting`` tells that the feeding thread waits for room.
-    """
-
-    def __init__(self, capacity: int) -> None:
-        self.capacity = capacity
-        self.used = 0
-        self.waiting = False
-        self._cond = threading.Condition(threading.Lock())
-
-    def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
-        with self._cond:
-            if self.used < self.capacity:
-                self.used += 1
-                return True
-            if not blocking:
-                return False
-            self.waiting = True
-            try:
-                self._cond.wait(timeout)
-            finally:
-                self.waiting = False
-            if self.used < self.capacity:
-                self.used += 1
-                return True
-            return False
-
-    def release(self) -> None:
-        with self._cond:
-            self.used -= 1
-            self._cond.notify()
-
-    def resize(self, capacity: int) -> None:
-        with self._cond:
-            self.capacity = capacity
-            self._cond.notify()
-
-
-class _Feed:
-    """One feeding run: what the putter admitted and the sender has not yet sent."""
-
-    def __init__(self, generation: int) -> None:
-        self.generation = generation
-        self.outbox: deque[tuple[_Task, int, Any]] = deque()
-        self.wake = threading.Event()
-        self.pulled_all = False  # the putter has ended
-        self.sent_all = False  # ... and the sender has sent everything it admitted
 
 
 class NuMap:
@@ -303,33 +149,13 @@ class NuMap:
         self._started = False
         self._stopping = threading.Event()  # stop feeding
         self._closing = threading.Event()  # stop collecting too: the workers are ending
-        self._threads: list[threading.Thread] = []
-        self._slots: list[_ProcessSlot] = []
-        #: Worker processes that died mid-run: what they left is removed at stop.
-        self._dead_workers: list[proto.ProcessWorker] = []
-        #: Remote workers lost mid-run, with the thread closing each: the same, asked
-        #: of their agents at stop.
-        self._lost_remotes: list[tuple[Any, threading.Thread]] = []
-        self._lanes: list[_SharedLane] = []
-        self._remote_workers: list[Any] = []
-        self._wake_r: Any = None
-        self._wake_w: Any = None
-        self._semaphore: _Budget | None = None  # PaPy's buffer (its name in PaPy)
-        self._feed: _Feed | None = None
-        #: Adaptive buffer: bytes per tasklet (item sent + result back), estimated.
-        self._tasklet_bytes = 0.0
+        self._threads: list[threading.Thread] = []  # the putter and the sender
+        self._semaphore: Budget | None = None  # PaPy's buffer (its name in PaPy)
+        self._feed: Feed | None = None
         self._readers = 0  # threads waiting in next() for a result
-        #: The local workers ended because the inputs were all consumed (see
-        #: _retire_if_idle); _workers_lock orders ending and starting them again.
-        self._retired = False
-        self._retiring: threading.Thread | None = None
-        self._workers_lock = threading.Lock()
-        self._getter_stop = threading.Event()
-        self._resends = 0  # tasklets of a dead worker not yet sent again
         #: A task dumps items that its worker process holds (or serves) until a loader
         #: takes them: such workers stay until stop(), whatever their input.
         self._parks = False
-        self._getter_thread: threading.Thread | None = None
         self._stage1 = False
         self._feeding = False
         self._generation = 0  # bumped by every stop: late threads see they are stale
@@ -338,6 +164,18 @@ class NuMap:
         #: After ``stop(forced=True)``: the tasks are kept, closed, so that iterating
         #: them gives what had arrived and then ends; the final stop forgets them.
         self._kept = False
+        #: What the lanes may use of this NuMap.
+        self._hub = Hub(name=self.name, cond=self._cond, stopping=self._stopping,
+                        closing=self._closing, retries=self.retries,
+                        heartbeat=self.heartbeat, log_to_driver=self.log_to_driver,
+                        deliver=self._deliver, dispatch=self._dispatch,
+                        settle=self._retire_if_idle, inputs_done=self._inputs_done,
+                        generation=lambda: self._generation,
+                        context=self._context, weigh=self._weigh, grow=self._grow,
+                        adaptive=lambda: self._adaptive)
+        #: The executors (see engine.lanes): the local lane first, then the remote one.
+        self._lanes = LaneSet(self._hub, self.worker_type, self.worker_num,
+                              [host for host, n in self.worker_remote for _ in range(n)])
         if bool(func) != bool(iterable):
             raise ValueError("NuMap(func, iterable) needs both or neither")
         if func and iterable:
@@ -421,74 +259,37 @@ class NuMap:
     def _start_workers(self) -> None:
         self._stopping.clear()
         self._closing.clear()
-        self._retired = False
-        self._resends = 0
-        self._start_local_workers()
-        if self.worker_remote:
-            lane = _SharedLane(sum(n for _, n in self.worker_remote))
-            specs = [host for host, n in self.worker_remote for _ in range(n)]
-            for i, spec in enumerate(specs):
-                thread = threading.Thread(target=self._remote_worker, args=(lane, spec),
-                                          name=f"{self.name}-remote-{spec}-{i}",
-                                          daemon=True)
-                lane.threads.append(thread)
-            self._lanes.append(lane)
-            for thread in lane.threads:
-                thread.start()
+        self._lanes.start()
 
-    def _start_local_workers(self) -> None:
-        """Start the local processes and their getter, or the local threads."""
-        if self.worker_type == "process" and self.worker_num:
-            context = self._context()
-            self._wake_r, self._wake_w = context.Pipe(duplex=False)
-            self._getter_stop = threading.Event()
-            self._slots = [_ProcessSlot(context, f"{self.name}-worker-{i}")
-                           for i in range(self.worker_num)]
-            getter = threading.Thread(target=self._getter,
-                                      args=(self._getter_stop, self._wake_r),
-                                      name=f"{self.name}-getter", daemon=True)
-            getter.start()
-            self._getter_thread = getter
-            self._threads.append(getter)
-        if self.worker_type == "thread" and self.worker_num:
-            lane = _SharedLane(self.worker_num)
-            lane.local = True
-            for i in range(self.worker_num):
-                thread = threading.Thread(target=self._thread_worker, args=(lane,),
-                                          name=f"{self.name}-thread-{i}", daemon=True)
-                lane.threads.append(thread)
-            self._lanes.insert(0, lane)
-            for thread in lane.threads:
-                thread.start()
+    @property
+    def _slots(self) -> list:
+        """The local worker processes (for tests and status)."""
+        return self._lanes.slots
+
+    @property
+    def _remote_workers(self) -> list:
+        """The open remote workers (for tests and status)."""
+        return self._lanes.remote_workers
 
     def _start_feeding(self) -> None:
         floor = len(self._tasks) * self.stride or self.stride
-        self._semaphore = _Budget(self.buffer or floor)
-        self._tasklet_bytes = 0.0
+        self._semaphore = Budget(self.buffer or floor)
         self._parks = any(_parks_items(task.func) for task in self._tasks)
         for task in self._tasks:
             if self.worker_type == "process" or self.worker_remote:
-                try:
-                    task.blob = proto.pickle_task(task.func, task.args, task.kwargs,
-                                                  remote=False)
-                    if self.worker_remote:
-                        task.remote_blob = proto.pickle_task(task.func, task.args,
-                                                             task.kwargs)
-                except Exception as exc:
-                    task.blob = proto.describe_exception(exc)
-        self._feed = feed = _Feed(self._generation)
-        putter = threading.Thread(target=self._putter, args=(feed,),
-                                  name=f"{self.name}-putter", daemon=True)
-        sender = threading.Thread(target=self._sender, args=(feed,),
-                                  name=f"{self.name}-sender", daemon=True)
-        putter.start()
-        sender.start()
-        self._threads += [putter, sender]
+                task.pickle(remote=bool(self.worker_remote))
+        self._feed = feed = Feed(
+            self.name, self._tasks, self.stride, self._semaphore, self._cond,
+            self._stopping, self._generation, current=lambda: self._generation,
+            deliver=self._deliver, batch_limit=self._batch_limit,
+            send=self._lanes.send, done=self._retire_if_idle)
+        feed.start()
+        self._threads += feed.threads
 
     @property
     def _adaptive(self) -> bool:
         """No ``buffer=`` given and only local processes: the buffer may grow."""
-        return self.buffer is None and bool(self._slots) and not self._lanes
+        return self.buffer is None and self._lanes.processes_only() is not None
 
     def stop(self, ends: Iterable[int] | None = None, forced: bool = False) -> None:
         """Stop feeding, end the workers and make the NuMap reusable.
@@ -525,10 +326,7 @@ class NuMap:
             return
         self._stopping.set()
         self._closing.set()
-        with self._cond:  # set and started under it: never seen unstarted
-            retiring = self._retiring
-        if retiring is not None and retiring is not threading.current_thread():
-            retiring.join(timeout)  # idle workers ending: let them end first
+        self._lanes.wait_retired(timeout)
         with self._cond:
             self._generation += 1
             self._close_tasks()
@@ -537,38 +335,12 @@ class NuMap:
             self._cond.notify_all()
         if self._feed is not None:
             self._feed.wake.set()  # the sender sees the stop at once
-        for lane in self._lanes:
-            for _ in lane.threads:
-                lane.queue.put(None)
-        for slot in self._slots:
-            slot.worker.stop(timeout=2.0)
-        if self._wake_w is not None:
-            try:
-                self._wake_w.send_bytes(b"")
-            except OSError:
-                pass
+        self._lanes.stop()  # every lane is asked to stop before any is waited for
         deadline = time.monotonic() + timeout
-        threads = self._threads + [t for lane in self._lanes for t in lane.threads]
-        for thread in threads:
-            if thread is not threading.current_thread():
-                thread.join(max(0.0, deadline - time.monotonic()))
-        with self._cond:
-            dead, self._dead_workers = self._dead_workers, []
-        for worker in dead:  # died mid-run: their unloaded items go now, as the others'
-            worker.sweep()
-        self._sweep_lost_remotes(SWEEP_TIMEOUT)
-        for worker in self._remote_workers:
-            try:
-                worker.close()
-            except Exception as exc:
-                log.warning("%s: closing remote worker %s: %r", self.name,
-                            getattr(worker, "name", worker), exc)
-        for conn in (self._wake_r, self._wake_w):
-            if conn is not None:
-                conn.close()
-        self._wake_r = self._wake_w = None
-        self._slots, self._lanes, self._threads, self._remote_workers = [], [], [], []
-        self._getter_thread = self._feed = None
+        join_all(self._threads, deadline)
+        self._lanes.close(deadline)
+        self._threads = []
+        self._feed = None
         self._kept = keep
         if not keep:
             self._tasks = []
@@ -581,744 +353,47 @@ class NuMap:
             self._kept = False
             self._tasks = []
 
-    def _sweep_lost_remotes(self, timeout: float) -> None:
-        """Ask the agents of remote workers lost mid-run to remove what those left.
-
-        A host that is gone or cut off cannot answer: each request runs in its own
-        thread and the stop waits at most ``timeout`` for all of them (the agent
-        removes the rest when it ends).
-        """
-        with self._cond:
-            lost, self._lost_remotes = self._lost_remotes, []
-        threads = []
-        for remote, closing in lost:
-            if getattr(remote, "sweep", None) is None:
-                continue
-
-            def ask(remote: Any = remote, closing: threading.Thread = closing) -> None:
-                closing.join(timeout)  # the agent learns of the death by the close
-                try:
-                    remote.sweep(timeout=timeout)
-                except Exception as exc:
-                    log.info("%s: could not have %s remove what its lost worker left: "
-                             "%r", self.name, getattr(remote, "name", remote), exc)
-
-            thread = threading.Thread(target=ask, daemon=True,
-                                      name=f"{self.name}-sweep-{getattr(remote, 'name', '?')}")
-            thread.start()
-            threads.append(thread)
-        deadline = time.monotonic() + timeout
-        for thread in threads:
-            thread.join(max(0.0, deadline - time.monotonic()))
-
     def _close_tasks(self, tasks: list[_Task] | None = None) -> None:
         """Feeding has ended: every task's total is what has been handed out."""
-        for task in self._tasks if tasks is None else tasks:
-            if task.total is None:
-                task.total = task.fed
+        close_tasks(self._tasks if tasks is None else tasks)
 
     # -- feeding -------------------------------------------------------------------
 
-    def _weave(self) -> Iterator[tuple[_Task, Iterator]]:
-        """Yield ``(task, iterator)`` round-robin, ``stride`` times per task and round.
-
-        The putter pulls one item per step. Stopping takes effect at a round boundary,
-        so every task completes the round.
-        """
-        active = [(task, iter(task.iterable)) for task in self._tasks]
-        while active and not self._stopping.is_set():
-            for entry in active:
-                for _ in range(self.stride):
-                    if entry[0].total is not None:
-                        break
-                    yield entry
-            active = [entry for entry in active if entry[0].total is None]
-
-    def _putter(self, feed: _Feed) -> None:
-        """Feed the workers: pull an item, wait for room in the buffer, queue it.
-
-        The sender thread sends what is queued; the putter never holds a tasklet back,
-        so a pull that blocks (a generator, an upstream task) delays nothing admitted.
-        """
-        generation, tasks = feed.generation, self._tasks
-        try:
-            for task, iterator in self._weave():
-                if generation != self._generation:
-                    return  # stopped while blocked on an upstream task
-                index = task.pulled
-                try:
-                    item = next(iterator)
-                except StopIteration:
-                    with self._cond:
-                        task.total = task.fed
-                        self._cond.notify_all()
-                    continue
-                except Exception as exc:  # an upstream error becomes this item's
-                    item = _Failed(exc)
-                task.pulled += 1
-                if not self._acquire() or generation != self._generation:
-                    break
-                with self._cond:
-                    task.fed += 1
-                if isinstance(item, _Failed):
-                    self._deliver(task.id, index, False, item.exception)
-                    continue
-                feed.outbox.append((task, index, item))
-                if not feed.wake.is_set():
-                    feed.wake.set()
-        except Exception as exc:  # never die silently: fail the tasks instead
-            log.exception("%s: the feeding thread failed", self.name)
-            with self._cond:
-                for task in tasks:
-                    if task.total is None:
-                        task.results.setdefault(task.fed, (False, exc))
-                        task.arrived.append((task.fed, False, exc))
-                        task.fed += 1
-        finally:
-            with self._cond:
-                self._close_tasks(tasks)
-                self._cond.notify_all()
-            feed.pulled_all = True
-            feed.wake.set()
-
-    def _sender(self, feed: _Feed) -> None:
-        """Send the queued tasklets, in batches of what waits (at most a batch limit).
-
-        Batches form by themselves while the workers or the pipes are busy; a tasklet
-        never waits for others to join it.
-        """
-        outbox = feed.outbox
-        while True:
-            feed.wake.wait(POLL)
-            feed.wake.clear()
-            while outbox:
-                if feed.generation != self._generation:
-                    return
-                limit = self._batch_limit()
-                batch = [outbox.popleft()]
-                while outbox and len(batch) < limit:
-                    batch.append(outbox.popleft())
-                self._dispatch_batch(batch)
-            if feed.pulled_all and not outbox:
-                break
-            if feed.generation != self._generation:
-                return
-        feed.sent_all = True
-        self._retire_if_idle()
-
-    def _batch_limit(self) -> int:
-        """Tasklets per message: only for process-only pools with a deep buffer."""
-        if self._lanes or not self._slots:
-            return 1
-        assert self._semaphore is not None
-        return max(1, min(BATCH_MAX, self._semaphore.capacity // (4 * len(self._slots))))
-
-    def _dispatch_batch(self, batch: list[tuple[_Task, int, Any]]) -> None:
-        if len(batch) == 1:
-            self._dispatch(*batch[0])
-        elif batch:
-            self._dispatch_many(batch)
-        batch.clear()
-
-    def _acquire(self) -> bool:
-        """Take room in the buffer; False when the NuMap stops meanwhile."""
-        assert self._semaphore is not None
-        if self._semaphore.acquire(blocking=False):
-            return True
-        while not self._stopping.is_set():
-            if self._semaphore.acquire(timeout=POLL):
-                return True
-        return False
-
     def _grow(self) -> None:
-        """A worker ran out of work while the putter waited for room and a reader
-        waited for a result: the buffer holds the pool back, so double it (called
-        with ``_cond`` held), within ``ADAPTIVE_MAX`` and ``BYTES_IN_FLIGHT``."""
-        budget = self._semaphore
-        if budget is None or not budget.waiting or not self._readers:
-            return
-        bound = ADAPTIVE_MAX
-        if self._tasklet_bytes:
-            bound = min(bound, int(BYTES_IN_FLIGHT // self._tasklet_bytes))
-        if budget.capacity < bound:
-            budget.resize(min(bound, budget.capacity * 2))
+        """A worker ran out of work (called with ``_cond`` held): the buffer may grow
+        (see Budget.grow) if a reader waits, within ``ADAPTIVE_MAX`` tasklets and
+        ``BYTES_IN_FLIGHT`` bytes."""
+        if self._semaphore is not None and self._readers:
+            self._semaphore.grow(ADAPTIVE_MAX, BYTES_IN_FLIGHT)
 
     def _weigh(self, nbytes: int, count: int) -> None:
         """Count ``nbytes`` for ``count`` items sent or results received (adaptive
-        buffer): tasklets too big for the bytes bound shrink it back towards PaPy's."""
-        if not count or not self._adaptive:
-            return
-        share = 2 * nbytes / count  # as much again for the other way
-        if self._tasklet_bytes:
-            self._tasklet_bytes += (share - self._tasklet_bytes) * 0.1
-        else:
-            self._tasklet_bytes = share
-        budget = self._semaphore
-        if budget is None:
-            return
-        floor = len(self._tasks) * self.stride or self.stride
-        bound = max(floor, int(BYTES_IN_FLIGHT // max(self._tasklet_bytes, 1.0)))
-        if budget.capacity > bound:
-            budget.resize(bound)
+        buffer only; see Budget.weigh)."""
+        if count and self._adaptive and self._semaphore is not None:
+            floor = len(self._tasks) * self.stride or self.stride
+            self._semaphore.weigh(nbytes, count, floor, BYTES_IN_FLIGHT)
+
+    def _batch_limit(self) -> int:
+        assert self._semaphore is not None
+        return self._lanes.batch_limit(self._semaphore.capacity)
 
     def _dispatch(self, task: _Task, index: int, item: Any, attempts: int = 0) -> None:
-        """Hand one tasklet to the least loaded worker (process, thread or remote)."""
-        if isinstance(task.blob, BaseException):
-            self._deliver(task.id, index, False, task.blob)
-            return
-        while True:
-            with self._cond:
-                target: Any = None
-                best = float("inf")
-                for slot in self._slots:
-                    if (not slot.dead and slot.quarantine is None
-                            and len(slot.inflight) < best):
-                        target, best = slot, len(slot.inflight)
-                for lane in self._lanes:
-                    if lane.alive and lane.load < best:
-                        target, best = lane, lane.load
-                if target is None:
-                    waiting = [slot for slot in self._slots
-                               if not slot.dead and slot.quarantine is not None]
-                    if waiting:  # every worker in quarantine: queue it behind the suspects
-                        waiting[0].quarantine.append((task, index, item, attempts))
-                        target = waiting[0]
-                if target is None:
-                    break
-                if isinstance(target, _SharedLane):
-                    target.inflight += 1
-                    target.queue.put((task, index, item, attempts))
-                    return
-                if target.quarantine is not None:
-                    queued = True
-                else:
-                    queued = False
-                    target.inflight[(task.id, index)] = (task, item, attempts)
-            if queued:
-                self._next_suspect(target)
-                return
-            if self._send_to_slot(target, task, index, item):
-                return
-        lost = "; ".join(lane.lost for lane in self._lanes if lane.lost)
-        error = WorkerLostError(f"{self.name}: no worker is left to run item {index} "
-                                f"of task {task.id}" + (f" (lost: {lost})" if lost else ""))
-        self._deliver(task.id, index, False, error)
-
-    def _dispatch_many(self, batch: list[tuple[_Task, int, Any]]) -> None:
-        """Send several tasklets to the least loaded process in one message."""
-        sendable = []
-        for task, index, item in batch:
-            if isinstance(task.blob, BaseException):
-                self._deliver(task.id, index, False, task.blob)
-            else:
-                sendable.append((task, index, item))
-        try:
-            data = proto.dumps(("run", [(t.id, i, item) for t, i, item in sendable]))
-        except Exception:  # find the unpicklable item(s) one by one
-            for tasklet in sendable:
-                self._dispatch(*tasklet)
-            return
-        with self._cond:
-            live = [slot for slot in self._slots
-                    if not slot.dead and slot.quarantine is None]
-            if not live:
-                slot = None
-            else:
-                slot = min(live, key=lambda s: len(s.inflight))
-                for task, index, item in sendable:
-                    slot.inflight[(task.id, index)] = (task, item, 0)
-        self._weigh(len(data), len(sendable))
-        if slot is None or not self._send_raw(slot, [t for t, _, _ in sendable], data):
-            if slot is not None:
-                with self._cond:
-                    for task, index, _ in sendable:
-                        slot.inflight.pop((task.id, index), None)
-            for tasklet in sendable:
-                self._dispatch(*tasklet)
-
-    def _send_raw(self, slot: _ProcessSlot, tasks: list[_Task], data: bytes) -> bool:
-        """Send a ``run`` message, defining its tasks first; False if the pipe broke."""
-        try:
-            with slot.send_lock:
-                for task in tasks:
-                    if task.id not in slot.defined:
-                        assert isinstance(task.blob, bytes)
-                        slot.worker.send(proto.dumps(("def", task.id, task.blob)))
-                        slot.defined.add(task.id)
-                slot.worker.send(data)
-            return True
-        except (OSError, EOFError, ValueError):
-            return False
-
-    def _send_to_slot(self, slot: _ProcessSlot, task: _Task, index: int,
-                      item: Any) -> bool:
-        """Send a tasklet to a process; False if the process is gone (try another)."""
-        try:
-            data = proto.dumps(("run", [(task.id, index, item)]))
-        except Exception as exc:
-            with self._cond:
-                slot.inflight.pop((task.id, index), None)
-            self._deliver(task.id, index, False, proto.describe_exception(exc))
-            return True
-        self._weigh(len(data), 1)
-        if self._send_raw(slot, [task], data):
-            return True
-        with self._cond:
-            taken = slot.inflight.pop((task.id, index), _GONE) is not _GONE
-        if not taken:  # the getter already reported it as lost
-            return True
-        return self._stopping.is_set()
+        """Hand one tasklet to the least loaded lane (process, thread or remote)."""
+        self._lanes.dispatch(task, index, item, attempts)
 
     # -- idle workers ----------------------------------------------------------------
 
-    def _idle(self) -> bool:
-        """All inputs consumed, every tasklet back, nothing to rerun (``_cond`` held).
-
-        Only pools of local workers: remote workers stay until ``stop()``.
-        """
+    def _inputs_done(self) -> bool:
+        """Every input consumed and sent, nothing to rerun (``_cond`` held): the
+        local workers may end once they hold nothing (see engine.lane_set)."""
         feed = self._feed
-        return (self._started and not self._retired and not self._closing.is_set()
-                and not self._parks
+        return (self._started and not self._parks
                 and feed is not None and feed.sent_all
                 and feed.generation == self._generation
-                and not self._reruns and not self._resends
-                and bool(self._slots or self._lanes)
-                and all(lane.local for lane in self._lanes)
-                and not any(slot.inflight or slot.quarantine for slot in self._slots)
-                and not any(lane.inflight for lane in self._lanes))
+                and not self._reruns)
 
     def _retire_if_idle(self) -> None:
-        """End the local workers once they can get no more work (PaPy's ended with
-        their input), in a thread of its own: the caller may be one of them."""
-        with self._cond:
-            if self._retiring is not None or not self._idle():
-                return
-            thread = threading.Thread(target=self._retire, args=(self._generation,),
-                                      name=f"{self.name}-retire", daemon=True)
-            self._retiring = thread
-            thread.start()  # under the lock: whoever sees it can join it
-
-    def _retire(self, generation: int) -> None:
-        try:
-            with self._workers_lock:
-                with self._cond:
-                    if generation != self._generation or not self._idle():
-                        return
-                    self._retired = True
-                    slots, self._slots = self._slots, []
-                    lanes = [lane for lane in self._lanes if lane.local]
-                    self._lanes = [lane for lane in self._lanes if not lane.local]
-                    wake_r, wake_w = self._wake_r, self._wake_w
-                    self._wake_r = self._wake_w = None
-                    getter, self._getter_thread = self._getter_thread, None
-                    self._threads = [t for t in self._threads if t is not getter]
-                self._getter_stop.set()
-                if wake_w is not None:
-                    try:
-                        wake_w.send_bytes(b"")
-                    except OSError:
-                        pass
-                if getter is not None:
-                    getter.join(5.0)
-                for slot in slots:
-                    slot.worker.stop(timeout=2.0)
-                for lane in lanes:
-                    for _ in lane.threads:
-                        lane.queue.put(None)
-                    for thread in lane.threads:
-                        thread.join(5.0)
-                for conn in (wake_r, wake_w):
-                    if conn is not None:
-                        conn.close()
-                log.debug("%s: inputs consumed, %d idle worker(s) ended", self.name,
-                          len(slots) + sum(len(lane.threads) for lane in lanes))
-        finally:
-            with self._cond:
-                self._retiring = None
-
-    def _ensure_workers(self) -> None:
-        """Start the local workers again if they ended idle (a rerun needs them)."""
-        with self._workers_lock:
-            if not self._retired or self._closing.is_set():
-                return
-            self._start_local_workers()
-            with self._cond:
-                self._retired = False
-
-    # -- collecting ----------------------------------------------------------------
-
-    def _getter(self, stop: threading.Event, wake_r: Any) -> None:
-        """Read results from the worker processes; replace the ones that die.
-
-        It ends when the NuMap closes, or with ``stop`` (idle workers ending).
-        """
-        if sys.platform == "win32":  # pipes are not selectable there
-            return self._getter_wait(stop, wake_r)
-        selector = selectors.DefaultSelector()
-        selector.register(wake_r.fileno(), selectors.EVENT_READ, None)
-        watched: list[_ProcessSlot] = []
-
-        def watch(slot: _ProcessSlot) -> None:
-            selector.register(slot.worker.conn.fileno(), selectors.EVENT_READ, (0, slot))
-            selector.register(slot.worker.sentinel, selectors.EVENT_READ, (1, slot))
-            watched.append(slot)
-
-        for slot in self._slots:
-            watch(slot)
-        try:
-            while not self._closing.is_set() and not stop.is_set():
-                for key, _ in selector.select(timeout=1.0):
-                    if key.data is None or self._closing.is_set() or stop.is_set():
-                        continue
-                    kind, slot = key.data
-                    if slot.dead:
-                        continue
-                    if kind == 0:
-                        self._receive(slot)
-                    else:
-                        selector.unregister(slot.worker.conn.fileno())
-                        selector.unregister(slot.worker.sentinel)
-                        watch(self._replace(slot))
-        finally:
-            selector.close()
-
-    def _getter_wait(self, stop: threading.Event, wake_r: Any) -> None:
-        while not self._closing.is_set() and not stop.is_set():
-            by_conn = {slot.worker.conn: slot for slot in self._slots if not slot.dead}
-            by_sentinel = {slot.worker.sentinel: slot for slot in self._slots
-                           if not slot.dead}
-            ready = wait([*by_conn, *by_sentinel, wake_r], timeout=1.0)
-            for obj in ready:
-                if obj in by_conn:
-                    self._receive(by_conn[obj])
-            for obj in ready:
-                if obj in by_sentinel and not (self._closing.is_set() or stop.is_set()):
-                    self._replace(by_sentinel[obj])
-
-    def _receive(self, slot: _ProcessSlot) -> bool:
-        """Read one message of results; False at the end of the pipe."""
-        try:
-            data = slot.worker.conn.recv_bytes()
-        except (EOFError, OSError):
-            return False  # the sentinel reports the death
-        try:
-            results = proto.decode_results(data, f"worker pid {slot.worker.pid}")
-        except Exception as exc:  # a result that pickles but does not unpickle
-            log.error("%s: undecodable result from pid %s: %r", self.name,
-                      slot.worker.pid, exc)
-            return True
-        self._weigh(len(data), len(results))
-        with self._cond:
-            for task_id, index, _, _ in results:
-                slot.inflight.pop((task_id, index), None)
-            if not slot.inflight and self._adaptive:
-                self._grow()
-        for task_id, index, ok, value in results:
-            self._deliver(task_id, index, ok, value)
-        if slot.quarantine is not None:
-            self._next_suspect(slot)
-        if not slot.inflight:
-            self._retire_if_idle()
-        return True
-
-    def _replace(self, slot: _ProcessSlot) -> _ProcessSlot:
-        """A worker process died: drain what it said, respawn, resend what it held.
-
-        Each tasklet it held goes to a live worker again, at most ``retries`` times (a
-        process killed by the OOM killer or a user costs no item, as in Dask); one that
-        keeps killing its worker becomes a WorkerLostError item.
-        """
-        while True:
-            try:
-                if not slot.worker.conn.poll(0):
-                    break
-            except (EOFError, OSError):
-                break
-            if not self._receive(slot):
-                break
-        code = slot.worker.process.exitcode
-        replacement = _ProcessSlot(self._context(), slot.worker.process.name)
-        again, failed = [], []
-        with self._cond:
-            slot.dead = True
-            lost = [(task, index, item, attempts)
-                    for (_, index), (task, item, attempts) in slot.inflight.items()]
-            slot.inflight.clear()
-            suspects = list(slot.quarantine or ())
-            if slot in self._slots:
-                self._slots[self._slots.index(slot)] = replacement
-            stopping = self._stopping.is_set()
-            if len(lost) == 1:  # it ran this one alone: the one that killed it
-                task, index, item, attempts = lost[0]
-                if attempts < self.retries and not stopping:
-                    (suspects if suspects else again).append((task, index, item,
-                                                              attempts + 1))
-                else:
-                    failed.append((task, index, item, attempts))
-            else:  # which one killed it is not known: each runs alone, uncharged
-                suspects = lost + suspects
-            if stopping:
-                failed += suspects
-                suspects = []
-            if suspects:
-                replacement.quarantine = deque(suspects)
-            self._resends += len(again)  # the workers are not idle until they are sent
-        log.warning("%s: worker pid %s died (exit code %s) holding %d item(s); %d resent%s",
-                    self.name, slot.worker.pid, code, len(lost), len(again) + len(suspects),
-                    f", {len(suspects)} one at a time" if suspects else "")
-        for task, index, _, attempts in failed:
-            tried = f" (after {attempts + 1} attempts)" if attempts else ""
-            error = WorkerLostError(
-                f"{self.name}: worker process pid {slot.worker.pid} died (exit code "
-                f"{code}) while running item {index} of task {task.id}{tried}")
-            self._deliver(task.id, index, False, error)
-        if again:  # not from this thread: a send may wait for a worker to read
-            threading.Thread(target=self._resend, args=(again, self._generation),
-                             daemon=True, name=f"{self.name}-resend").start()
-        if suspects:
-            self._next_suspect(replacement)
-        # Not swept yet: the items it dumped before it died may still be loaded.
-        slot.worker.stop(timeout=0.5, sweep=False)
-        with self._cond:
-            self._dead_workers.append(slot.worker)
-        return replacement
-
-    def _next_suspect(self, slot: _ProcessSlot) -> None:
-        """Send a quarantined worker its next suspect, alone; end the quarantine when
-        none is left.
-
-        The tasklets a worker held when it died run one at a time on its replacement,
-        so that a second death names the one that kills (and charges it a retry), and
-        the others, which died with it by bad luck, cost none. Sent only to a worker
-        with nothing in flight, which is reading: the send does not block for long.
-        """
-        with self._cond:
-            if slot.dead or slot.inflight or slot.quarantine is None:
-                return
-            if not slot.quarantine:
-                slot.quarantine = None
-                return
-            task, index, item, attempts = slot.quarantine.popleft()
-            slot.inflight[(task.id, index)] = (task, item, attempts)
-        if not self._send_to_slot(slot, task, index, item):
-            with self._cond:
-                self._resends += 1
-            threading.Thread(target=self._resend, args=([(task, index, item, attempts)],
-                                                        self._generation),
-                             daemon=True, name=f"{self.name}-resend").start()
-
-    def _resend(self, tasklets: list[tuple], generation: int) -> None:
-        for task, index, item, attempts in tasklets:
-            if generation != self._generation:
-                return
-            self._dispatch(task, index, item, attempts)
-            with self._cond:
-                self._resends -= 1
-
-    def _thread_worker(self, lane: _SharedLane) -> None:
-        while True:
-            tasklet = lane.queue.get()
-            if tasklet is None:
-                return
-            task, index, item, _ = tasklet
-            ok, value = proto.call(task.func, task.args, task.kwargs, item)
-            with self._cond:
-                lane.inflight -= 1
-            self._deliver(task.id, index, ok, value)
-            if not lane.inflight:
-                self._retire_if_idle()
-
-    def _remote_worker(self, lane: _SharedLane, spec: str) -> None:
-        """Serve tasklets from the lane through one worker process on an agent.
-
-        While a reply is awaited the agent is pinged; a host that shows no sign of life
-        for ``heartbeat`` seconds is declared lost. The tasklet it held goes back to
-        the lane for a surviving worker (at most ``retries`` times); this worker is
-        dropped, so a host that comes back cannot deliver a duplicate.
-        """
-        from papycluster.cluster.client import open_remote_worker
-
-        try:
-            remote = open_remote_worker(spec, timeout=min(10.0, self.heartbeat))
-        except Exception as exc:
-            log.error("%s: cannot open a remote worker on %s: %s", self.name, spec, exc)
-            self._lane_worker_lost(lane, spec, exc, None)
-            return
-        with self._cond:
-            self._remote_workers.append(remote)
-        if not self.log_to_driver:
-            try:
-                remote.send(proto.dumps(("opt", {"log_to_driver": False})))
-            except Exception:
-                pass  # a broken connection fails the first tasklet's send
-        defined: set[int] = set()
-        held: deque[tuple] = deque()  # sent, not yet answered; oldest first
-        alive = _Liveness()
-        while True:
-            while len(held) < REMOTE_DEPTH:
-                tasklet = self._next_remote_tasklet(lane, wait=not held)
-                if tasklet is None:
-                    if not held:
-                        return  # the stop mark
-                    break  # nothing more queued: wait for a reply
-                if not held:
-                    alive.touch()  # silence counts only while the host owes us a reply
-                task, index, item, _ = tasklet
-                known = spec in lane.lost_hosts
-                if known or getattr(remote, "lost", False):
-                    # A worker of a host already known lost, or whose connection ended
-                    # while it was idle: this tasklet never left, so it goes back
-                    # unchanged (no retry is used up) and the worker ends. The first
-                    # news of a host is a warning, as when a worker is lost with items.
-                    (log.info if known else log.warning)(
-                        "%s: remote worker on %s lost while idle (0 item(s) in flight): "
-                        "%s", self.name, spec, "its host was lost" if known else
-                        getattr(remote, "lost_reason", "its connection ended"))
-                    lane.queue.put(tasklet)
-                    self._lane_worker_lost(lane, spec, WorkerLostError(
-                        f"worker on {spec}: its host was lost"), list(held))
-                    self._drop_remote(remote)
-                    return
-                held.append(tasklet)
-                try:
-                    # A send waits for room in a buffer, never for the agent (a refused
-                    # one fails the next reply): no sign of life, only replies and pings.
-                    if task.id not in defined:
-                        remote.send(proto.dumps(("def", task.id, task.remote_blob)))
-                        defined.add(task.id)
-                    remote.send(proto.dumps(("run", [(task.id, index, item)])))
-                except Exception as exc:
-                    self._remote_lost(lane, spec, remote, exc, held)
-                    return
-            try:
-                reply = self._await_reply(remote, spec, alive)
-                if reply is None:
-                    return  # closing
-                results = proto.decode_results(reply, f"the worker on {spec}")
-            except Exception as exc:
-                self._remote_lost(lane, spec, remote, exc, held)
-                return
-            for task_id, reply_index, ok, value in results:
-                for position, (task, index, _, _) in enumerate(held):
-                    if task.id == task_id and index == reply_index:
-                        del held[position]
-                        break
-                with self._cond:
-                    lane.inflight -= 1
-                self._deliver(task_id, reply_index, ok, value, spec)
-
-    def _next_remote_tasklet(self, lane: _SharedLane, wait: bool) -> tuple | None:
-        """The next tasklet for a remote worker; None for the stop mark or nothing.
-
-        A worker that already has a tasklet in flight takes another one only when
-        more are queued than workers wait idle, so that pipelining hides the round
-        trip to a host without taking work from an idle worker.
-        """
-        if wait:
-            with self._cond:
-                lane.idle += 1
-            try:
-                return lane.queue.get()
-            finally:
-                with self._cond:
-                    lane.idle -= 1
-        if lane.queue.qsize() <= lane.idle:
-            return None
-        try:
-            tasklet = lane.queue.get_nowait()
-        except queue.Empty:
-            return None
-        if tasklet is None:  # the stop mark is for a worker that waits: leave it there
-            lane.queue.put(None)
-        return tasklet
-
-    def _remote_lost(self, lane: _SharedLane, spec: str, remote: Any,
-                     exc: BaseException, held: deque) -> None:
-        task, index = held[0][0], held[0][1]
-        log.warning("%s: remote worker on %s lost while running item %d of task %d "
-                    "(%d item(s) in flight): %s", self.name, spec, index, task.id,
-                    len(held), exc)
-        # The agent saying that this worker's process ended proves the host is alive:
-        # its other workers stay in the lane.
-        self._lane_worker_lost(lane, spec, exc, list(held),
-                               host_alive=getattr(remote, "process_ended", False))
-        self._drop_remote(remote)
-
-    def _await_reply(self, remote: Any, spec: str, alive: _Liveness) -> bytes | None:
-        """The next reply of ``remote``; None when closing; WorkerLostError if silent.
-
-        ``alive`` is when the host last showed a sign of life (a reply, a ping); the
-        host is declared lost before ``heartbeat`` seconds pass since then, so it is
-        always declared within ``heartbeat`` of going silent.
-        """
-        ping = getattr(remote, "ping", None)
-        while True:
-            try:
-                reply = remote.recv(timeout=HEARTBEAT_EVERY)
-                alive.touch()
-                return reply
-            except TimeoutError:
-                if self._closing.is_set():
-                    return None
-            if ping is None:
-                continue
-            if ping(timeout=HEARTBEAT_EVERY):
-                alive.touch()
-            elif alive.silent() + 2 * HEARTBEAT_EVERY > self.heartbeat:
-                raise WorkerLostError(
-                    f"host {spec} did not answer for {alive.silent():.1f} s "
-                    f"(heartbeat {self.heartbeat:g} s)")
-
-    def _drop_remote(self, remote: Any) -> None:
-        """Close a lost remote worker without waiting on a host that may be cut off."""
-        closing = threading.Thread(target=_close_quietly, args=(remote,), daemon=True,
-                                   name=f"{self.name}-drop-{getattr(remote, 'name', '?')}")
-        with self._cond:
-            if remote in self._remote_workers:
-                self._remote_workers.remove(remote)
-            self._lost_remotes.append((remote, closing))
-        closing.start()
-
-    def _lane_worker_lost(self, lane: _SharedLane, spec: str, exc: BaseException,
-                          held: list[tuple] | None, host_alive: bool = False) -> None:
-        """A remote worker is gone: resend what it held, or fail it with the queue.
-
-        Each tasklet ``held`` goes back to the lane while another worker of the lane
-        survives and its retries are not used up; when none survives, every queued
-        tasklet becomes an error item naming the host. A worker lost while holding
-        tasklets marks its host lost (unless ``host_alive``: its agent reported that
-        only the worker's process ended), so that the host's idle workers leave the lane
-        at their next tasklet instead of each using up a retry (or a heartbeat) on it.
-        """
-        failed = []
-        with self._cond:
-            lane.alive -= 1
-            lane.lost = f"{spec}: {exc}"
-            if held and not host_alive:  # lost while running: so are the others there
-                lane.lost_hosts.add(spec)
-            survivors = lane.alive
-            for task, index, item, attempts in held or ():
-                if survivors and attempts < self.retries:
-                    lane.queue.put((task, index, item, attempts + 1))
-                else:
-                    lane.inflight -= 1
-                    failed.append((task, index, attempts))
-        for task, index, attempts in failed:
-            self._deliver(task.id, index, False, _lost(spec, index, task.id, exc, attempts))
-        if survivors:
-            return
-        while True:
-            try:
-                tasklet = lane.queue.get_nowait()
-            except queue.Empty:
-                return
-            if tasklet is None:
-                lane.queue.put(None)
-                return
-            task, index, _, attempts = tasklet
-            with self._cond:
-                lane.inflight -= 1
-            self._deliver(task.id, index, False, _lost(spec, index, task.id, exc, attempts))
+        self._lanes.retire_if_idle()
 
     def _deliver(self, task_id: int, index: int, ok: bool, value: Any,
                  source: str | None = None) -> None:
@@ -1336,30 +411,12 @@ class NuMap:
                 return
             if task_id >= len(self._tasks):
                 return  # a result from before a restart
-            task = self._tasks[task_id]
-            if self.ordered:
-                duplicate = index in task.results or (
-                    index < task.next_index and index not in task.skipped)
-            else:
-                duplicate = index in task.delivered
-                task.delivered.add(index)
-            if duplicate:
+            stored = self._tasks[task_id].store(index, ok, value, source, self.ordered)
+            if stored is None:
                 log.warning("%s: dropped a duplicate result for item %d of task %d",
                             self.name, index, task_id)
-                return
-            if source is not None:
-                task.sources[index] = source
-            if self.ordered:
-                if index in task.skipped:
-                    task.skipped.discard(index)
-                    return
-                task.results[index] = (ok, value)
-            else:
-                if task.drop_next:
-                    task.drop_next -= 1
-                    return
-                task.arrived.append((index, ok, value))
-            self._cond.notify_all()
+            elif stored:
+                self._cond.notify_all()
 
     # -- results -------------------------------------------------------------------
 
@@ -1447,7 +504,7 @@ class NuMap:
             t = self._tasks[task]
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
-            self._ensure_workers()
+            self._lanes.ensure_local()
             self._dispatch(t, index, item)
             with self._cond:
                 while not waiting:
@@ -1466,86 +523,16 @@ class NuMap:
                 self._reruns.pop(key, None)
 
     def _take(self, t: _Task) -> tuple[int, bool, Any] | None:
-        if self.ordered:
-            if t.next_index in t.results:
-                index = t.next_index
-                ok, value = t.results.pop(index)
-                t.next_index += 1
-                return index, ok, value
-            return None
-        if t.arrived:
-            return t.arrived.popleft()
-        return None
+        return t.take(self.ordered)
 
     def _time_out(self, t: _Task) -> None:
         """With skip, give up on the awaited item: its result is dropped on arrival."""
-        if not t.skip or t.finished():
-            return
-        if self.ordered:
-            t.skipped.add(t.next_index)
-            t.next_index += 1
-        else:
-            t.drop_next += 1
-        t.returned += 1
-        assert self._semaphore is not None
-        self._semaphore.release()
+        if t.give_up(self.ordered):
+            assert self._semaphore is not None
+            self._semaphore.release()
 
     def __iter__(self) -> NuMap:
         return self
 
     def __next__(self) -> Any:
         return self.next()
-
-
-class _Liveness:
-    """When a remote host last showed a sign of life (a reply or a ping)."""
-
-    def __init__(self) -> None:
-        self.last = time.monotonic()
-
-    def touch(self) -> None:
-        self.last = time.monotonic()
-
-    def silent(self) -> float:
-        return time.monotonic() - self.last
-
-
-class _Failed:
-    """An upstream error pulled from a task's iterable: it becomes that item's result."""
-
-    __slots__ = ("exception",)
-
-    def __init__(self, exception: BaseException) -> None:
-        self.exception = exception
-
-
-#: Functions whose worker process keeps what they return a ticket for (a transport's
-#: server, its files or segments) until a loader takes it.
-_PARKING = {"dump_item", "dump_db_item"}
-
-
-def _parks_items(func: Callable) -> bool:
-    """Does ``func`` (a function, or a Worker's composition) park items in its worker
-    process? True for papycluster's dump functions and for any function with a true
-    ``parks_items`` attribute (for a user's own function that does the same)."""
-    for function in getattr(func, "task", None) or [func]:
-        if getattr(function, "parks_items", False):
-            return True
-        if (getattr(function, "__name__", "") in _PARKING
-                and getattr(function, "__module__", "").startswith("papycluster.")):
-            return True
-    return False
-
-
-def _lost(spec: str, index: int, task_id: int, exc: BaseException,
-          attempts: int = 0) -> BaseException:
-    tried = f" (after {attempts + 1} attempts)" if attempts else ""
-    return WorkerLostError(f"item {index} of task {task_id} was lost with its remote "
-                           f"worker on {spec}{tried}: {exc}")
-
-
-def _close_quietly(remote: Any) -> None:
-    try:
-        remote.close(sweep=False)  # swept when the NuMap stops (_sweep_lost_remotes)
-    except Exception as exc:
-        log.debug("closing lost remote worker %s: %r", getattr(remote, "name", remote), exc)

@@ -38,6 +38,9 @@ from typing import Any, TextIO
 
 #: Set (to "1") in an agent's environment: its worker processes relay their output.
 RELAY_ENV = "PAPYCLUSTER_RELAY_OUTPUT"
+#: Name of this host as reported in output and tracebacks; an agent sets it to its
+#: cluster name (here, not in engine.process, which imports this module).
+HOST_ENV = "PAPYCLUSTER_HOST_NAME"
 #: "0" in the controller's environment: NuMaps default to ``log_to_driver=False``.
 DRIVER_ENV = "PAPYCLUSTER_LOG_TO_DRIVER"
 #: The first bytes of an output message (results are pickles, which never start so).
@@ -204,8 +207,6 @@ def start(send: Callable[[bytes], None], lock: threading.Lock) -> Relay | None:
     """In a worker process: relay its output if it runs on an agent, else None."""
     if os.environ.get(RELAY_ENV) != "1":
         return None
-    from papycluster.engine.process import HOST_ENV
-
     relay = Relay(send, lock, os.environ.get(HOST_ENV) or "?")
     relay.install()
     return relay

@@ -21,6 +21,7 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
+from papycluster import hooks
 from papycluster.engine.checkpoint import Checkpoint, pending_positions, skip_done
 from papycluster.engine.dagger import Dagger
 from papycluster.errors import PiperError, PlumberError
@@ -94,9 +95,7 @@ class Plumber(Dagger):
         if self.checkpoint is not None:
             datas = self._resume(datas)
         if self._wants_negotiation():
-            from papycluster.cluster.negotiate import negotiate_dagger
-
-            negotiate_dagger(self)
+            hooks.planner()(self)  # the cluster layer's negotiation (papycluster.hooks)
         for piper in self.postorder():
             piper._on_recompute = self._count_recompute
         try:

@@ -62,7 +62,7 @@ from papycluster.errors import RemoteError, RemoteTraceback, WorkerError
 PROTOCOL = pickle.HIGHEST_PROTOCOL
 
 #: Name of this host as reported in tracebacks; an agent sets it to its cluster name.
-HOST_ENV = "PAPYCLUSTER_HOST_NAME"
+HOST_ENV = output.HOST_ENV
 
 
 def dumps(obj: Any) -> bytes:
