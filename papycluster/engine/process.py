@@ -44,6 +44,7 @@ import multiprocessing
 import os
 import pickle
 import select
+import signal
 import socket
 import threading
 import time
@@ -441,17 +442,32 @@ class ProcessWorker:
         except (OSError, EOFError, ValueError):
             pass
         self.process.join(timeout)
-        if self.process.is_alive():
+        if self._alive():
             self.process.terminate()
             self.process.join(timeout)
-        if self.process.is_alive():
+        if self._alive():
             self.process.kill()
             self.process.join(timeout)
         self.conn.close()
         clean = self.process.exitcode == 0
-        self.process.close()
+        if not self._alive():
+            self.process.close()
         if sweep and not clean:
             self.sweep()
+
+    def _alive(self) -> bool:
+        """Is the process running? Its sentinel says it ended even when its exit status
+        was collected elsewhere (a second ``waitpid`` on it, which multiprocessing then
+        takes for "still running" forever: seen under load with many pools stopping at
+        once); such a process is marked ended (exit status unknown, so not clean)."""
+        if not self.process.is_alive():
+            return False
+        if not mp_wait([self.process.sentinel], 0):
+            return True
+        popen = getattr(self.process, "_popen", None)
+        if popen is not None and getattr(popen, "returncode", 0) is None:
+            popen.returncode = -signal.SIGKILL  # ended; its status went to another waiter
+        return False
 
     def sweep(self) -> None:
         """Remove what the ended process left on this host under its owner tag.
