@@ -23,7 +23,7 @@ from typing import Any
 
 from papycluster.cluster.client import open_remote_worker
 from papycluster.engine import process as proto
-from papycluster.engine.lanes import HEARTBEAT_EVERY, Hub, join_all
+from papycluster.engine.lanes import HEARTBEAT_EVERY, Hub, QueueLane, join_all
 from papycluster.errors import WorkerLostError
 
 log = logging.getLogger("papycluster.numap")
@@ -36,7 +36,7 @@ REMOTE_DEPTH = 2
 SWEEP_TIMEOUT = 2.0
 
 
-class RemoteLane:
+class RemoteLane(QueueLane):
     """One worker process per entry of ``specs`` (a host of the cluster, or
     ``'host:port'`` of an agent), fed from one queue."""
 
@@ -44,45 +44,19 @@ class RemoteLane:
     local = False
 
     def __init__(self, hub: Hub, specs: list[str]) -> None:
-        self.hub = hub
-        self.queue: queue.Queue = queue.Queue()
+        self.specs = list(specs)
         self.size = len(specs)
-        self.alive = len(specs)
-        self.inflight = 0
-        self.lost = ""  # why the last worker of this lane was lost (for error messages)
         self.idle = 0  # remote workers waiting for a tasklet
         self.lost_hosts: set[str] = set()  # hosts declared lost (for the run)
         #: The open remote workers, and those lost mid-run with the thread closing
         #: each (what they left is asked of their agents at close).
         self.workers: list[Any] = []
         self._lost_workers: list[tuple[Any, threading.Thread]] = []
-        self.threads = [threading.Thread(target=self._serve, args=(spec,),
-                                         name=f"{hub.name}-remote-{spec}-{i}", daemon=True)
-                        for i, spec in enumerate(specs)]
+        super().__init__(hub, len(specs),
+                         [f"remote-{spec}-{i}" for i, spec in enumerate(specs)])
 
-    def start(self) -> None:
-        for thread in self.threads:
-            thread.start()
-
-    # -- the Lane interface ----------------------------------------------------------
-
-    def load(self) -> float:
-        return self.inflight / self.alive if self.alive else float("inf")
-
-    def submit(self, task: Any, index: int, item: Any, attempts: int = 0) -> bool:
-        with self.hub.cond:
-            if not self.alive:
-                return False
-            self.inflight += 1
-            self.queue.put((task, index, item, attempts))
-        return True
-
-    def busy(self) -> bool:
-        return bool(self.inflight)
-
-    def stop(self) -> None:
-        for _ in self.threads:
-            self.queue.put(None)
+    def _thread_args(self, i: int) -> tuple:
+        return (self.specs[i],)
 
     def close(self, deadline: float) -> None:
         join_all(self.threads, deadline)

@@ -102,20 +102,32 @@ class Lane(Protocol):
     def close(self, deadline: float) -> None: ...
 
 
-class ThreadLane:
-    """Local threads that take tasklets from one queue."""
+class QueueLane:
+    """The part of a lane that is the same for threads and remote workers: ``size``
+    serving threads take tasklets from one queue; a None in it ends one of them.
 
-    kind = "thread"
-    local = True
+    A subclass names its ``kind`` and ``local``, and gives ``_serve`` (one thread's
+    loop) the arguments that tell its threads apart (``_thread_args``)."""
 
-    def __init__(self, hub: Hub, size: int) -> None:
+    kind = ""
+    local = False
+
+    def __init__(self, hub: Hub, size: int, names: list[str] | None = None) -> None:
         self.hub = hub
         self.queue: queue.Queue = queue.Queue()
         self.alive = size
         self.inflight = 0
-        self.lost = ""
-        self.threads = [threading.Thread(target=self._serve, name=f"{hub.name}-thread-{i}",
-                                         daemon=True) for i in range(size)]
+        self.lost = ""  # why the last worker of this lane was lost (for error messages)
+        names = names or [f"{self.kind}-{i}" for i in range(size)]
+        self.threads = [threading.Thread(target=self._serve, args=self._thread_args(i),
+                                         name=f"{hub.name}-{name}", daemon=True)
+                        for i, name in enumerate(names)]
+
+    def _thread_args(self, i: int) -> tuple:
+        return ()
+
+    def _serve(self, *args: Any) -> None:
+        raise NotImplementedError
 
     def start(self) -> None:
         for thread in self.threads:
@@ -141,6 +153,16 @@ class ThreadLane:
 
     def close(self, deadline: float) -> None:
         join_all(self.threads, deadline)
+
+
+class ThreadLane(QueueLane):
+    """Local threads that take tasklets from one queue."""
+
+    kind = "thread"
+    local = True
+
+    def __init__(self, hub: Hub, size: int) -> None:
+        super().__init__(hub, size, [f"thread-{i}" for i in range(size)])
 
     def _serve(self) -> None:
         hub = self.hub
