@@ -40,12 +40,10 @@ class TransportError(PapyError):
     """A transport could not move an item (a network, file or database failure)."""
 
 
-class TicketError(TransportError, ValueError):
-    """A ticket is malformed, foreign, truncated or stale.
-
-    The message always names the transport (when known) and the ticket, so that a
-    ``WorkerError`` in a long pipeline points at the culprit.
-    """
+class TicketProblem(TransportError):
+    """A failure about one ticket: its message names the transport (when known) and the
+    ticket, so that a ``WorkerError`` in a long pipeline points at the culprit; the
+    ticket, the reason and the transport are attributes."""
 
     def __init__(self, ticket: Any, reason: str, transport: str | None = None) -> None:
         self.ticket = ticket
@@ -53,6 +51,10 @@ class TicketError(TransportError, ValueError):
         self.transport = transport
         what = f"{transport} ticket" if transport else "ticket"
         super().__init__(f"{what} {_short(ticket)}: {reason}")
+
+
+class TicketError(TicketProblem, ValueError):
+    """A ticket is malformed, foreign, truncated or stale."""
 
 
 def _short(ticket: Any) -> str:
@@ -64,7 +66,7 @@ class StaleTicketError(TicketError):
     """The ticket was well formed but its item is gone (already loaded, or its owner ended)."""
 
 
-class ProducerLostError(TransportError):
+class ProducerLostError(TicketProblem):
     """The process or host that holds a dumped item cannot give it any more.
 
     Raised by the loaders of the transports whose bytes wait in the producer (tcp, udp,
@@ -74,12 +76,6 @@ class ProducerLostError(TransportError):
     ``ticket`` is the ticket that could not be loaded.
     """
 
-    def __init__(self, ticket: Any, reason: str, transport: str | None = None) -> None:
-        self.ticket = ticket
-        self.reason = reason
-        self.transport = transport
-        what = f"{transport} ticket" if transport else "ticket"
-        super().__init__(f"{what} {_short(ticket)}: {reason}")
 
 
 def recoverable(exc: BaseException | None) -> bool:
@@ -95,7 +91,7 @@ class SecretError(TransportError):
     """The cluster secret that tcp and udp need is missing or unusable."""
 
 
-class ItemIntegrityError(TransportError):
+class ItemIntegrityError(TicketProblem):
     """An item does not match the keyed hash (MAC) that its ticket carries.
 
     Items that wait where other users can write (files on a share, rows of ``sqlite`` and
@@ -105,12 +101,6 @@ class ItemIntegrityError(TransportError):
     secret). Not recoverable by recomputing: something is writing where it should not.
     """
 
-    def __init__(self, ticket: Any, reason: str, transport: str | None = None) -> None:
-        self.ticket = ticket
-        self.reason = reason
-        self.transport = transport
-        what = f"{transport} ticket" if transport else "ticket"
-        super().__init__(f"{what} {_short(ticket)}: {reason}")
 
 
 class UnsafePathError(TransportError):
