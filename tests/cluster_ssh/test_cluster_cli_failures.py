@@ -90,6 +90,7 @@ def test_stop_script_reports_an_unremovable_run_dir_once_and_only_as_left(cluste
             Path(d, "agent.log").write_text("x")
             os.chown(d, 65534, 65534)
             os.chown(os.path.join(d, "agent.log"), 65534, 65534)
+            os.chmod(d, 0o700)  # as an agent makes it: a dir open to others is not swept
         os.mkdir(os.path.join(stuck, "held"))  # root's: nobody cannot empty it
         Path(stuck, "held", "file").write_text("x")
         config = {"cluster": cluster_name, "scan": True, "grace": 1.0,
