@@ -18,7 +18,10 @@ on two cores. "x manager" compares with the manager path at its best buffer.
 ``file`` and ``sqlite`` items carry a MAC under the cluster secret (see
 ``papycluster.transport.integrity``); their rows ``file -MAC`` and ``sqlite -MAC`` run the
 same pipelines with it switched off in both worker processes (a bench-only switch), and
-"x -MAC" is the ratio of the two medians: what the MAC costs.
+"x -MAC" is the ratio of the two medians: what the MAC costs. The ``file`` rows use a
+named share (a directory of this run, as an NFS or Samba share would be), where items
+are hashed; in the host's temp directory (the default share) the owner check is the
+proof and items are not hashed, so there ``file`` runs as its ``-MAC`` row.
 
 Throughput is measured between the first and the last result, so pool start-up does
 not count. Every configuration runs ``--reps`` times, interleaved (each repetition
@@ -32,6 +35,7 @@ goes through all configurations in a rotated order), and the median is printed.
 from __future__ import annotations
 
 import argparse
+import json
 import multiprocessing
 import os
 import random
@@ -55,6 +59,8 @@ STREAM = ["tcp", "udp", "fifo", "shm", "file"]
 RAW_FOR = {"tcp": "socket", "udp": "socket", "fifo": "shm copy", "shm": "shm copy",
            "file": "shm copy", "sqlite": "shm copy", "file-MAC": "shm copy",
            "sqlite-MAC": "shm copy"}
+#: The share of the ``file`` rows: a directory of this run, not the temp directory.
+BENCH_SHARE = "bench"
 #: Paths run a second time without the MAC, to show its cost ("x -MAC").
 WITHOUT_MAC = {"file": "file-MAC", "sqlite": "sqlite-MAC"}
 #: Roughly how many bytes (and at most how many items) one measurement moves.
@@ -99,6 +105,10 @@ def mac_switch(inbox: Any, off: bool) -> Any:
     return inbox[0]
 
 
+def dump_to_bench_share(inbox: Any) -> tuple:
+    return workers.io.dump_item(inbox, "file", share=BENCH_SHARE)
+
+
 def nbytes(inbox: Any) -> int:
     item = inbox[0]
     return item.nbytes if hasattr(item, "nbytes") else len(item)
@@ -125,7 +135,12 @@ def run_pipeline(kind: str, size: int, n: int, array: bool = False, buffer: int 
     if array and kind != "manager":
         up_funcs.append(workers.io.pickle_dumps)
         up_args.append(())
-    if kind in STREAM:
+    if kind == "file":
+        up_funcs.append(dump_to_bench_share)
+        up_args.append(())
+        down_funcs.append(workers.io.load_item)
+        down_args.append(())
+    elif kind in STREAM:
         up_funcs.append(workers.io.dump_item)
         up_args.append((kind,))
         down_funcs.append(workers.io.load_item)
@@ -245,7 +260,7 @@ def _dump_load_us(kind: str, size: int, n: int) -> float:
         if kind == "sqlite":
             transport.load(transport.dump_db(data, "sqlite", db=SQLITE_DB))
         else:
-            transport.load(transport.dump(data, kind))
+            transport.load(transport.dump(data, kind, share=BENCH_SHARE))
     return (time.perf_counter() - t0) / n * 1e6
 
 
@@ -302,6 +317,9 @@ def main() -> None:
     global SQLITE_DB
     workdir = tempfile.mkdtemp(prefix="papyc-bench-")
     SQLITE_DB = os.path.join(workdir, "bench.sqlite")
+    share = os.path.join(workdir, "share")
+    os.mkdir(share, 0o700)
+    os.environ["PAPYCLUSTER_SHARES"] = json.dumps({BENCH_SHARE: share})  # workers inherit it
     try:
         if args.mac:
             mac_cost(args.reps, args.quick)

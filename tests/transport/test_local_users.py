@@ -279,6 +279,48 @@ def test_a_forged_file_ticket_naming_a_planted_file_is_refused(
         (temp / name).unlink()
 
 
+def test_items_in_the_temp_directory_carry_no_mac_and_load(default_in: Any) -> None:
+    """The owner and mode checks are the proof there, as for shm: no hash on that path."""
+    default_in(tempfile.gettempdir())
+    tk = io.dump_item([io.pickle_dumps([ITEM])], "file")
+    assert tk[-1] == "" and (Path(tempfile.gettempdir()) / tk[5]).stat().st_mode & 0o077 == 0
+    assert load_and_unpickle(tk) == ITEM
+
+
+def test_a_ticket_without_a_mac_is_refused_on_a_share(open_share: Path, default_in: Any,
+                                                      marker: Path) -> None:
+    """Dropping the MAC from a ticket does not turn the check off: outside the temp
+    directory, where owners say nothing, a ticket without one is refused unread."""
+    name = f"papyc-{tag()}-{secrets.token_hex(16)}.item"
+    payload = evil_pickle(marker, 300)
+    as_nobody("""
+        import os, sys
+        fd = os.open(sys.argv[1], os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        os.write(fd, bytes.fromhex(sys.argv[2])); os.close(fd)
+    """, str(open_share / name), payload.hex())
+    forged = ticket.make("file", 0, "open", name, len(payload), "")
+    with pytest.raises(transport.ItemIntegrityError, match="carries no MAC"):
+        load_and_unpickle(forged)
+    # An item of ours on the share, its MAC dropped on the way: refused as well.
+    tk = io.dump_item([io.pickle_dumps([ITEM])], "file", share="open")
+    with pytest.raises(transport.ItemIntegrityError, match="carries no MAC"):
+        load_and_unpickle((*tk[:-1], ""))
+    # In the temp directory, a planted file under a ticket without a MAC: its owner.
+    temp = Path(tempfile.gettempdir())
+    default_in(temp)
+    as_nobody("""
+        import os, sys
+        fd = os.open(sys.argv[1], os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        os.write(fd, bytes.fromhex(sys.argv[2])); os.close(fd)
+    """, str(temp / name), payload.hex())
+    try:
+        forged = ticket.make("file", 0, "default", name, len(payload), "")
+        with pytest.raises(transport.UnsafePathError, match=f"belongs to uid {NOBODY}"):
+            load_and_unpickle(forged)
+    finally:
+        (temp / name).unlink()
+
+
 @pytest.mark.parametrize("kind", ["symlink", "fifo"])
 def test_a_forged_file_ticket_naming_a_link_or_a_fifo_is_refused(open_share: Path,
                                                                  kind: str) -> None:
