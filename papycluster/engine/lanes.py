@@ -78,6 +78,9 @@ class Hub:
     weigh: Callable[[int, int], None]
     grow: Callable[[], None]
     adaptive: Callable[[], bool]
+    #: parked(): a worker process dumped an item that waits in it: no local worker
+    #: may end idle before stop() (see transport.base.note_parked)
+    parked: Callable[[], None]
     #: worker processes that died mid-run: what they left is removed at stop
     dead_workers: list = field(default_factory=list)
 

@@ -172,7 +172,7 @@ class NuMap:
                         settle=self._retire_if_idle, inputs_done=self._inputs_done,
                         generation=lambda: self._generation,
                         context=self._context, weigh=self._weigh, grow=self._grow,
-                        adaptive=lambda: self._adaptive)
+                        adaptive=lambda: self._adaptive, parked=self._parked)
         #: The executors (see engine.lanes): the local lane first, then the remote one.
         self._lanes = LaneSet(self._hub, self.worker_type, self.worker_num,
                               [host for host, n in self.worker_remote for _ in range(n)])
@@ -391,6 +391,10 @@ class NuMap:
                 and feed is not None and feed.sent_all
                 and feed.generation == self._generation
                 and not self._reruns)
+
+    def _parked(self) -> None:
+        with self._cond:
+            self._parks = True
 
     def _retire_if_idle(self) -> None:
         self._lanes.retire_if_idle()

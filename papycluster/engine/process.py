@@ -157,6 +157,12 @@ def encode_results(results: list[tuple[Any, int, bool, Any]]) -> bytes:
     return pickle.dumps(("res", [_envelope(*r) for r in results]), PROTOCOL)
 
 
+#: The message a worker process sends once, before the results of its first tasklet
+#: that dumped an item (see ``transport.base.note_parked``): its pool must keep it until
+#: stop(), or the items waiting in it would be gone before their loaders came.
+PARKED = pickle.dumps(("parked",), PROTOCOL)
+
+
 def decode_results(data: bytes, source: str = "a worker"
                    ) -> list[tuple[Any, int, bool, Any]]:
     """The results ``(task_key, index, ok, value)`` carried by one worker message.
@@ -168,6 +174,8 @@ def decode_results(data: bytes, source: str = "a worker"
     """
     if output.is_output(data):
         output.show(data)
+        return []
+    if data == PARKED:  # the pool's business (see ProcessLane), not a result
         return []
     message = loads(data)
     if message[0] != "res":
@@ -246,11 +254,19 @@ def serve(conn: Connection) -> None:
     send_lock = threading.Lock()
     relay = output.start(conn.send_bytes, send_lock)
 
+    from papycluster.transport import base as transport_base
+
+    told_parked = False
+
     def flush() -> None:
+        nonlocal told_parked
         data = encode_results(pending)
         with send_lock:
             if relay is not None:  # what the tasklets printed goes first
                 relay.flush(partial=True)
+            if not told_parked and transport_base.parked_here():
+                conn.send_bytes(PARKED)  # before the results of the tasklet that parked
+                told_parked = True
             conn.send_bytes(data)
         pending.clear()
 

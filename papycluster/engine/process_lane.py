@@ -244,6 +244,9 @@ class ProcessLane:
             data = slot.worker.conn.recv_bytes()
         except (EOFError, OSError):
             return False  # the sentinel reports the death
+        if data == proto.PARKED:  # items wait in it now: it stays until stop()
+            hub.parked()
+            return True
         try:
             results = proto.decode_results(data, f"worker pid {slot.worker.pid}")
         except Exception as exc:  # a result that pickles but does not unpickle

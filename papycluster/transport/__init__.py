@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from papycluster.transport import read_ahead, registry, shares, ticket
+from papycluster.transport import base, read_ahead, registry, shares, ticket
 from papycluster.transport.base import (
     ItemIntegrityError,
     ProducerLostError,
@@ -95,6 +95,7 @@ def dump(item: Any, type: str = "file", **options: Any) -> tuple:
         raise ValueError(f"unknown transport {type!r}; dump_item knows {', '.join(STREAM)}")
     view, flags = _as_view(item, f"dump_item(..., {type!r})")
     fields = registry.get(type).dump(view, **options)
+    base.note_parked()
     return ticket.make(type, flags, *fields)
 
 
@@ -116,6 +117,7 @@ def dump_db(item: Any, type: str = "sqlite", table: str = "temp", key: Any = Non
         flags |= ticket.FLAG_KEEP
     fields = registry.get(type).dump(view, table=table, db_path=db, key=item_key, keep=keep,
                                  **options)
+    base.note_parked()
     return ticket.make(type, flags, *fields)
 
 

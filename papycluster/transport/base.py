@@ -190,6 +190,22 @@ OWNER_RE = re.compile(r"[0-9a-f]{12}\Z")
 _owner: tuple[int, str] = (-1, "")
 
 
+_parked_in = -1
+
+
+def note_parked() -> None:
+    """This process has dumped an item that waits in it or under its owner tag (called
+    by every dump): such a process must not be ended before its pool stops, or its
+    items go with it (see :func:`parked_here`)."""
+    global _parked_in
+    _parked_in = os.getpid()
+
+
+def parked_here() -> bool:
+    """Has this process (not a parent it was forked from) dumped any item?"""
+    return _parked_in == os.getpid()
+
+
 def new_owner_tag() -> str:
     return secrets.token_hex(6)
 
