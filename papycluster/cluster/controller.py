@@ -292,6 +292,9 @@ def down(config: ClusterConfig | None = None, progress: Progress = _quiet,
         results = list(pool.map(lambda kv: stop(*kv), targets.items()))
     if all(r.ok for r in results):
         remove_state()
+        from papycluster.cluster import negotiate
+
+        negotiate.forget_controller_env()
     return results
 
 

@@ -244,15 +244,36 @@ def prepare_controller_env(state: Any = None) -> None:
         state = load_state(missing_ok=True)
     if state is None:
         return
+    def put(key: str, value: str) -> None:
+        os.environ[key] = value
+        _controller_env[key] = value
+
     if not os.environ.get("PAPYCLUSTER_SECRET") and not os.environ.get(
             "PAPYCLUSTER_SECRET_FILE") and secret_path().exists():
-        os.environ["PAPYCLUSTER_SECRET_FILE"] = str(secret_path())
+        put("PAPYCLUSTER_SECRET_FILE", str(secret_path()))
     if not os.environ.get("PAPYCLUSTER_ADVERTISE_HOST"):
         for entry in state.hosts.values():
             if entry.get("controller_address"):
-                os.environ["PAPYCLUSTER_ADVERTISE_HOST"] = entry["controller_address"]
+                put("PAPYCLUSTER_ADVERTISE_HOST", entry["controller_address"])
                 break
-    os.environ.setdefault("PAPYCLUSTER_HOST_NAME", "controller")
+    if "PAPYCLUSTER_HOST_NAME" not in os.environ:
+        put("PAPYCLUSTER_HOST_NAME", "controller")
+
+
+#: What :func:`prepare_controller_env` set (and the user had not): undone at ``down``.
+_controller_env: dict[str, str] = {}
+
+
+def forget_controller_env() -> None:
+    """Undo :func:`prepare_controller_env` once the cluster is down: its secret file is
+    gone, and a later run in this process must not read it (it then makes its own
+    secret). Values changed since, by the user, are left alone."""
+    import os
+
+    for key, value in list(_controller_env.items()):
+        if os.environ.get(key) == value:
+            del os.environ[key]
+        del _controller_env[key]
 
 
 class _CapsCache:
