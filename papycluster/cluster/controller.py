@@ -166,7 +166,6 @@ def up_local(n: int = 2, cluster: str | None = None, workers: int = 2,
 
 def up(config: ClusterConfig, progress: Progress = _quiet) -> UpResult:
     """Start one agent per host of ``config`` over SSH; see :mod:`papycluster.cluster.deploy`."""
-
     _check_not_up(progress)
     secret = new_secret()
     state = ClusterState(cluster=config.name, secret=secret, hosts_file=config.path,
@@ -215,7 +214,6 @@ def down(config: ClusterConfig | None = None, progress: Progress = _quiet,
     without either, this controller's local clusters are swept, and an empty list means
     that nothing was running.
     """
-
     state = load_state(missing_ok=True)
     if state is None and config is None:
         # a local cluster of this controller whose state was lost: its name is known
@@ -276,8 +274,8 @@ def down(config: ClusterConfig | None = None, progress: Progress = _quiet,
             else:
                 host_cfg = entry.get("config") or _host_from_state(name, entry, config)
                 res = deploy.stop_host(config, host_cfg, cluster, entry.get("run_dir"),
-                                purge_cache, timeout, wait_exit,
-                                asked(entry.get("run_dir")))
+                                       purge_cache, timeout, wait_exit,
+                                       asked(entry.get("run_dir")))
         except HostError as exc:
             progress(name, f"FAILED: {exc.cause}: {exc.detail}")
             return DownResult(name, False, f"{exc.cause}: {exc.detail}")
