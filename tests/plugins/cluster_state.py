@@ -18,6 +18,10 @@ import pytest
 
 from tests.plugins.helpers import agent_pids, run_dirs
 
+_SET_BY_NEGOTIATION = ("PAPYCLUSTER_SECRET", "PAPYCLUSTER_SECRET_FILE",
+                       "PAPYCLUSTER_ADVERTISE_HOST", "PAPYCLUSTER_HOST_NAME",
+                       "PAPYCLUSTER_SHARES")
+
 
 @pytest.fixture
 def cluster_name() -> str:
@@ -30,10 +34,14 @@ def state_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cluster_name: st
     path = tmp_path / "state" / "state.json"
     monkeypatch.setenv("PAPYCLUSTER_STATE", str(path))
     # negotiation sets these in the controller process: undo it after each test
-    for key in ("PAPYCLUSTER_SECRET", "PAPYCLUSTER_SECRET_FILE", "PAPYCLUSTER_ADVERTISE_HOST",
-                "PAPYCLUSTER_HOST_NAME", "PAPYCLUSTER_SHARES"):
+    for key in _SET_BY_NEGOTIATION:
         monkeypatch.delenv(key, raising=False)
     yield path
+    # set by the code under test, not by monkeypatch, so monkeypatch alone would leave
+    # them to the next test (a secret file of a state dir that is gone); it restores
+    # whatever value the session had before
+    for key in _SET_BY_NEGOTIATION:
+        os.environ.pop(key, None)
     for pid in agent_pids(cluster_name):
         try:
             os.killpg(pid, signal.SIGKILL)
