@@ -1,18 +1,16 @@
 """Fixtures of the bad-input matrix: real sshd, real agents, real sockets, a real tiny disk.
 
-The SSH server is the one of ``tests/cluster_ssh`` (imported, not copied); each test gets
-its own cluster state file and cluster secret, and whatever agent a test started is
-killed after it even if the test failed, so that one case can never leak into the next.
+The SSH server is ``sshd`` of tests/plugins/sshd.py (a plugin of the root conftest);
+each test gets its own cluster state file and cluster secret, and whatever agent a test
+started is killed after it even if the test failed, so that one case can never leak into the next.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 import signal
 import subprocess
-import sys
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -22,30 +20,9 @@ from typing import Any
 
 import pytest
 
-_SSH_DIR = Path(__file__).resolve().parent.parent / "cluster_ssh"
-if str(_SSH_DIR) not in sys.path:  # its helpers are imported as a top-level module there
-    sys.path.insert(0, str(_SSH_DIR))
-
-import cluster_ssh_helpers as ssh_helpers  # noqa: E402
-
-from tests.transport.peer import SECRET as PEER_SECRET  # noqa: E402
-from tests.transport.peer import Peer  # noqa: E402
-
-
-def _load_ssh_conftest() -> Any:
-    """tests/cluster_ssh/conftest.py as a module (it is not a package, so no import path)."""
-    spec = importlib.util.spec_from_file_location("_badinput_cluster_ssh_conftest",
-                                                  _SSH_DIR / "conftest.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-_ssh_conftest = _load_ssh_conftest()
-#: the real OpenSSH server on loopback (session scope), from tests/cluster_ssh
-sshd = _ssh_conftest.sshd
+from tests.plugins import helpers as ssh_helpers
+from tests.transport.peer import SECRET as PEER_SECRET
+from tests.transport.peer import Peer
 
 _ENV_KEYS = ("PAPYCLUSTER_SECRET", "PAPYCLUSTER_SECRET_FILE", "PAPYCLUSTER_ADVERTISE_HOST",
              "PAPYCLUSTER_BIND_HOST", "PAPYCLUSTER_HOST_NAME", "PAPYCLUSTER_SHARES",

@@ -31,7 +31,6 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from cluster_ssh_helpers import agent_pids, free_port, hosts_toml, run_dirs
 
 from papycluster import NuMap, transport
 from papycluster.cluster import controller
@@ -49,6 +48,7 @@ from papycluster.transport import auth as tauth
 from papycluster.transport import tcp, udp
 from papycluster.transport.shares import ShareError
 from papycluster.workers import io
+from tests.plugins.helpers import agent_pids, free_port, hosts_toml, run_dirs
 from tests.transport.peer import Peer, PeerError
 
 from .conftest import PEER_SECRET, Env, bounded, expect_error

@@ -6,12 +6,11 @@ import os
 import socket
 from pathlib import Path
 
-from cluster_ssh_helpers import agent_pids, hosts_toml
-
 from papycluster import NuMap
 from papycluster.cluster import controller
 from papycluster.cluster.hosts import parse_hosts
 from papycluster.cluster.state import load_state
+from tests.plugins.helpers import agent_pids, hosts_toml
 
 
 def _listening(pids: list[int]) -> set[tuple[str, int]]:

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from cluster_ssh_helpers import run_dirs
 
 import papycluster
 from papycluster import NuMap
@@ -21,6 +20,7 @@ from papycluster.cli import main
 from papycluster.cluster import controller
 from papycluster.cluster.controller import local_cluster_name
 from papycluster.cluster.remote import parse_result, render
+from tests.plugins.helpers import run_dirs
 
 REPO = Path(papycluster.__file__).resolve().parents[1]
 

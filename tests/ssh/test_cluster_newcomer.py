@@ -17,12 +17,12 @@ import traceback
 import uuid
 
 import pytest
-from cluster_ssh_helpers import hosts_toml, run_dirs
 
 from papycluster import NuMap
 from papycluster.cluster import controller
 from papycluster.cluster.hosts import parse_hosts
 from papycluster.errors import RemoteTraceback
+from tests.plugins.helpers import hosts_toml, run_dirs
 
 HELPER = '''
 def double(value):

@@ -6,12 +6,12 @@ import pickle
 from pathlib import Path
 
 import cloudpickle
-from cluster_ssh_helpers import agent_pids, hosts_toml, run_dirs
 
 from papycluster.cluster import controller
 from papycluster.cluster.client import open_remote_worker
 from papycluster.cluster.hosts import parse_hosts
 from papycluster.cluster.state import load_state, state_path
+from tests.plugins.helpers import agent_pids, hosts_toml, run_dirs
 
 
 def _results(worker, n: int, timeout: float = 30.0) -> list:

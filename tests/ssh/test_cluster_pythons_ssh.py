@@ -8,12 +8,12 @@ from pathlib import Path
 
 import cloudpickle
 import pytest
-from cluster_ssh_helpers import agent_pids, hosts_toml, run_dirs
 
 from papycluster.cluster import controller
 from papycluster.cluster.client import open_remote_worker
 from papycluster.cluster.hosts import parse_hosts
 from papycluster.engine.process import decode_results
+from tests.plugins.helpers import agent_pids, hosts_toml, run_dirs
 
 PYENV = Path.home() / ".pyenv" / "versions"
 

@@ -8,13 +8,13 @@ import sys
 from pathlib import Path
 
 from click.testing import CliRunner
-from cluster_ssh_helpers import agent_pids, free_port, hosts_toml, run_dirs
 
 import papycluster
 from papycluster.cli import main
 from papycluster.cluster.check import run_check
 from papycluster.cluster.controller import local_cluster_name
 from papycluster.cluster.state import state_path
+from tests.plugins.helpers import agent_pids, free_port, hosts_toml, run_dirs
 
 
 def _invoke(*args: str):

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import cloudpickle
 import pytest
-from cluster_ssh_helpers import agent_pids, run_dirs
 
 from papycluster.cluster import ClusterError, connect, controller
 from papycluster.cluster.auth import (
@@ -25,6 +24,7 @@ from papycluster.cluster.client import AgentConnection, open_remote_worker
 from papycluster.cluster.errors import AuthError
 from papycluster.engine.process import decode_results
 from papycluster.errors import WorkerLostError
+from tests.plugins.helpers import agent_pids, run_dirs
 
 
 def _run(worker, func, items, args=(), key="t", timeout=30.0):

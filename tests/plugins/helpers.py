@@ -1,4 +1,6 @@
-"""Helpers of the cluster SSH tests (ports, keys, process and file checks, hosts files)."""
+"""Helpers of the cluster tests (ports, keys, process and file checks, hosts files).
+
+Imported as ``tests.plugins.helpers`` (a module, not a plugin: it has no fixtures)."""
 
 from __future__ import annotations
 

@@ -21,11 +21,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cluster_ssh_helpers import agent_pids, run_dirs
 
 from papycluster.cluster import controller
 from papycluster.cluster.controller import run_local_script
 from papycluster.cluster.remote import _procs
+from tests.plugins.helpers import agent_pids, run_dirs
 from tests.transport.local_users import NOBODY, as_nobody, need_root
 
 

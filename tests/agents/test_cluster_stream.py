@@ -14,12 +14,12 @@ import secrets
 import socket
 
 import pytest
-from test_cluster_agent import _Bomb, _run
 
 from papycluster.cluster import stream
 from papycluster.cluster.auth import MAGIC, NONCE, new_secret
 from papycluster.cluster.client import open_remote_worker
 from papycluster.cluster.errors import AuthError
+from tests.agents.test_cluster_agent import _Bomb, _run
 
 
 def _log(state, host: str) -> str:

@@ -1,4 +1,4 @@
-"""Fixtures: a real OpenSSH server on loopback, and a clean cluster state per test.
+"""Plugin of the root conftest: a real OpenSSH server on loopback, and the hosts' code cache.
 
 The sshd runs as the current user (root in CI) from a temp dir with its own host key,
 authorized_keys and config, so the tests touch nothing of the machine's SSH setup. Its
@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import getpass
 import os
-import shutil
-import signal
 import subprocess
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from cluster_ssh_helpers import agent_pids, free_port, keygen, run_dirs, wait_port
+
+from tests.plugins.helpers import free_port, keygen, wait_port
 
 SSHD = "/usr/sbin/sshd"
 
@@ -82,46 +80,7 @@ LogLevel VERBOSE
         proc.wait(5)
 
 
-@pytest.fixture
-def cluster_name() -> str:
-    return "t" + uuid.uuid4().hex[:8]
-
-
-@pytest.fixture(autouse=True)
-def state_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cluster_name: str):
-    """Each test gets its own state file; whatever it left running is stopped after."""
-    path = tmp_path / "state" / "state.json"
-    monkeypatch.setenv("PAPYCLUSTER_STATE", str(path))
-    # negotiation sets these in the controller process: undo it after each test
-    for key in ("PAPYCLUSTER_SECRET", "PAPYCLUSTER_SECRET_FILE", "PAPYCLUSTER_ADVERTISE_HOST",
-                "PAPYCLUSTER_HOST_NAME", "PAPYCLUSTER_SHARES"):
-        monkeypatch.delenv(key, raising=False)
-    yield path
-    for pid in agent_pids(cluster_name):
-        try:
-            os.killpg(pid, signal.SIGKILL)
-        except OSError:
-            pass
-    for d in run_dirs(cluster_name):
-        shutil.rmtree(d, ignore_errors=True)
-
-
 @pytest.fixture(scope="session")
 def remote_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The shipped-code cache of the 'remote' hosts (shared by the session's tests)."""
     return tmp_path_factory.mktemp("remote-cache")
-
-
-@pytest.fixture
-def local_cluster(cluster_name):
-    """Two agents on this machine by ``up_local`` (no SSH; native and Windows profile);
-    ``down`` must leave no agent process and no run dir."""
-    from papycluster.cluster import controller
-    from papycluster.cluster.state import load_state
-
-    result = controller.up_local(2, cluster=cluster_name, profiles=["native", "windows"])
-    assert result.failed == [], result.failed
-    yield load_state()
-    controller.down()
-    assert agent_pids(cluster_name) == []
-    assert run_dirs(cluster_name) == []

@@ -9,12 +9,12 @@ import time
 from pathlib import Path
 
 import pytest
-from cluster_ssh_helpers import agent_pids, free_port, hosts_toml, run_dirs
 
 from papycluster.cluster import controller, readiness
 from papycluster.cluster.errors import ClusterError
 from papycluster.cluster.hosts import parse_hosts
 from papycluster.cluster.state import load_state, state_path
+from tests.plugins.helpers import agent_pids, free_port, hosts_toml, run_dirs
 
 OLD_PYTHON = """#!/bin/sh
 # pretends to be Python 3.6: knows --version, chokes on the probe's syntax

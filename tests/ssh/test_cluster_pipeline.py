@@ -5,12 +5,12 @@ from __future__ import annotations
 import warnings
 
 import pytest
-from cluster_ssh_helpers import agent_pids, hosts_toml, run_dirs
 
 from papycluster import NuMap, Piper, PiperError, Plumber, Worker, workers
 from papycluster.cluster import controller
 from papycluster.cluster.hosts import parse_hosts
 from papycluster.errors import WorkerLostError
+from tests.plugins.helpers import agent_pids, hosts_toml, run_dirs
 
 
 def _pipeline(up_host: str, down_host: str, transport: str, n: int = 30):

@@ -6,12 +6,11 @@ import os
 import subprocess
 from pathlib import Path
 
-from cluster_ssh_helpers import agent_pids, free_port, run_dirs
-
 from papycluster.cluster.auth import new_secret
 from papycluster.cluster.client import AgentConnection
 from papycluster.cluster.deploy import build_bundle
 from papycluster.cluster.remote import parse_result
+from tests.plugins.helpers import agent_pids, free_port, run_dirs
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "deploy" / "bootstrap.sh"
