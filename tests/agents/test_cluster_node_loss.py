@@ -14,6 +14,7 @@ import time
 from papycluster import NuMap, RemoteError, WorkerLostError
 from papycluster.cluster import controller
 from papycluster.cluster.state import load_state
+from tests.plugins.helpers import collect
 
 ITEMS = 300
 
@@ -64,17 +65,13 @@ def test_items_fail_only_when_no_remote_worker_survives(cluster_name):
     numap = NuMap(worker_num=0, worker_remote=[("local1", 2)], buffer=8, heartbeat=4.0)
     task = numap.add_task(slow_square, range(50))
     numap.start()
-    out = []
+
+    def kill_after_five(out: list) -> None:
+        if len(out) == 5:
+            os.killpg(victim, signal.SIGKILL)
+
     try:
-        while True:
-            try:
-                out.append(next(task))
-            except StopIteration:
-                break
-            except WorkerLostError as exc:
-                out.append(exc)
-            if len(out) == 5:
-                os.killpg(victim, signal.SIGKILL)
+        out = collect(task, WorkerLostError, each=kill_after_five)
     finally:
         numap.stop()
         controller.down()
@@ -104,15 +101,8 @@ def test_an_error_the_controller_cannot_rebuild_costs_that_item_not_the_host(
     numap = NuMap(worker_num=0, worker_remote=[("local1", 2)], buffer=4, retries=2)
     task = numap.add_task(picky_on, range(40))
     numap.start()
-    out = []
     try:
-        while True:
-            try:
-                out.append(next(task))
-            except StopIteration:
-                break
-            except Exception as exc:  # an error item
-                out.append(exc)
+        out = collect(task)  # error items among the results
     finally:
         numap.stop()
         controller.down()

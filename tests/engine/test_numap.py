@@ -13,6 +13,7 @@ import time
 import pytest
 
 from papycluster import NuMap, NuMapTimeoutError, RemoteError, WorkerLostError
+from tests.plugins.helpers import collect
 
 
 def square(x):
@@ -67,18 +68,6 @@ def _catch(iterator):
         return next(iterator)
     except Exception as exc:
         return exc
-
-
-def collect(iterator):
-    """Results and raised exceptions of an iterator, in order."""
-    out = []
-    while True:
-        try:
-            out.append(next(iterator))
-        except StopIteration:
-            return out
-        except Exception as exc:
-            out.append(exc)
 
 
 @pytest.mark.parametrize("worker_type", ["thread", "process"])

@@ -15,6 +15,7 @@ import pytest
 
 from papycluster import NuMap
 from papycluster.engine import numap as numap_module
+from tests.plugins.helpers import collect
 
 
 def inc(x):
@@ -205,14 +206,7 @@ def test_with_many_in_flight_only_the_item_that_kills_its_worker_fails():
     numap = NuMap(worker_num=2, buffer=40, retries=0)
     task = numap.add_task(die_on, range(60), args=(20,))
     numap.start()
-    out = []
-    while True:
-        try:
-            out.append(next(task))
-        except StopIteration:
-            break
-        except WorkerLostError as exc:
-            out.append(exc)
+    out = collect(task, WorkerLostError)
     numap.stop()
     assert len(out) == 60
     assert isinstance(out[20], WorkerLostError) and "item 20" in str(out[20])

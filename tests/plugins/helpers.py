@@ -12,6 +12,22 @@ from pathlib import Path
 from typing import Any
 
 
+def collect(iterator: Any, catch: type[BaseException] | tuple = Exception,
+            each: Any = None) -> list:
+    """Results and raised ``catch`` exceptions of an iterator, in order (any other
+    exception propagates); ``each(out)`` runs after every one, e.g. to inject a fault."""
+    out: list = []
+    while True:
+        try:
+            out.append(next(iterator))
+        except StopIteration:
+            return out
+        except catch as exc:
+            out.append(exc)
+        if each is not None:
+            each(out)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
