@@ -106,9 +106,27 @@ def _strict_owner(root: str) -> bool:
     where every item is written by this user on this host; in a share several hosts
     write, owners are other hosts' uids (or the mount's), and the MAC is the check."""
     try:
-        return os.path.samefile(root, tempfile.gettempdir())
+        st = os.stat(root)
     except OSError:
         return False
+    return (st.st_dev, st.st_ino) == _temp_dir_id()
+
+
+_temp_id: tuple[str, tuple[int, int]] | None = None
+
+
+def _temp_dir_id() -> tuple[int, int] | None:
+    """The temp directory's (device, inode), looked up once per temp dir name, not at
+    every dump and load (one stat of the share's root is left on that path)."""
+    global _temp_id
+    name = tempfile.gettempdir()
+    if _temp_id is None or _temp_id[0] != name:
+        try:
+            st = os.stat(name)
+        except OSError:
+            return None
+        _temp_id = (name, (st.st_dev, st.st_ino))
+    return _temp_id[1]
 
 
 class FileTransport(base.Transport):
