@@ -59,7 +59,7 @@ from papycluster.engine import output
 from papycluster.engine.feed import POLL, Budget, Feed
 from papycluster.engine.lane_set import LaneSet
 from papycluster.engine.lanes import HEARTBEAT_EVERY, Hub, join_all
-from papycluster.engine.tasks import _NuMapTask, _parks_items, _Task, close_tasks
+from papycluster.engine.tasks import _NuMapTask, _Task, close_tasks
 from papycluster.errors import NuMapTimeoutError, WorkerLostError
 
 log = logging.getLogger("papycluster.numap")
@@ -274,7 +274,7 @@ class NuMap:
     def _start_feeding(self) -> None:
         floor = len(self._tasks) * self.stride or self.stride
         self._semaphore = Budget(self.buffer or floor)
-        self._parks = any(_parks_items(task.func) for task in self._tasks)
+        self._parks = False  # until a worker process says it dumped an item
         for task in self._tasks:
             if self.worker_type == "process" or self.worker_remote:
                 task.pickle(remote=bool(self.worker_remote))

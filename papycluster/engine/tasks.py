@@ -141,24 +141,6 @@ class _Failed:
         self.exception = exception
 
 
-#: Functions whose worker process keeps what they return a ticket for (a transport's
-#: server, its files or segments) until a loader takes it.
-_PARKING = {"dump_item", "dump_db_item"}
-
-
-def _parks_items(func: Callable) -> bool:
-    """Does ``func`` (a function, or a Worker's composition) park items in its worker
-    process? True for papycluster's dump functions and for any function with a true
-    ``parks_items`` attribute (for a user's own function that does the same)."""
-    for function in getattr(func, "task", None) or [func]:
-        if getattr(function, "parks_items", False):
-            return True
-        if (getattr(function, "__name__", "") in _PARKING
-                and getattr(function, "__module__", "").startswith("papycluster.")):
-            return True
-    return False
-
-
 def close_tasks(tasks: list[_Task]) -> None:
     """Feeding has ended: every task's total is what has been handed out."""
     for task in tasks:
