@@ -46,6 +46,7 @@ from papycluster.cluster.state import ClusterState, save_state
 from papycluster.errors import WorkerLostError
 from papycluster.transport import auth as tauth
 from papycluster.transport import tcp, udp
+from papycluster.transport import udp_wire as wire
 from papycluster.transport.shares import ShareError
 from papycluster.workers import io
 from tests.plugins.helpers import agent_pids, free_port, hosts_toml, run_dirs
@@ -664,10 +665,10 @@ def _(request: pytest.FixtureRequest) -> None:
                 data, addr = srv.recvfrom(2048)
             except OSError:
                 continue
-            if len(data) == udp._HELLO.size:
-                cnonce = udp._HELLO.unpack(data)[3]
+            if len(data) == wire.HELLO.size:
+                cnonce = wire.HELLO.unpack(data)[3]
                 srv.sendto(data[::-1], addr)  # junk first: it must be skipped
-                srv.sendto(udp._CHALLENGE.pack(udp.MAGIC, udp.VERSION, udp.T_CHALLENGE,
+                srv.sendto(wire.CHALLENGE.pack(udp.MAGIC, udp.VERSION, udp.T_CHALLENGE,
                                                cnonce, os.urandom(16), os.urandom(32)), addr)
 
     t = threading.Thread(target=forge, daemon=True)
