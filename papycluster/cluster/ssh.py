@@ -7,7 +7,10 @@ failure turned into a :class:`HostError` with a fixed cause word (``unreachable`
 found``, ``timeout``).
 
 Scripts are run as ``<python> -`` with the script on stdin, so the remote shell (sh,
-cmd or PowerShell) only ever parses a program path and one dash.
+cmd or PowerShell) only ever parses a program path and one dash (PowerShell, whose stdin
+is unreliable, gets a private file by SFTP instead). :class:`Connection` is the one
+object for one host: ``with Connection(target) as c: c.run_python(...)``, with one SFTP
+session kept for its copies and lookups.
 """
 
 from __future__ import annotations
@@ -15,6 +18,9 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import posixpath
+import re
+import secrets
 import select
 import shlex
 import socket
@@ -288,3 +294,176 @@ def sftp_path(path: str, os_name: str) -> str:
             p = "/" + p
         return p
     return path
+
+
+def sftp_spelling(path: str) -> str | None:
+    """How the SFTP server spells the host's ``path``, or None if only Python can say.
+
+    SFTP starts in the home directory, so ``~/x`` is ``x``; ``~user`` and environment
+    variables mean nothing to it.
+    """
+    if path == "~" or path.startswith(("~/", "~\\")):
+        return path[2:].replace("\\", "/")
+    if path.startswith("~") or "%" in path or "$" in path:
+        return None
+    if re.match(r"^[A-Za-z]:[\\/]", path):
+        return sftp_path(path, "windows")
+    return None if "\\" in path else path
+
+
+def login_shell(host: HostConfig, os_name: str | None) -> str:
+    """The host's login shell: the hosts file's ``shell``, else ``cmd`` on Windows,
+    ``sh`` elsewhere."""
+    if host.shell:
+        return host.shell
+    return "cmd" if (os_name or host.os) == "windows" else "sh"
+
+
+def via_file(shell: str) -> bool:
+    """Whether scripts go through a file instead of stdin.
+
+    Windows PowerShell does not reliably hand its stdin to a native program, so there a
+    script is copied by SFTP into the home directory (private to the user) and run from
+    there; it deletes itself first thing. sh and cmd pass stdin through unchanged.
+    """
+    return shell == "powershell"
+
+
+_SELF_DELETE = "import os as _os, sys as _sys\n_os.remove(_sys.argv[0])\n"
+
+
+def script_command(host: HostConfig, shell: str, script: str, name: str
+                   ) -> tuple[str, str | None]:
+    """What runs ``script`` on the host: (the command line, the text of the file
+    ``name`` to copy first, or None when the script goes on stdin).
+
+    Pure text, so that the PowerShell path, which no test machine can run (PowerShell
+    is not in Debian), is checked as text against golden files.
+    """
+    if not via_file(shell):
+        return quote_command([host.python, "-"], shell), None
+    return quote_command([host.python, name], shell), _SELF_DELETE + script
+
+
+class Connection:
+    """One SSH connection to one host, and what ``up`` and ``down`` do over it.
+
+    ``with Connection(target) as c:`` connects (a HostError with its cause word if it
+    cannot) and closes on the way out. Its SFTP session is opened on first use and
+    kept (fabric's ``Connection.sftp`` does the same): a host's visit stays one SSH
+    connection and one SFTP session, whatever it copies or looks up. Every wait is
+    bounded by the timeout given to the call.
+    """
+
+    def __init__(self, target: SSHTarget) -> None:
+        self.target = target
+        self.name = target.name
+        self.client: paramiko.SSHClient | None = None
+        self._sftp: paramiko.SFTPClient | None = None
+
+    def __enter__(self) -> Connection:
+        self.client = connect(self.target)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._sftp is not None:
+            try:
+                self._sftp.close()
+            except Exception:
+                pass
+            self._sftp = None
+        if self.client is not None:
+            self.client.close()
+            self.client = None
+
+    def local_address(self) -> str | None:
+        """The controller's address as this host sees it (None through a proxy)."""
+        transport = self.client.get_transport() if self.client else None
+        try:
+            return transport.sock.getsockname()[0]  # type: ignore[union-attr]
+        except (AttributeError, OSError):
+            return None
+
+    def run(self, command: str, stdin: str | None, timeout: float) -> RunResult:
+        """Run ``command`` with ``stdin``; see :func:`run`."""
+        assert self.client is not None, "use the Connection in a with block"
+        return run(self.client, command, stdin, timeout, self.name)
+
+    def sftp(self, timeout: float) -> paramiko.SFTPClient:
+        """The connection's SFTP session (opened once), each request bounded by
+        ``timeout``. Raises what paramiko raises: the caller names the cause."""
+        assert self.client is not None, "use the Connection in a with block"
+        if self._sftp is None:
+            self._sftp = self.client.open_sftp()
+        channel = self._sftp.get_channel()
+        if channel is not None:
+            channel.settimeout(timeout)
+        return self._sftp
+
+    def run_python(self, host: HostConfig, shell: str, script: str,
+                   timeout: float) -> RunResult:
+        """Run ``script`` with the host's Python: on stdin, or from a private file."""
+        name = f".papycluster-{secrets.token_hex(8)}.py"  # relative: the SFTP home dir
+        command, file_text = script_command(host, shell, script, name)
+        if file_text is None:
+            return self.run(command, script, timeout)
+        try:
+            sftp = self.sftp(timeout)
+        except Exception as exc:
+            raise HostError(self.name, "deploy failed", f"cannot open SFTP: {exc}")
+        try:
+            with sftp.open(name, "w") as f:
+                f.chmod(0o600)
+                f.write(file_text.encode("utf-8"))
+        except Exception as exc:
+            raise HostError(self.name, "deploy failed",
+                            f"cannot write a script by SFTP: {exc}")
+        try:
+            return self.run(command, None, timeout)
+        finally:  # the script removes itself; if Python never ran, we do
+            try:
+                self.sftp(timeout).remove(name)
+            except Exception:
+                pass
+
+    def exists(self, path: str, timeout: float) -> bool:
+        """Whether ``path`` (SFTP's spelling) exists on the host."""
+        try:
+            self.sftp(timeout).stat(path)
+            return True
+        except FileNotFoundError:
+            return False
+
+    def makedirs(self, path: str, timeout: float, mode: int = 0o700) -> None:
+        """``mkdir -p`` over SFTP (new directories 0700 by default: code runs from them)."""
+        if path in ("", ".", "/") or re.match(r"^/[A-Za-z]:/?$", path):
+            return
+        if self.exists(path, timeout):
+            return
+        self.makedirs(posixpath.dirname(path.rstrip("/")), timeout, mode)
+        try:
+            self.sftp(timeout).mkdir(path, mode)
+        except OSError:
+            if not self.exists(path, timeout):  # else made meanwhile by another `up`
+                raise
+
+    def put_atomic(self, local: str, remote: str, timeout: float) -> None:
+        """Copy ``local`` to ``remote`` under a name of our own, then rename it.
+
+        Hosts that share a home directory (NFS) may ship at once, and a half-written
+        file must never be where agents look. If the rename fails because another
+        ``up`` put the file there first, that one is kept.
+        """
+        self.makedirs(posixpath.dirname(remote), timeout)
+        sftp = self.sftp(timeout)
+        tmp = f"{remote}.{self.name}-{secrets.token_hex(4)}.tmp"
+        sftp.put(local, tmp)
+        try:
+            sftp.rename(tmp, remote)
+        except OSError:
+            sftp.remove(tmp)
+            if not self.exists(remote, timeout):
+                raise

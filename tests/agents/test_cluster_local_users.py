@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from papycluster.cluster import controller
-from papycluster.cluster.controller import run_local_script
+from papycluster.cluster.launcher import run_local_script
 from papycluster.cluster.remote import procs
 from tests.plugins.helpers import agent_pids, run_dirs
 from tests.transport.local_users import NOBODY, as_nobody, need_root
@@ -116,11 +116,11 @@ def test_down_still_stops_agents_and_what_a_crashed_agent_left(cluster_name: str
 
     hosts = load_state().hosts
     for name, entry in hosts.items():
-        info = json.loads((Path(entry["run_dir"]) / "agent.json").read_text())
-        assert info["process"] == procs.identity(entry["pid"]), name
+        info = json.loads((Path(entry.run_dir) / "agent.json").read_text())
+        assert info["process"] == procs.identity(entry.pid), name
     w = open_remote_worker("local2")  # starts the forkserver and a worker on local2
-    crashed = hosts["local2"]["pid"]
-    info = json.loads((Path(hosts["local2"]["run_dir"]) / "agent.json").read_text())
+    crashed = hosts["local2"].pid
+    info = json.loads((Path(hosts["local2"].run_dir) / "agent.json").read_text())
     deadline = time.monotonic() + 10
     while len(procs.orphans(crashed, info)) < 2 and time.monotonic() < deadline:
         time.sleep(0.05)  # the agent and, in its group, the forkserver and the worker
