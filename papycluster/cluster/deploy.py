@@ -35,6 +35,7 @@ from papycluster.cluster.bundle import DEFAULT_CACHE_DIR, build_bundle
 from papycluster.cluster.errors import HostError
 from papycluster.cluster.hosts import ClusterConfig, HostConfig
 from papycluster.cluster.remote import parse_result, render
+from papycluster.cluster.shell import login_shell, quote_command, sftp_spelling
 from papycluster.cluster.state import HostEntry, SshSettings
 
 MIN_PYTHON = (3, 9)
@@ -70,7 +71,7 @@ def launch(conn: ssh.Connection, host: HostConfig, shell: str, config: dict[str,
             raise HostError(host.name, "no Python",
                             f"{host.python!r} is not there ({res.stderr.strip()[-300:]}); "
                             "install Python >= 3.9 or set python = \"/path/to/python3\"")
-        ver = conn.run(ssh.quote_command([host.python, "--version"], shell), None, timeout)
+        ver = conn.run(quote_command([host.python, "--version"], shell), None, timeout)
         version = parse_version(ver.stdout + ver.stderr)
         if version is not None and version < MIN_PYTHON:
             raise HostError(host.name, "Python too old",
@@ -121,7 +122,7 @@ def _ship(conn: ssh.Connection, host: HostConfig, bundle: Path, path: str,
     (no SFTP, a path only Python can expand); then the launch script looks, and asks
     for the bundle inside itself if it is missing. A copy that fails is a deploy failure.
     """
-    where = ssh.sftp_spelling(path)
+    where = sftp_spelling(path)
     if where is None:
         return False
     try:
@@ -157,7 +158,7 @@ def _ship_packages(conn: ssh.Connection, host: HostConfig, shell: str, cache_dir
                         f"which this host does not offer: {exc}")
     try:
         for remote, local in site["wheels"].items():
-            where = ssh.sftp_spelling(remote)
+            where = sftp_spelling(remote)
             if where is None:
                 raise HostError(host.name, "packages failed",
                                 f"SFTP cannot spell the cache_dir {cache_dir!r}: use a "
@@ -187,7 +188,7 @@ def start_host(config: ClusterConfig, host: HostConfig, secret: str,
         controller_address = conn.local_address()
         # before the OS is known: sh and cmd both run `python -` as written, and
         # PowerShell (which needs a file) is only ever chosen in the hosts file
-        shell = ssh.login_shell(host, host.os)
+        shell = login_shell(host, host.os)
         bundle, digest = build_bundle()
         cache_dir = host.cache_dir or DEFAULT_CACHE_DIR
         bundle_path = f"{cache_dir}/{papycluster.__version__}-{digest}.zip"
@@ -224,7 +225,7 @@ def start_host(config: ClusterConfig, host: HostConfig, secret: str,
             progress(host.name, f"shipping papycluster ({bundle.stat().st_size // 1024} KB) "
                                 "inside the launch script")
             script["bundle_data"] = base64.b64encode(bundle.read_bytes()).decode("ascii")
-            launched = launch(conn, host, ssh.login_shell(host, os_name), script,
+            launched = launch(conn, host, login_shell(host, os_name), script,
                               config.start_timeout + max(timeout, 60.0), "deploy failed")
             if launched.get("need_bundle"):
                 raise HostError(host.name, "deploy failed",
@@ -272,7 +273,7 @@ def stop_host(config: ClusterConfig | None, host: HostConfig, cluster: str,
     it is waited for (``wait_exit`` seconds), with its children, never killed by that pid.
     """
     with ssh.Connection(ssh.resolve_target(config, host)) as conn:
-        shell = ssh.login_shell(host, host.os)
+        shell = login_shell(host, host.os)
         return _run_script(conn, host, shell, "stop", {
             "cluster": cluster, "run_dirs": [run_dir] if run_dir else [], "scan": True,
             "grace": 5.0, "wait_exit": wait_exit, "asked": asked or {},

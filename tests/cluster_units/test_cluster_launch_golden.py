@@ -16,7 +16,7 @@ import pytest
 
 from papycluster.cluster.hosts import HostConfig
 from papycluster.cluster.remote import render
-from papycluster.cluster.ssh import script_command
+from papycluster.cluster.shell import script_command
 
 GOLDEN = Path(__file__).parent / "golden"
 NAME = ".papycluster-0123456789abcdef.py"

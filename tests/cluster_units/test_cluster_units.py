@@ -6,10 +6,11 @@ import shlex
 
 import pytest
 
-from papycluster.cluster import deploy, ssh
+from papycluster.cluster import deploy, shell
 from papycluster.cluster.hosts import HostConfig
 from papycluster.cluster.remote import parse_result, render
-from papycluster.cluster.ssh import RunResult, quote_command, sftp_path
+from papycluster.cluster.shell import quote_command, sftp_path
+from papycluster.cluster.ssh import RunResult
 
 
 def test_sh_quoting_round_trips_and_expands_home():
@@ -59,10 +60,10 @@ def test_render_inlines_config_safely():
 
 
 def test_shell_choice():
-    assert ssh.login_shell(HostConfig("h", "a"), "linux") == "sh"
-    assert ssh.login_shell(HostConfig("h", "a"), "windows") == "cmd"
-    assert ssh.login_shell(HostConfig("h", "a", shell="powershell"), "windows") == "powershell"
-    assert ssh.via_file("powershell") and not ssh.via_file("cmd")
+    assert shell.login_shell(HostConfig("h", "a"), "linux") == "sh"
+    assert shell.login_shell(HostConfig("h", "a"), "windows") == "cmd"
+    assert shell.login_shell(HostConfig("h", "a", shell="powershell"), "windows") == "powershell"
+    assert shell.via_file("powershell") and not shell.via_file("cmd")
 
 
 @pytest.mark.parametrize("path, spelled", [
@@ -75,4 +76,4 @@ def test_shell_choice():
     ("$HOME/x.zip", None)])
 def test_sftp_spelling_of_the_bundle_path(path, spelled):
     """Where SFTP looks for the cached bundle; None leaves it to the launch script."""
-    assert ssh.sftp_spelling(path) == spelled
+    assert shell.sftp_spelling(path) == spelled

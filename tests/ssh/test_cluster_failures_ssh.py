@@ -119,9 +119,9 @@ def test_up_twice_is_refused_while_agents_answer(sshd, cluster_name, remote_cach
 def test_scripts_through_a_file_as_for_powershell(sshd, cluster_name, remote_cache,
                                                   monkeypatch):
     """The PowerShell path (script copied by SFTP, run, removed), exercised with sh."""
-    from papycluster.cluster import ssh
+    from papycluster.cluster import shell
 
-    monkeypatch.setattr(ssh, "via_file", lambda shell: True)
+    monkeypatch.setattr(shell, "via_file", lambda shell: True)
     home = Path.home()
     before = set(home.glob(".papycluster-*.py"))
     config = parse_hosts(hosts_toml(sshd, cluster_name, [
