@@ -224,7 +224,7 @@ def check(size: int, transports: tuple[str, ...], timeout: float) -> None:
 
     state = load_state()
     assert state is not None  # run_check needed it too
-    caps = {n: dict(h.get("caps") or {}, name=n) for n, h in state.hosts.items()}
+    caps = {n: dict(h.caps, name=n) for n, h in state.hosts.items()}
     table = Table(title=f"transport matrix ({size} bytes per item)")
     table.add_column("sender -> receiver")
     table.add_column("negotiated")

@@ -95,7 +95,7 @@ def test_down_after_a_crash_sweeps_with_the_hosts_file(sshd, cluster_name, remot
     assert sorted(result.up) == ["a", "b"], result.failed
     assert len(agent_pids(cluster_name, children=False)) == 2
     # crash: one agent dies hard (its run dir stays), and the controller loses its state
-    os.kill(load_state().hosts["a"]["pid"], signal.SIGKILL)
+    os.kill(load_state().hosts["a"].pid, signal.SIGKILL)
     state_path().unlink()
     assert len(run_dirs(cluster_name)) == 2
     results = controller.down(config)
@@ -119,9 +119,9 @@ def test_up_twice_is_refused_while_agents_answer(sshd, cluster_name, remote_cach
 def test_scripts_through_a_file_as_for_powershell(sshd, cluster_name, remote_cache,
                                                   monkeypatch):
     """The PowerShell path (script copied by SFTP, run, removed), exercised with sh."""
-    from papycluster.cluster import deploy
+    from papycluster.cluster import shell
 
-    monkeypatch.setattr(deploy, "_via_file", lambda shell: True)
+    monkeypatch.setattr(shell, "via_file", lambda shell: True)
     home = Path.home()
     before = set(home.glob(".papycluster-*.py"))
     config = parse_hosts(hosts_toml(sshd, cluster_name, [
@@ -171,7 +171,7 @@ def test_ssh_config_alias_gives_hostname_port_user_and_key(sshd, cluster_name, r
     result = controller.up(parse_hosts(text, "h.toml"))
     assert result.up == ["a"], result.failed
     entry = load_state().hosts["a"]
-    assert (entry["address"], entry["connect"]) == ("labalpha", "127.0.0.1")
+    assert (entry.address, entry.connect) == ("labalpha", "127.0.0.1")
     assert all(d.ok for d in controller.down())
 
 

@@ -17,9 +17,9 @@ MARKER = "PAPYCLUSTER-RESULT "
 _PLACEHOLDER = "CONFIG = {}  # replaced by render()"
 
 
-#: The preludes put in front of each script: ``_procs.py`` (process helpers) and
-#: ``_probe.py`` (what a host has), so that each script still runs alone as ``python -``.
-_PRELUDES = {"launch": ("_procs", "_probe"), "stop": ("_procs",)}
+#: The preludes put in front of each script: ``procs.py`` (process helpers) and
+#: ``probe.py`` (what a host has), so that each script still runs alone as ``python -``.
+_PRELUDES = {"launch": ("procs", "probe"), "stop": ("procs",)}
 
 
 def render(name: str, config: dict[str, Any]) -> str:
