@@ -102,7 +102,10 @@ def up(hosts_file: str | None, local: int | None, workers: int,
     for col in ("host", "status", "detail"):
         table.add_column(col)
     for r in result.results:
-        if r.ok:
+        if r.ok and r.info.get("kept"):
+            table.add_row(r.name, "[green]up[/green]",
+                          f"already running, left alone (pid {r.info.get('pid')})")
+        elif r.ok:
             table.add_row(r.name, "[green]up[/green]",
                           f"{r.info.get('os')} Python {r.info.get('python')} "
                           f"pid {r.info.get('pid')} port {r.info.get('port')}")
