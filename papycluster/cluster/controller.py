@@ -11,6 +11,7 @@ in the cluster state (:mod:`papycluster.cluster.state`).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -65,19 +66,30 @@ class UpResult:
         return [r for r in self.results if not r.ok]
 
 
+def _answering(state: ClusterState, timeout: float = 3.0) -> list[str]:
+    """The hosts of ``state`` whose agent answers and proves the cluster's secret."""
+
+    def answers(item: tuple[str, HostEntry]) -> bool:
+        name, h = item
+        try:
+            AgentConnection(h.connect, h.agent_port, state.secret, name, timeout,
+                            check_version=False).close()
+            return True
+        except Exception:
+            return False
+
+    if not state.hosts:
+        return []
+    with ThreadPoolExecutor(max_workers=max(1, min(32, len(state.hosts)))) as pool:
+        flags = list(pool.map(answers, state.hosts.items()))
+    return [name for name, ok in zip(state.hosts, flags, strict=True) if ok]
+
+
 def _check_not_up(progress: Progress) -> None:
     old = load_state(missing_ok=True)
     if old is None:
         return
-    alive = []
-    for name, h in old.hosts.items():
-        try:
-            conn = AgentConnection(h.connect, h.agent_port, old.secret, name, 3.0,
-                                   check_version=False)
-            conn.close()
-            alive.append(name)
-        except Exception:
-            pass
+    alive = _answering(old)
     if alive:
         raise ClusterError(f"cluster {old.cluster!r} is already up (agents answer on "
                            f"{', '.join(alive)}); run `papycluster down` first")
@@ -122,11 +134,46 @@ def up_local(n: int = 2, cluster: str | None = None, workers: int = 2,
 
 
 def up(config: ClusterConfig, progress: Progress = _quiet) -> UpResult:
-    """Start one agent per host of ``config`` over SSH; see :mod:`papycluster.cluster.deploy`."""
-    _check_not_up(progress)
-    state = ClusterState(cluster=config.name, secret=new_secret(), hosts_file=config.path,
-                         options={k: getattr(config, k) for k in _SSH_OPTIONS})
-    return _start(config, SshLauncher(config), state, progress)
+    """Start one agent per host of ``config`` over SSH; see :mod:`papycluster.cluster.deploy`.
+
+    On a running cluster of the same name, only what is missing is started: hosts new
+    to the file, and hosts whose agent no longer answers (lost, or back after a loss).
+    Healthy agents are left alone (their pid, port and running pools stay), the
+    cluster keeps its secret, and hosts of the state that the file no longer names keep
+    running (``down`` stops them). A running cluster of another name is refused.
+    """
+    old = load_state(missing_ok=True)
+    alive = _answering(old) if old is not None else []
+    if alive and old is not None and old.cluster != config.name:
+        raise ClusterError(f"cluster {old.cluster!r} is already up (agents answer on "
+                           f"{', '.join(alive)}); run `papycluster down` first, or "
+                           f"name it in the hosts file to add hosts to it")
+    options = {k: getattr(config, k) for k in _SSH_OPTIONS}
+    if not alive or old is None:
+        if old is not None:
+            progress("-", f"stale state of cluster {old.cluster!r} found (no agent "
+                          "answers); replacing it")
+        state = ClusterState(cluster=config.name, secret=new_secret(),
+                             hosts_file=config.path, options=options)
+        return _start(config, SshLauncher(config), state, progress)
+    kept = [h for h in config.hosts if h.name in alive]
+    for h in kept:
+        progress(h.name, "up (agent answers; left alone)")
+    missing = [h for h in config.hosts if h.name not in alive]
+    for h in missing:
+        progress(h.name, "its agent does not answer; starting it again" if h.name in
+                 old.hosts else "new to the cluster; starting it")
+    state = ClusterState(cluster=old.cluster, secret=old.secret, hosts_file=config.path,
+                         options=options, created=old.created,
+                         hosts={n: e for n, e in old.hosts.items() if n in alive})
+    partial = dataclasses.replace(config, hosts=missing)
+    started = _start(partial, SshLauncher(config), state, progress)
+    results = {r.name: r for r in started.results}
+    for h in kept:
+        results[h.name] = HostResult(h.name, True, info={"kept": True,
+                                                          "pid": state.hosts[h.name].pid})
+    return UpResult(config.name, [results[h.name] for h in config.hosts],
+                    started.state_file or save_state(state))
 
 
 def _start(config: ClusterConfig, launcher: Launcher, state: ClusterState,

@@ -57,14 +57,16 @@ def parse_version(text: str) -> tuple[int, ...] | None:
 
 
 def launch(conn: ssh.Connection, host: HostConfig, shell: str, config: dict[str, Any],
-           timeout: float, cause: str = "check failed") -> dict[str, Any]:
-    """Run the launch script (with its probe); turn every way it fails into a named cause.
+           timeout: float, cause: str = "check failed", script: str = "launch"
+           ) -> dict[str, Any]:
+    """Run the launch script (with its probe), or another remote ``script`` of the
+    same shape (preflight); turn every way it fails into a named cause.
 
     Returns the script's result: ``probe`` (what the host has), and either the agent's
     ``pid``/``port``/``run_dir``, or ``need_bundle``, or the launch's own failure. A
     script that prints no result fails with ``cause`` unless Python is missing or old.
     """
-    res = conn.run_python(host, shell, render("launch", config), timeout)
+    res = conn.run_python(host, shell, render(script, config), timeout)
     result = parse_result(res.stdout)
     if result is None:
         if no_python(host, res):
@@ -78,7 +80,7 @@ def launch(conn: ssh.Connection, host: HostConfig, shell: str, config: dict[str,
                             f"{host.python} is Python {'.'.join(map(str, version))}; "
                             f"papycluster needs >= {MIN_PYTHON[0]}.{MIN_PYTHON[1]}")
         raise HostError(host.name, cause,
-                        f"the launch script failed (exit {res.code}): "
+                        f"the {script} script failed (exit {res.code}): "
                         f"{res.stderr.strip()[-800:]}")
     if result.get("probe") is not None:
         check_probe(host, result["probe"])
