@@ -80,12 +80,6 @@ class LaneSet:
             return lanes[0]
         return None
 
-    def workers_only(self) -> bool:
-        """Every lane is of worker processes, local or remote (no threads): the lanes
-        whose tasklets an adaptive buffer may let grow."""
-        return bool(self.lanes) and all(lane.kind in ("process", "remote")
-                                        for lane in self.lanes)
-
     # -- dispatch ----------------------------------------------------------------------
 
     def dispatch(self, task: Any, index: int, item: Any, attempts: int = 0) -> None:

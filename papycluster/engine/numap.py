@@ -22,8 +22,7 @@ What is different from PaPy, and why:
   program ends promptly however the pipeline ended.
 * Remote workers (``worker_remote``) are worker processes on cluster agents; the
   manager sends them the same bytes it sends to local processes.
-* Without an explicit ``buffer`` the buffer of a pool of processes (local or remote)
-  adapts: it starts at PaPy's
+* Without an explicit ``buffer`` a process pool's buffer adapts: it starts at PaPy's
   ``stride * tasks`` and doubles whenever a worker runs out of work while the feeding
   thread waits for room and a reader waits for a result (the buffer, not the workers
   nor the reader, is then what holds the pool back), up to ``ADAPTIVE_MAX`` tasklets
@@ -290,9 +289,8 @@ class NuMap(NuMapResults):
 
     @property
     def _adaptive(self) -> bool:
-        """No ``buffer=`` given and only worker processes (local or remote, no
-        threads): the buffer may grow."""
-        return self.buffer is None and self._lanes.workers_only()
+        """No ``buffer=`` given and only local processes: the buffer may grow."""
+        return self.buffer is None and self._lanes.processes_only() is not None
 
     def stop(self, ends: Iterable[int] | None = None, forced: bool = False) -> None:
         """Stop feeding, end the workers and make the NuMap reusable.
