@@ -4,7 +4,10 @@ The engine finds it through :mod:`papycluster.hooks` (``'remote'``), so that the
 engine imports nothing of the cluster layer; its interface is
 :class:`papycluster.engine.lanes.Lane`. One thread per remote worker takes tasklets
 from the lane's queue and sends them the same bytes a local process gets, with up to
-``REMOTE_DEPTH`` in flight.
+``REMOTE_DEPTH`` messages in flight. Small items travel several to a message: the
+batch grows while the messages stay small and more tasklets wait than idle workers
+need, and shrinks for big items (:class:`_BatchSize`); the worker process runs them one
+by one and answers as they finish (fast results coalesced, a slow one at once).
 
 Remote items are never lost silently: a remote worker whose host dies, or shows no sign
 of life for ``heartbeat`` seconds, gives its tasklets back to the queue, and a
@@ -28,8 +31,13 @@ from papycluster.errors import WorkerLostError
 
 log = logging.getLogger("papycluster.numap")
 
-#: Tasklets in flight per remote worker: the second hides the round trip to the host.
+#: Messages of tasklets in flight per remote worker: the second hides the round trip.
 REMOTE_DEPTH = 2
+
+#: Most tasklets in one message to a remote worker, and the size past which a message
+#: is too big to grow (its pickled bytes): see _BatchSize.
+MAX_BATCH = 256
+BATCH_BYTES = 1 << 20
 
 #: How long a stop waits for the agents of remote workers lost mid-run to remove what
 #: those left (a cut-off host cannot answer; its agent removes it when it ends).
@@ -96,8 +104,9 @@ class RemoteLane(QueueLane):
         defined: set[int] = set()
         held: deque[tuple] = deque()  # sent, not yet answered; oldest first
         alive = _Liveness()
+        batch = _BatchSize()
         while True:
-            while len(held) < REMOTE_DEPTH:
+            while len(held) < REMOTE_DEPTH * batch.limit:
                 tasklet = self._next_tasklet(wait=not held)
                 if tasklet is None:
                     if not held:
@@ -105,7 +114,6 @@ class RemoteLane(QueueLane):
                     break  # nothing more queued: wait for a reply
                 if not held:
                     alive.touch()  # silence counts only while the host owes us a reply
-                task, index, item, _ = tasklet
                 known = spec in self.lost_hosts
                 if known or getattr(remote, "lost", False):
                     # A worker of a host already known lost, or whose connection ended
@@ -121,17 +129,29 @@ class RemoteLane(QueueLane):
                         f"worker on {spec}: its host was lost"), list(held))
                     self._drop(remote)
                     return
-                held.append(tasklet)
+                tasklets = [tasklet]
+                while len(tasklets) < batch.limit:  # what waits and no idle worker needs
+                    more = self._next_tasklet(wait=False)
+                    if more is None:
+                        break
+                    tasklets.append(more)
+                data = self._message(tasklets)
+                if data is None:
+                    continue  # none of them could be pickled: each has its error item
+                held.extend(tasklets)
                 try:
                     # A send waits for room in a buffer, never for the agent (a refused
                     # one fails the next reply): no sign of life, only replies and pings.
-                    if task.id not in defined:
-                        remote.send(proto.dumps(("def", task.id, task.remote_blob)))
-                        defined.add(task.id)
-                    remote.send(proto.dumps(("run", [(task.id, index, item)])))
+                    for task, _, _, _ in tasklets:
+                        if task.id not in defined:
+                            remote.send(proto.dumps(("def", task.id, task.remote_blob)))
+                            defined.add(task.id)
+                    remote.send(data)
                 except Exception as exc:
                     self._lost_running(spec, remote, exc, held)
                     return
+                hub.weigh(len(data), len(tasklets))
+                batch.sent(len(tasklets), len(data))
             try:
                 reply = self._await_reply(remote, spec, alive)
                 if reply is None:
@@ -140,14 +160,42 @@ class RemoteLane(QueueLane):
             except Exception as exc:
                 self._lost_running(spec, remote, exc, held)
                 return
+            hub.weigh(len(reply), len(results))
+            answered = {(task_id, reply_index) for task_id, reply_index, _, _ in results}
+            if answered:
+                kept = [t for t in held if (t[0].id, t[1]) not in answered]
+                held.clear()
+                held.extend(kept)
+            with hub.cond:
+                self.inflight -= len(results)
+                if not held and hub.adaptive():
+                    hub.grow()  # this worker ran out of work: the buffer may hold it back
             for task_id, reply_index, ok, value in results:
-                for position, (task, index, _, _) in enumerate(held):
-                    if task.id == task_id and index == reply_index:
-                        del held[position]
-                        break
-                with hub.cond:
-                    self.inflight -= 1
                 hub.deliver(task_id, reply_index, ok, value, spec)
+
+    def _message(self, tasklets: list[tuple]) -> bytes | None:
+        """The ``run`` message of ``tasklets``; one that cannot be pickled is taken out
+        of the list and becomes its own error item (it never left, so no worker is
+        lost for it). None if none is left."""
+        try:
+            return proto.dumps(("run", [(t[0].id, t[1], t[2]) for t in tasklets]))
+        except Exception:
+            pass
+        good = []
+        for tasklet in tasklets:
+            task, index, item, _ = tasklet
+            try:
+                proto.dumps(item)
+            except Exception as exc:
+                with self.hub.cond:
+                    self.inflight -= 1
+                self.hub.deliver(task.id, index, False, proto.describe_exception(exc))
+                continue
+            good.append(tasklet)
+        tasklets[:] = good
+        if not good:
+            return None
+        return proto.dumps(("run", [(t[0].id, t[1], t[2]) for t in good]))
 
     def _next_tasklet(self, wait: bool) -> tuple | None:
         """The next tasklet for a remote worker; None for the stop mark or nothing.
@@ -293,6 +341,25 @@ class RemoteLane(QueueLane):
             thread.start()
             threads.append(thread)
         join_all(threads, time.monotonic() + timeout)
+
+
+class _BatchSize:
+    """How many tasklets the next message to a remote worker may carry.
+
+    It starts at one, so an item alone leaves at once and its round trip is that of
+    one item. Each message that was filled (more tasklets were waiting than it could
+    take) and stayed small doubles it, up to ``MAX_BATCH``; a message bigger than
+    ``BATCH_BYTES`` halves it, so big items travel one by one, as before.
+    """
+
+    def __init__(self) -> None:
+        self.limit = 1
+
+    def sent(self, count: int, nbytes: int) -> None:
+        if nbytes > BATCH_BYTES:
+            self.limit = max(1, self.limit // 2)
+        elif count >= self.limit and nbytes * 2 <= BATCH_BYTES:
+            self.limit = min(MAX_BATCH, self.limit * 2)
 
 
 class _Liveness:

@@ -88,3 +88,40 @@ def test_a_sweep_removes_only_the_tagged_and_follows_no_link(tmp_path: Path) -> 
     assert (outside / "keep").read_bytes() == b"not papycluster's"
     with pytest.raises(ValueError, match="owner tag"):
         registry.sweep("../../etc")
+
+
+def _pool_and_one_held(inbox):  # noqa: ANN001, ANN202
+    """Fill this worker's shm pool (three sizes, dumped, loaded, released: free segments
+    kept for reuse), then dump one item that stays held."""
+    for size in (5000, 300_000, 2_000_000):
+        tk = workers.io.dump_item([bytes(size)], "shm")
+        assert workers.io.load_item([tk]) == bytes(size)
+    return (workers.io.dump_item([inbox[0]], "shm"), os.getpid())
+
+
+def _segments_of(tag: str) -> list[str]:
+    return [name for name in os.listdir("/dev/shm") if name.startswith(f"papyc_{tag}_")]
+
+
+@pytest.mark.skipif(not os.path.isdir("/dev/shm"), reason="no /dev/shm on this host")
+def test_a_killed_workers_free_pooled_shm_segments_go_too() -> None:
+    """The shm pool keeps released segments for reuse: no ticket names them any more, so
+    only the owner tag can find them after a SIGKILL."""
+    up = Piper(Worker((_pool_and_one_held,), ((),)),
+               parallel=NuMap(worker_num=1, start_method="spawn"))
+    dagger = Dagger()
+    dagger.add_piper(up)
+    dagger.connect([[b"held"]])
+    dagger.start()
+    try:
+        [(tk, pid)] = list(up)
+        tag = tk[4].split("_")[1]
+        # Three sizes, three segments: the held item reused the smallest, two are free.
+        assert len(_segments_of(tag)) == 3
+        os.kill(pid, signal.SIGKILL)
+        assert _gone(pid), f"worker {pid} was not reaped after SIGKILL"
+        assert len(_segments_of(tag)) == 3  # nothing released them
+    finally:
+        dagger.stop()
+        dagger.disconnect(forced=True)
+    assert _segments_of(tag) == []
