@@ -1,0 +1,63 @@
+"""What an engine worker runs: one tasklet of a NuMap, with the task's function cached.
+
+The function travels as today: the task's ``remote_blob`` (cloudpickle of
+``(func, args, kwargs)`` with the user's own modules by value and the source lines
+for tracebacks, see ``papycluster.engine.shipping``) is put once in the engine's store
+per task, and each worker process unpickles it once (keyed by the blob's digest),
+not once per item.
+
+An exception of the function is the item's result (with its traceback and where it
+ran), as on papycluster's own workers, so the engine never retries a user's error:
+only the loss of a worker is the engine's to retry. This module is imported on the
+engine workers (papycluster must be installed there) and imports neither engine.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import socket
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+from papycluster.engine import process as proto
+from papycluster.engine import shipping
+
+#: Task functions kept per worker process (the most recently used ones).
+CACHE_SIZE = 64
+
+_functions: OrderedDict[str, tuple[Callable, tuple, dict]] = OrderedDict()
+
+
+def _define(blob: bytes) -> tuple[Callable, tuple, dict]:
+    """``(func, args, kwargs)`` of a task blob; a function that raises why it failed."""
+    try:
+        loaded = pickle.loads(blob)
+        if loaded[0] == "task":  # ("task", inner, sources): see process.pickle_task
+            shipping.install_sources(loaded[2])
+            loaded = pickle.loads(loaded[1])
+        func, args, kwargs = loaded
+        return func, tuple(args), dict(kwargs)
+    except Exception as exc:
+        error = proto.describe_exception(exc)
+
+        def raise_(item: Any, *args: Any, **kwargs: Any) -> Any:
+            raise error
+
+        return raise_, (), {}
+
+
+def run(key: str, blob: bytes, item: Any) -> tuple[bool, Any, str]:
+    """``(ok, value, host)`` of the task ``key`` (its ``blob``) on ``item``: the host
+    is the engine worker's, the source of the result as a remote worker's would be."""
+    entry = _functions.get(key)
+    if entry is None:
+        entry = _functions[key] = _define(blob)
+        while len(_functions) > CACHE_SIZE:
+            _functions.popitem(last=False)
+    else:
+        _functions.move_to_end(key)
+    func, args, kwargs = entry
+    ok, value = proto.call(func, args, kwargs, item)
+    return ok, value, os.environ.get(proto.HOST_ENV) or socket.gethostname()
