@@ -21,7 +21,7 @@ from rpyc.core.channel import Channel
 from rpyc.core.stream import SocketStream
 
 from papycluster.cluster import stream
-from papycluster.cluster.agent import PROTOCOL, protocol_config
+from papycluster.cluster.agent_protocol import PROTOCOL, protocol_config
 from papycluster.cluster.auth import client_handshake, secret_from_env
 from papycluster.cluster.errors import AuthError, ClusterError, VersionMismatchError
 from papycluster.errors import WorkerLostError

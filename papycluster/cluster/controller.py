@@ -123,7 +123,7 @@ def up_local(n: int = 2, cluster: str | None = None, workers: int = 2,
     cluster = cluster or local_cluster_name()
     secret = new_secret()
     state = ClusterState(cluster=cluster, secret=secret)
-    from papycluster.cluster.agent import default_run_dir
+    from papycluster.cluster.agent_protocol import default_run_dir
 
     def start(i: int) -> HostResult:
         name = f"local{i + 1}"
@@ -265,7 +265,7 @@ def down(config: ClusterConfig | None = None, progress: Progress = _quiet,
                 progress(name, f"agent does not answer ({exc}); sweeping")
         try:
             if entry.get("local"):
-                from papycluster.cluster.agent import default_run_dir
+                from papycluster.cluster.agent_protocol import default_run_dir
                 run_dir = entry.get("run_dir") or default_run_dir(cluster, name)
                 res = run_local_script("stop", {
                     "cluster": cluster, "run_dirs": [run_dir], "scan": False,

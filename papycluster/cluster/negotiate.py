@@ -217,7 +217,7 @@ def local_caps() -> dict[str, Any]:
     import json
     import os
 
-    from papycluster.cluster.agent import capabilities
+    from papycluster.cluster.agent_protocol import capabilities
 
     try:
         shares = json.loads(os.environ.get("PAPYCLUSTER_SHARES") or "{}")

@@ -15,7 +15,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from papycluster.engine.tasks import _Failed, _Task, close_tasks
+from papycluster.engine.tasks import Failed, Task, close_tasks
 
 log = logging.getLogger("papycluster.numap")
 
@@ -102,7 +102,7 @@ class Feed:
     tasklet was sent.
     """
 
-    def __init__(self, name: str, tasks: list[_Task], stride: int, budget: Budget,
+    def __init__(self, name: str, tasks: list[Task], stride: int, budget: Budget,
                  cond: threading.Condition, stopping: threading.Event, generation: int,
                  current: Callable[[], int], deliver: Callable[..., None],
                  batch_limit: Callable[[], int], send: Callable[[list], None],
@@ -112,7 +112,7 @@ class Feed:
         self.generation, self.current = generation, current
         self.deliver, self.batch_limit, self.send, self.done = (deliver, batch_limit,
                                                                 send, done)
-        self.outbox: deque[tuple[_Task, int, Any]] = deque()
+        self.outbox: deque[tuple[Task, int, Any]] = deque()
         self.wake = threading.Event()
         self.pulled_all = False  # the putter has ended
         self.sent_all = False  # ... and the sender has sent everything it admitted
@@ -124,7 +124,7 @@ class Feed:
         for thread in self.threads:
             thread.start()
 
-    def _weave(self) -> Iterator[tuple[_Task, Iterator]]:
+    def _weave(self) -> Iterator[tuple[Task, Iterator]]:
         """Yield ``(task, iterator)`` round-robin, ``stride`` times per task and round.
 
         The putter pulls one item per step. Stopping takes effect at a round boundary,
@@ -159,13 +159,13 @@ class Feed:
                         cond.notify_all()
                     continue
                 except Exception as exc:  # an upstream error becomes this item's
-                    item = _Failed(exc)
+                    item = Failed(exc)
                 task.pulled += 1
                 if not self._acquire() or generation != self.current():
                     break
                 with cond:
                     task.fed += 1
-                if isinstance(item, _Failed):
+                if isinstance(item, Failed):
                     self.deliver(task.id, index, False, item.exception)
                     continue
                 self.outbox.append((task, index, item))

@@ -35,8 +35,9 @@ What is different from PaPy, and why:
   after ``stop()``, starts new ones. A program creating many NuMaps without stopping
   them does not pile up processes.
 
-Where the parts live: this module keeps the tasks, the buffer's bounds, ordering,
-timeouts and reruns; the task records are in :mod:`.tasks`, the buffer and the feeding
+Where the parts live: this module keeps the tasks, the buffer's bounds, starting and
+stopping; taking results out (ordering, timeouts, reruns) is in :mod:`.numap_results`;
+the task records are in :mod:`.tasks`, the buffer and the feeding
 threads in :mod:`.feed`. The executors are *lanes* behind one interface
 (:mod:`.lanes`: its contract, and local threads; :mod:`.process_lane`: local
 processes; ``papycluster.cluster.lane``: remote workers, found through
@@ -56,11 +57,11 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from papycluster.engine import output
-from papycluster.engine.feed import POLL, Budget, Feed
+from papycluster.engine.feed import Budget, Feed
 from papycluster.engine.lane_set import LaneSet, engine_of
 from papycluster.engine.lanes import HEARTBEAT_EVERY, Hub, join_all
-from papycluster.engine.tasks import _NuMapTask, _Task, close_tasks
-from papycluster.errors import NuMapTimeoutError, WorkerLostError
+from papycluster.engine.numap_results import NuMapResults
+from papycluster.engine.tasks import NuMapTask, Task, close_tasks
 
 log = logging.getLogger("papycluster.numap")
 
@@ -84,7 +85,7 @@ def _stop_all() -> None:
             pass
 
 
-class NuMap:
+class NuMap(NuMapResults):
     """A parallel, lazy, multi-task ``imap`` with PaPy's interface.
 
     ``NuMap(func, iterable)`` starts at once (one task); otherwise add tasks with
@@ -150,7 +151,7 @@ class NuMap:
             raise ValueError(f"retries must be >= 0 and heartbeat > {HEARTBEAT_EVERY} s")
         self.retries = retries
         self.heartbeat = heartbeat
-        self._tasks: list[_Task] = []
+        self._tasks: list[Task] = []
         self._tasks_tracked: dict[int, dict[int, Any]] = {}
         self._cond = threading.Condition(threading.Lock())
         self._started = False
@@ -201,7 +202,7 @@ class NuMap:
     def add_task(self, func: Callable, iterable: Iterable, args: tuple | None = None,
                  kwargs: dict | None = None, timeout: float | None = None,
                  block: bool = True, track: bool = False,
-                 skip: bool | None = None) -> _NuMapTask:
+                 skip: bool | None = None) -> NuMapTask:
         """Add ``func(item, *args, **kwargs)`` over ``iterable`` as a new task.
 
         ``iterable`` may be another task's iterator (chaining); add tasks in
@@ -213,13 +214,13 @@ class NuMap:
         self._forget_kept()
         if not callable(func):
             raise TypeError(f"{self.name}: task function {func!r} is not callable")
-        task = _Task(id=len(self._tasks), func=func, iterable=iterable,
+        task = Task(id=len(self._tasks), func=func, iterable=iterable,
                      args=tuple(args or ()), kwargs=dict(kwargs or {}), timeout=timeout,
                      block=block, track=track, skip=self.skip if skip is None else skip)
         self._tasks.append(task)
         if track:
             self._tasks_tracked[task.id] = {}
-        return _NuMapTask(self, task.id, timeout, block)
+        return NuMapTask(self, task.id, timeout, block)
 
     __call__ = add_task
 
@@ -233,9 +234,9 @@ class NuMap:
             self._tasks_tracked.pop(task.id, None)
 
     def get_task(self, task: int = 0, timeout: float | None = None,
-                 block: bool = True) -> _NuMapTask:
+                 block: bool = True) -> NuMapTask:
         """An iterator over the results of task number ``task``."""
-        return _NuMapTask(self, task, timeout, block)
+        return NuMapTask(self, task, timeout, block)
 
     # -- start and stop ------------------------------------------------------------
 
@@ -361,7 +362,7 @@ class NuMap:
             self._kept = False
             self._tasks = []
 
-    def _close_tasks(self, tasks: list[_Task] | None = None) -> None:
+    def _close_tasks(self, tasks: list[Task] | None = None) -> None:
         """Feeding has ended: every task's total is what has been handed out."""
         close_tasks(self._tasks if tasks is None else tasks)
 
@@ -385,7 +386,7 @@ class NuMap:
         assert self._semaphore is not None
         return self._lanes.batch_limit(self._semaphore.capacity)
 
-    def _dispatch(self, task: _Task, index: int, item: Any, attempts: int = 0) -> None:
+    def _dispatch(self, task: Task, index: int, item: Any, attempts: int = 0) -> None:
         """Hand one tasklet to the least loaded lane (process, thread or remote)."""
         self._lanes.dispatch(task, index, item, attempts)
 
@@ -429,122 +430,3 @@ class NuMap:
                             self.name, index, task_id)
             elif stored:
                 self._cond.notify_all()
-
-    # -- results -------------------------------------------------------------------
-
-    def next(self, timeout: float | None = None, task: int = 0, block: bool = True) -> Any:
-        """The next result of ``task``; an exception result is raised.
-
-        Raises :class:`NuMapTimeoutError` (a ``TimeoutError``) when nothing comes in
-        ``timeout`` seconds; with ``skip`` the late result is dropped when it arrives,
-        otherwise a later ``next()`` returns it. Raises ``StopIteration`` after the
-        task's last result.
-        """
-        _, ok, value, _ = self.next_result(timeout, task, block)
-        if not ok:
-            raise value
-        return value
-
-    def next_result(self, timeout: float | None = None, task: int = 0, block: bool = True
-                    ) -> tuple[int, bool, Any, str | None]:
-        """Like :meth:`next`, but return ``(index, ok, value, source)``, never raising
-        the value: the input position it belongs to, whether it is a result or the
-        exception the function raised, and the remote host that computed it (None for
-        a local worker). A piper uses it to know which input each result came from."""
-        if not self._started and not (self._kept and task < len(self._tasks)):
-            raise RuntimeError(f"{self.name}: next() on a NuMap that is not started "
-                               "(before start(), or after its final stop)")
-        if not block:
-            timeout = 0.0
-        deadline = None if timeout is None else time.monotonic() + timeout
-        with self._cond:
-            if task >= len(self._tasks):
-                if not self._started:
-                    raise RuntimeError(f"{self.name}: next() before start()")
-                raise StopIteration  # stopped: the tasks are gone
-            t = self._tasks[task]
-            while True:
-                got = self._take(t)
-                if got is not None:
-                    index, ok, value = got
-                    break
-                if t.finished():
-                    raise StopIteration
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    awaited = t.next_index
-                    self._time_out(t)
-                    error = NuMapTimeoutError(
-                        f"{self.name}: no result for task {task} item {awaited} "
-                        f"within {timeout} s")
-                    error.index = awaited if self.ordered else None
-                    raise error
-                self._readers += 1
-                try:
-                    self._cond.wait(remaining if remaining is not None else POLL * 10)
-                finally:
-                    self._readers -= 1
-            t.returned += 1
-            if t.track:
-                self._tasks_tracked[t.id][index] = value
-            source = t.sources.pop(index, None)
-        assert self._semaphore is not None
-        self._semaphore.release()
-        return index, ok, value, source
-
-    def rerun(self, task: int, item: Any, timeout: float | None = None
-              ) -> tuple[bool, Any, str | None]:
-        """Run ``task``'s function once more on ``item``: ``(ok, value, source)``.
-
-        An extra tasklet for a started NuMap, outside its tasks' streams and buffer: it
-        goes to the least loaded live worker, is resent like any other if that worker is
-        lost, and its result goes to this caller only. The engine uses it to recompute
-        an item whose data was lost with the host that held it (see ``Piper``).
-        ``timeout`` bounds the wait (NuMapTimeoutError); a stop ends it with a
-        WorkerLostError result.
-        """
-        with self._cond:
-            if not self._feeding or task >= len(self._tasks):
-                raise RuntimeError(f"{self.name}: rerun() needs a started NuMap with task "
-                                   f"{task}")
-            self._rerun_count += 1
-            index = -self._rerun_count
-            key = (task, index)
-            waiting: list = []
-            self._reruns[key] = waiting
-            generation = self._generation
-            t = self._tasks[task]
-        deadline = None if timeout is None else time.monotonic() + timeout
-        try:
-            self._lanes.ensure_local()
-            self._dispatch(t, index, item)
-            with self._cond:
-                while not waiting:
-                    if generation != self._generation:
-                        return False, WorkerLostError(
-                            f"{self.name}: stopped while rerunning an item of task "
-                            f"{task}"), None
-                    left = None if deadline is None else deadline - time.monotonic()
-                    if left is not None and left <= 0:
-                        raise NuMapTimeoutError(f"{self.name}: no result for a rerun of "
-                                                f"task {task} within {timeout} s")
-                    self._cond.wait(POLL * 10 if left is None else min(left, POLL * 10))
-                return waiting[0]
-        finally:
-            with self._cond:
-                self._reruns.pop(key, None)
-
-    def _take(self, t: _Task) -> tuple[int, bool, Any] | None:
-        return t.take(self.ordered)
-
-    def _time_out(self, t: _Task) -> None:
-        """With skip, give up on the awaited item: its result is dropped on arrival."""
-        if t.give_up(self.ordered):
-            assert self._semaphore is not None
-            self._semaphore.release()
-
-    def __iter__(self) -> NuMap:
-        return self
-
-    def __next__(self) -> Any:
-        return self.next()

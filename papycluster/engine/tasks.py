@@ -17,7 +17,7 @@ from papycluster.engine import process as proto
 
 
 @dataclass(eq=False)
-class _Task:
+class Task:
     """One task of a NuMap: a function over an iterable, and its results so far."""
 
     id: int
@@ -110,7 +110,7 @@ class _Task:
         return True
 
 
-class _NuMapTask:
+class NuMapTask:
     """The iterator of one task's results (what ``add_task`` and ``get_task`` return)."""
 
     def __init__(self, numap: Any, task: int, timeout: float | None = None,  # a NuMap
@@ -120,7 +120,7 @@ class _NuMapTask:
         self.timeout = timeout
         self.block = block
 
-    def __iter__(self) -> _NuMapTask:
+    def __iter__(self) -> NuMapTask:
         return self
 
     def __next__(self) -> Any:
@@ -129,10 +129,10 @@ class _NuMapTask:
     next = __next__
 
     def __repr__(self) -> str:
-        return f"<_NuMapTask {self.task} of {self.numap.name}>"
+        return f"<NuMapTask {self.task} of {self.numap.name}>"
 
 
-class _Failed:
+class Failed:
     """An upstream error pulled from a task's iterable: it becomes that item's result."""
 
     __slots__ = ("exception",)
@@ -141,7 +141,7 @@ class _Failed:
         self.exception = exception
 
 
-def close_tasks(tasks: list[_Task]) -> None:
+def close_tasks(tasks: list[Task]) -> None:
     """Feeding has ended: every task's total is what has been handed out."""
     for task in tasks:
         if task.total is None:
