@@ -26,6 +26,7 @@ import threading
 from typing import Any
 
 from papycluster.engine.lanes import HEARTBEAT_EVERY, Hub, QueueLane
+from papycluster.engines import runner
 from papycluster.errors import WorkerLostError
 
 log = logging.getLogger("papycluster.numap")
@@ -48,9 +49,15 @@ class EngineLane(QueueLane):
 
     # -- what an engine gives ----------------------------------------------------------
 
-    def _define(self, blob: bytes) -> Any:
-        """The task's blob put in the engine's store (what ``_submit`` passes on)."""
+    def _define(self, defined: tuple) -> Any:
+        """A task's definition (``runner.definition``) put in the engine's store (what
+        ``_submit`` passes on)."""
         raise NotImplementedError
+
+    @staticmethod
+    def _host_of() -> Any:
+        """A function giving, on an engine worker, the host the engine reaches it by."""
+        return None
 
     def _submit(self, key: str, stored: Any, item: Any, name: str) -> Any:
         """One engine task running ``runner.run(key, stored, item)``: its handle."""
@@ -87,7 +94,8 @@ class EngineLane(QueueLane):
             if known is None:
                 blob = task.remote_blob
                 key = hashlib.sha1(blob).hexdigest()
-                known = self._defined[task.id] = (key, self._define(blob))
+                stored = self._define(runner.definition(blob, self._host_of()))
+                known = self._defined[task.id] = (key, stored)
             return known
 
     def _serve(self) -> None:

@@ -29,6 +29,13 @@ except ImportError as exc:  # pragma: no cover - the message is the point
 CONNECT_TIMEOUT = 10.0
 
 
+def worker_host() -> str:
+    """On a Dask worker: the host of the address the scheduler reaches it by."""
+    from urllib.parse import urlsplit
+
+    return urlsplit(distributed.get_worker().address).hostname or "127.0.0.1"
+
+
 class DaskLane(EngineLane):
     kind = "dask"
 
@@ -47,9 +54,13 @@ class DaskLane(EngineLane):
         where = f"dask scheduler {self.client.scheduler.address}"
         super().__init__(hub, size, where)
 
-    def _define(self, blob: bytes) -> Any:
-        # on every worker: a blob on one would draw every tasklet there (locality)
-        return self.client.scatter(blob, hash=False, broadcast=True)
+    def _define(self, defined: tuple) -> Any:
+        # on every worker: a definition on one would draw every tasklet there (locality)
+        return self.client.scatter([defined], hash=False, broadcast=True)[0]
+
+    @staticmethod
+    def _host_of() -> Any:
+        return worker_host
 
     def _submit(self, key: str, stored: Any, item: Any, name: str) -> Any:
         return self.client.submit(runner.run, key, stored, item, pure=False,

@@ -44,8 +44,12 @@ class RayLane(EngineLane):
         self._task = _run.options(max_retries=hub.retries, num_cpus=1)
         super().__init__(hub, size, f"ray {address or 'local'}")
 
-    def _define(self, blob: bytes) -> Any:
-        return ray.put(blob)
+    def _define(self, defined: tuple) -> Any:
+        return ray.put(defined)
+
+    @staticmethod
+    def _host_of() -> Any:
+        return ray.util.get_node_ip_address
 
     def _submit(self, key: str, stored: Any, item: Any, name: str) -> Any:
         return self._task.remote(key, stored, item)

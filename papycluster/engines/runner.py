@@ -6,6 +6,14 @@ for tracebacks, see ``papycluster.engine.shipping``) is put once in the engine's
 per task, and each worker process unpickles it once (keyed by the blob's digest),
 not once per item.
 
+Transports between pipers on engine workers work as between agents' workers: the
+definition carries what a worker process of ours would be handed, the controller's
+run secret when no cluster secret is configured (``auth.secret_for_children``; with
+several hosts, configure ``PAPYCLUSTER_SECRET[_FILE]`` on the workers instead, so that
+nothing secret travels in the engine), and a function giving the host the engine
+reaches this worker by, which ``tcp`` and ``udp`` tickets then name (unless the
+worker's ``PAPYCLUSTER_ADVERTISE_HOST`` says otherwise).
+
 An exception of the function is the item's result (with its traceback and where it
 ran), as on papycluster's own workers, so the engine never retries a user's error:
 only the loss of a worker is the engine's to retry. This module is imported on the
@@ -23,11 +31,31 @@ from typing import Any
 
 from papycluster.engine import process as proto
 from papycluster.engine import shipping
+from papycluster.transport import auth, tcp
 
 #: Task functions kept per worker process (the most recently used ones).
 CACHE_SIZE = 64
 
 _functions: OrderedDict[str, tuple[Callable, tuple, dict]] = OrderedDict()
+_prepared: list = []  # what prepare() last set up in this process
+
+
+def definition(blob: bytes, host_of: Callable[[], str] | None) -> tuple:
+    """What the controller puts in the engine's store for a task (see :func:`run`)."""
+    return blob, auth.secret_for_children(), host_of
+
+
+def prepare(secret: bytes | None, host_of: Callable[[], str] | None) -> None:
+    """Set this worker process up as a worker of the controller's (once per change)."""
+    if _prepared == [secret, host_of]:
+        return
+    auth.adopt_run_secret(secret)
+    if host_of is not None and not os.environ.get(tcp.ADVERTISE_ENV):
+        try:
+            os.environ[tcp.ADVERTISE_ENV] = host_of()
+        except Exception:
+            pass  # tickets keep naming loopback: right on one machine
+    _prepared[:] = [secret, host_of]
 
 
 def _define(blob: bytes) -> tuple[Callable, tuple, dict]:
@@ -48,9 +76,12 @@ def _define(blob: bytes) -> tuple[Callable, tuple, dict]:
         return raise_, (), {}
 
 
-def run(key: str, blob: bytes, item: Any) -> tuple[bool, Any, str]:
-    """``(ok, value, host)`` of the task ``key`` (its ``blob``) on ``item``: the host
-    is the engine worker's, the source of the result as a remote worker's would be."""
+def run(key: str, defined: tuple, item: Any) -> tuple[bool, Any, str]:
+    """``(ok, value, host)`` of the task ``key`` (``defined`` by :func:`definition`) on
+    ``item``: the host is the engine worker's, the source of the result as a remote
+    worker's would be."""
+    blob, secret, host_of = defined
+    prepare(secret, host_of)
     entry = _functions.get(key)
     if entry is None:
         entry = _functions[key] = _define(blob)

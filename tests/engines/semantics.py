@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from papycluster import NuMap, NuMapTimeoutError, Piper, Plumber, Worker
+from papycluster import NuMap, NuMapTimeoutError, Piper, Plumber, Worker, workers
+from papycluster.engine import Dagger
 from tests.plugins.helpers import collect
 
 
@@ -129,6 +130,35 @@ def a_pipeline_runs_on_the_engine(target) -> None:
         pipes.stop()
     assert out == [2, 4, 6, 8]
 
+
+def megabytes(inbox: list) -> bytes:
+    return b"x" * (inbox[0] << 20)
+
+
+def size_of(inbox: list) -> int:
+    return len(inbox[0])
+
+
+def transport_between_engine_workers(target, kind: str) -> None:
+    """``kind`` tickets go from one engine worker to another (the producer serves the
+    item, tcp and udp prove the run's secret both ends were handed)."""
+    up = Piper(Worker((megabytes, workers.io.dump_item), ((), (kind,))),
+               parallel=NuMap(worker_remote=target, worker_num=2))
+    down = Piper(Worker((workers.io.load_item, size_of)),
+                 parallel=NuMap(worker_remote=target, worker_num=2))
+    dagger = Dagger()
+    dagger.add_pipe((up, down))
+    dagger.connect([range(1, 6)])
+    dagger.start()
+    try:
+        out = collect(iter(down))
+    finally:
+        dagger.stop()
+        dagger.disconnect(forced=True)
+    assert out == [i << 20 for i in range(1, 6)]
+
+
+TRANSPORTS = pytest.mark.parametrize("kind", ["tcp", "udp", "file"])
 
 ALL = [results_in_order, unordered_comes_as_it_completes, lazy_within_the_buffer,
        timeouts_are_error_items_and_skip_drops_them, a_pipeline_runs_on_the_engine]

@@ -81,3 +81,9 @@ def test_an_unreachable_scheduler_fails_the_start_naming_it():
 def test_a_string_that_names_no_engine_is_refused():
     with pytest.raises(ValueError, match="spark://x"):
         NuMap(worker_remote="spark://x")
+
+
+@semantics.TRANSPORTS
+def test_transports_between_pipers_on_dask_workers(dask_cluster, kind):
+    _, client = dask_cluster
+    semantics.transport_between_engine_workers(client, kind)

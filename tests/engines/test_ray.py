@@ -47,3 +47,8 @@ def test_a_task_ray_gives_up_is_one_error_item_naming_it(ray_local, tmp_path):
     assert isinstance(out[5], WorkerLostError)
     assert "item 5 of task 0" in str(out[5]) and "ray local" in str(out[5])
     assert "WorkerCrashedError" in str(out[5])
+
+
+@semantics.TRANSPORTS
+def test_transports_between_pipers_on_ray_workers(ray_local, kind):
+    semantics.transport_between_engine_workers("ray", kind)
