@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import secrets
 import threading
 from typing import Any
 
@@ -43,6 +44,7 @@ class EngineLane(QueueLane):
             raise ValueError(f"{hub.name}: a NuMap on {where} needs worker_num >= 1 "
                              "(the tasklets in flight on the engine)")
         self.where = where
+        self.tag = secrets.token_hex(6)  # names what this lane leaves in the engine
         self._defined: dict[int, tuple[str, Any]] = {}  # task id -> (key, stored blob)
         self._define_lock = threading.Lock()
         super().__init__(hub, size, [f"{self.kind}-{i}" for i in range(size)])
@@ -55,8 +57,9 @@ class EngineLane(QueueLane):
         raise NotImplementedError
 
     @staticmethod
-    def _host_of() -> Any:
-        """A function giving, on an engine worker, the host the engine reaches it by."""
+    def _setup() -> Any:
+        """A function that readies an engine worker process and gives the host the
+        engine reaches it by (see :mod:`.runner`)."""
         return None
 
     def _submit(self, key: str, stored: Any, item: Any, name: str) -> Any:
@@ -94,7 +97,7 @@ class EngineLane(QueueLane):
             if known is None:
                 blob = task.remote_blob
                 key = hashlib.sha1(blob).hexdigest()
-                stored = self._define(runner.definition(blob, self._host_of()))
+                stored = self._define(runner.definition(blob, self._setup(), self.tag))
                 known = self._defined[task.id] = (key, stored)
             return known
 

@@ -7,6 +7,9 @@ running a tasklet is the scheduler's to recover: it runs the tasklet elsewhere, 
 ``distributed.scheduler.allowed-failures`` times, then gives it up with
 ``KilledWorker``, which becomes that item's error (see :mod:`.base`).
 
+Items can stay in the cluster between two such NuMaps: ``dump_item(inbox, "engine")``
+(see :mod:`.dask_store`).
+
 A lane built from an address owns its client and closes it at stop; a ``Client``
 given by the caller stays the caller's.
 """
@@ -16,7 +19,7 @@ from __future__ import annotations
 from typing import Any
 
 from papycluster.engine.lanes import Hub
-from papycluster.engines import runner
+from papycluster.engines import dask_store, runner
 from papycluster.engines.base import EngineLane
 
 try:
@@ -29,11 +32,13 @@ except ImportError as exc:  # pragma: no cover - the message is the point
 CONNECT_TIMEOUT = 10.0
 
 
-def worker_host() -> str:
-    """On a Dask worker: the host of the address the scheduler reaches it by."""
+def worker_setup() -> str:
+    """On a Dask worker: register the ``engine`` transport; the host of the address
+    the scheduler reaches this worker by."""
     from urllib.parse import urlsplit
 
-    return urlsplit(distributed.get_worker().address).hostname or "127.0.0.1"
+    dask_store.register()
+    return urlsplit(distributed.get_worker().address).hostname or ""
 
 
 class DaskLane(EngineLane):
@@ -52,6 +57,7 @@ class DaskLane(EngineLane):
         else:
             self.client, self.owned = target, False
         where = f"dask scheduler {self.client.scheduler.address}"
+        dask_store.register()  # a serial piper here may load an engine ticket
         super().__init__(hub, size, where)
 
     def _define(self, defined: tuple) -> Any:
@@ -59,8 +65,8 @@ class DaskLane(EngineLane):
         return self.client.scatter([defined], hash=False, broadcast=True)[0]
 
     @staticmethod
-    def _host_of() -> Any:
-        return worker_host
+    def _setup() -> Any:
+        return worker_setup
 
     def _submit(self, key: str, stored: Any, item: Any, name: str) -> Any:
         return self.client.submit(runner.run, key, stored, item, pure=False,
@@ -80,5 +86,6 @@ class DaskLane(EngineLane):
         handle.cancel()
 
     def _release(self) -> None:
+        dask_store.sweep(self.client, self.tag)
         if self.owned:
             self.client.close(timeout=5)

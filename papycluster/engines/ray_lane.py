@@ -48,7 +48,7 @@ class RayLane(EngineLane):
         return ray.put(defined)
 
     @staticmethod
-    def _host_of() -> Any:
+    def _setup() -> Any:
         return ray.util.get_node_ip_address
 
     def _submit(self, key: str, stored: Any, item: Any, name: str) -> Any:

@@ -10,9 +10,12 @@ Transports between pipers on engine workers work as between agents' workers: the
 definition carries what a worker process of ours would be handed, the controller's
 run secret when no cluster secret is configured (``auth.secret_for_children``; with
 several hosts, configure ``PAPYCLUSTER_SECRET[_FILE]`` on the workers instead, so that
-nothing secret travels in the engine), and a function giving the host the engine
-reaches this worker by, which ``tcp`` and ``udp`` tickets then name (unless the
-worker's ``PAPYCLUSTER_ADVERTISE_HOST`` says otherwise).
+nothing secret travels in the engine), and the lane's ``setup``: a function that
+readies the worker process for its engine (registers its ``engine`` transport, if it
+has one) and gives the host the engine reaches this worker by, which ``tcp`` and
+``udp`` tickets then name (unless the worker's ``PAPYCLUSTER_ADVERTISE_HOST`` says
+otherwise). The lane's run ``tag`` names what the ``engine`` transport leaves in the
+engine, so that the lane removes it when it closes.
 
 An exception of the function is the item's result (with its traceback and where it
 ran), as on papycluster's own workers, so the engine never retries a user's error:
@@ -25,6 +28,7 @@ from __future__ import annotations
 import os
 import pickle
 import socket
+import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
@@ -38,24 +42,32 @@ CACHE_SIZE = 64
 
 _functions: OrderedDict[str, tuple[Callable, tuple, dict]] = OrderedDict()
 _prepared: list = []  # what prepare() last set up in this process
+_running = threading.local()  # the run tag of the tasklet this thread runs
 
 
-def definition(blob: bytes, host_of: Callable[[], str] | None) -> tuple:
+def definition(blob: bytes, setup: Callable[[], str] | None, tag: str) -> tuple:
     """What the controller puts in the engine's store for a task (see :func:`run`)."""
-    return blob, auth.secret_for_children(), host_of
+    return blob, auth.secret_for_children(), setup, tag
 
 
-def prepare(secret: bytes | None, host_of: Callable[[], str] | None) -> None:
+def run_tag() -> str:
+    """The run tag of the lane whose tasklet this thread runs ('0' * 12 outside)."""
+    return getattr(_running, "tag", "0" * 12)
+
+
+def prepare(secret: bytes | None, setup: Callable[[], str] | None) -> None:
     """Set this worker process up as a worker of the controller's (once per change)."""
-    if _prepared == [secret, host_of]:
+    if _prepared == [secret, setup]:
         return
     auth.adopt_run_secret(secret)
-    if host_of is not None and not os.environ.get(tcp.ADVERTISE_ENV):
+    if setup is not None:
         try:
-            os.environ[tcp.ADVERTISE_ENV] = host_of()
+            host = setup()
         except Exception:
-            pass  # tickets keep naming loopback: right on one machine
-    _prepared[:] = [secret, host_of]
+            host = ""  # tickets keep naming loopback: right on one machine
+        if host and not os.environ.get(tcp.ADVERTISE_ENV):
+            os.environ[tcp.ADVERTISE_ENV] = host
+    _prepared[:] = [secret, setup]
 
 
 def _define(blob: bytes) -> tuple[Callable, tuple, dict]:
@@ -80,8 +92,8 @@ def run(key: str, defined: tuple, item: Any) -> tuple[bool, Any, str]:
     """``(ok, value, host)`` of the task ``key`` (``defined`` by :func:`definition`) on
     ``item``: the host is the engine worker's, the source of the result as a remote
     worker's would be."""
-    blob, secret, host_of = defined
-    prepare(secret, host_of)
+    blob, secret, setup, _running.tag = defined
+    prepare(secret, setup)
     entry = _functions.get(key)
     if entry is None:
         entry = _functions[key] = _define(blob)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import pickle
+
 import pytest
 
-from papycluster import NuMap, WorkerLostError
+from papycluster import NuMap, Piper, Worker, WorkerLostError, workers
+from papycluster.engine import Dagger
 from tests.engines import semantics
 from tests.engines.conftest import hold_on_first_run, kill_when_running, pid_gone
 from tests.plugins.helpers import collect
@@ -87,3 +90,55 @@ def test_a_string_that_names_no_engine_is_refused():
 def test_transports_between_pipers_on_dask_workers(dask_cluster, kind):
     _, client = dask_cluster
     semantics.transport_between_engine_workers(client, kind)
+
+
+def dump_engine(n: int) -> tuple:
+    return workers.io.dump_item([b"y" * (n << 20)], "engine")
+
+
+def test_the_engine_transport_keeps_items_in_the_dask_cluster(dask_cluster):
+    """Only tickets (a dataset's name) reach the controller; the loader on another
+    task gets the bytes from the cluster, and a load removes the dataset."""
+    _, client = dask_cluster
+    up = NuMap(dump_engine, [1, 2, 3], worker_remote=client, worker_num=2)
+    try:
+        tickets = list(up)
+        assert all(len(pickle.dumps(t)) < 200 for t in tickets)
+        assert len([n for n in client.list_datasets() if n.startswith("papyc-")]) == 3
+        loaded = NuMap(load_size, tickets, worker_remote=client, worker_num=2)
+        try:
+            assert list(loaded) == [1 << 20, 2 << 20, 3 << 20]
+        finally:
+            loaded.stop()
+        assert [n for n in client.list_datasets() if n.startswith("papyc-")] == []
+        # what nobody loads is removed when the NuMap that dumped it stops
+        left = NuMap(dump_engine, [1], worker_remote=client, worker_num=1)
+        assert len(list(left)) == 1
+        assert len([n for n in client.list_datasets() if n.startswith("papyc-")]) == 1
+        left.stop()
+        assert [n for n in client.list_datasets() if n.startswith("papyc-")] == []
+    finally:
+        up.stop()
+
+
+def load_size(ticket: tuple) -> int:
+    return len(workers.io.load_item([ticket]))
+
+
+def test_a_pipeline_moves_items_by_the_engine_transport(dask_cluster):
+    _, client = dask_cluster
+    up = Piper(Worker((semantics.megabytes, workers.io.dump_item), ((), ("engine",))),
+               parallel=NuMap(worker_remote=client, worker_num=2))
+    down = Piper(Worker((workers.io.load_item, semantics.size_of)),
+                 parallel=NuMap(worker_remote=client, worker_num=2))
+    dagger = Dagger()
+    dagger.add_pipe((up, down))
+    dagger.connect([range(1, 6)])
+    dagger.start()
+    try:
+        out = collect(iter(down))
+    finally:
+        dagger.stop()
+        dagger.disconnect(forced=True)
+    assert out == [i << 20 for i in range(1, 6)]
+    assert [n for n in client.list_datasets() if n.startswith("papyc-")] == []
