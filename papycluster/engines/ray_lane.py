@@ -9,7 +9,8 @@ caller's.
 Each tasklet is one Ray task of :func:`papycluster.engines.runner.run` with
 ``max_retries`` from the NuMap (Ray retries a task whose worker died, never a user's
 exception: :mod:`.runner` returns those); the task's function is ``ray.put`` once per
-task and passed by reference.
+task and passed by reference. Items can stay in Ray's object store between two such
+NuMaps: ``dump_item(inbox, "engine")`` (see :mod:`.ray_store`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from __future__ import annotations
 from typing import Any
 
 from papycluster.engine.lanes import Hub
-from papycluster.engines import runner
+from papycluster.engines import ray_store, runner
 from papycluster.engines.base import EngineLane
 
 try:
@@ -43,13 +44,18 @@ class RayLane(EngineLane):
                                       f"{target!r}: {exc}") from exc
         self._task = _run.options(max_retries=hub.retries, num_cpus=1)
         super().__init__(hub, size, f"ray {address or 'local'}")
+        self._store = ray_store.start_store(self.tag)  # the engine transport's items
+        ray_store.register()  # a serial piper here may load an engine ticket
 
     def _define(self, defined: tuple) -> Any:
         return ray.put(defined)
 
     @staticmethod
     def _setup() -> Any:
-        return ray.util.get_node_ip_address
+        return ray_store.worker_setup
+
+    def _release(self) -> None:
+        ray.kill(self._store)  # Ray frees the items nobody loaded
 
     def _submit(self, key: str, stored: Any, item: Any, name: str) -> Any:
         return self._task.remote(key, stored, item)

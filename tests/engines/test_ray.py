@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from papycluster import NuMap, WorkerLostError
+import pickle
+
+from papycluster import NuMap, Piper, Worker, WorkerLostError, workers
+from papycluster.engine import Dagger
+from papycluster.transport import ProducerLostError
 from tests.engines import semantics
 from tests.engines.conftest import hold_on_first_run, kill_when_running, pid_gone
 from tests.plugins.helpers import collect
@@ -52,3 +56,54 @@ def test_a_task_ray_gives_up_is_one_error_item_naming_it(ray_local, tmp_path):
 @semantics.TRANSPORTS
 def test_transports_between_pipers_on_ray_workers(ray_local, kind):
     semantics.transport_between_engine_workers("ray", kind)
+
+
+def dump_engine(n: int) -> tuple:
+    return workers.io.dump_item([b"y" * (n << 20)], "engine")
+
+
+def load_size(ticket: tuple) -> int:
+    return len(workers.io.load_item([ticket]))
+
+
+def test_the_engine_transport_keeps_items_in_rays_object_store(ray_local):
+    """Only tickets reach the controller; a loader gets the bytes from Ray's store, a
+    load removes the item, and what nobody loaded goes when the dumping NuMap stops."""
+    up = NuMap(dump_engine, [1, 2, 3, 4], worker_remote="ray", worker_num=2)
+    try:
+        tickets = list(up)
+        assert all(len(pickle.dumps(t)) < 200 for t in tickets)
+        loaded = NuMap(load_size, tickets[:3] + tickets[:1], worker_remote="ray",
+                       worker_num=1)
+        try:
+            out = collect(iter(loaded))
+        finally:
+            loaded.stop()
+        assert out[:3] == [1 << 20, 2 << 20, 3 << 20]
+        assert isinstance(out[3], ProducerLostError)  # loaded already: removed
+        assert "loaded already" in str(out[3])
+    finally:
+        up.stop()
+    loaded = NuMap(load_size, tickets[3:], worker_remote="ray", worker_num=1)
+    try:
+        out = collect(iter(loaded))
+    finally:
+        loaded.stop()
+    assert isinstance(out[0], ProducerLostError)  # its pool stopped: freed
+
+
+def test_a_pipeline_moves_items_by_the_engine_transport_on_ray(ray_local):
+    up = Piper(Worker((semantics.megabytes, workers.io.dump_item), ((), ("engine",))),
+               parallel=NuMap(worker_remote="ray", worker_num=2))
+    down = Piper(Worker((workers.io.load_item, semantics.size_of)),
+                 parallel=NuMap(worker_remote="ray", worker_num=2))
+    dagger = Dagger()
+    dagger.add_pipe((up, down))
+    dagger.connect([range(1, 6)])
+    dagger.start()
+    try:
+        out = collect(iter(down))
+    finally:
+        dagger.stop()
+        dagger.disconnect(forced=True)
+    assert out == [i << 20 for i in range(1, 6)]
