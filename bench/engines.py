@@ -8,6 +8,8 @@ its length) run on, in one run and interleaved:
 * ``dask lane``   ``NuMap(worker_remote=client)`` on a Dask LocalCluster (2 worker
                   processes of 1 thread),
 * ``ray lane``    ``NuMap(worker_remote="ray")`` on a local Ray (``num_cpus=2``),
+* ``dask+store``, ``ray+store``  the lanes with the ``engine`` transport between the
+                  stages (16 MB items only): only a ticket crosses the controller,
 * ``dask map``    plain ``client.map(make)`` then ``client.map(measure)`` on the same
                   cluster, the baseline of the Dask lane,
 * ``ray tasks``   plain Ray tasks ``measure.remote(make.remote(x))``, the baseline of
@@ -37,7 +39,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from papycluster import NuMap, Piper, Worker  # noqa: E402
+from papycluster import NuMap, Piper, Worker, workers  # noqa: E402
 from papycluster.engine import Dagger  # noqa: E402
 
 MB16 = 16 << 20
@@ -68,9 +70,14 @@ def timed(results, n: int, want: list[int], what: str) -> float:
     return n / elapsed
 
 
-def pipeline(make_pool, n: int, size: int, what: str) -> float:
-    up = Piper(Worker(make, (size,)), parallel=make_pool())
-    down = Piper(Worker(measure), parallel=make_pool())
+def pipeline(make_pool, n: int, size: int, what: str, store: bool = False) -> float:
+    if store:  # the item stays in the engine: the stages exchange a ticket
+        up = Piper(Worker((make, workers.io.dump_item), ((size,), ("engine",))),
+                   parallel=make_pool())
+        down = Piper(Worker((workers.io.load_item, measure)), parallel=make_pool())
+    else:
+        up = Piper(Worker(make, (size,)), parallel=make_pool())
+        down = Piper(Worker(measure), parallel=make_pool())
     dagger = Dagger()
     dagger.add_pipe((up, down))
     dagger.connect([range(n + 1)])
@@ -142,37 +149,48 @@ def main() -> None:
             worker_remote=client, worker_num=k), n, s, "dask lane"),
         "ray lane": lambda n, s: pipeline(lambda: NuMap(
             worker_remote="ray", worker_num=k), n, s, "ray lane"),
+        "dask+store": lambda n, s: pipeline(lambda: NuMap(
+            worker_remote=client, worker_num=k), n, s, "dask+store", True),
+        "ray+store": lambda n, s: pipeline(lambda: NuMap(
+            worker_remote="ray", worker_num=k), n, s, "ray+store", True),
         "dask map": lambda n, s: dask_map(client, n, s),
         "ray tasks": lambda n, s: ray_tasks(ray, n, s),
     }
     workloads = [("trivial", opts.trivial, 0), ("16 MB", opts.big, MB16)]
+    stored = ("dask+store", "ray+store")  # bytes items only
     rates: dict[tuple[str, str], list[float]] = {}
     try:
         for _, _, size in workloads:  # warm every pool up once
-            for run in configs.values():
-                run(2, size)
+            for config, run in configs.items():
+                if size or config not in stored:
+                    run(2, size)
         for rep in range(opts.reps):
             for name, n, size in workloads:
                 order = list(configs)
                 order = order[rep % len(order):] + order[:rep % len(order)]
                 for config in order:
+                    if not size and config in stored:
+                        continue
                     rates.setdefault((name, config), []).append(configs[config](n, size))
     finally:
         client.close()
         cluster.close()
         ray.shutdown()
         controller.down()
-    base = {"dask lane": "dask map", "ray lane": "ray tasks"}
+    base = {"dask lane": "dask map", "ray lane": "ray tasks", "dask+store": "dask map",
+            "ray+store": "ray tasks"}
     print(f"\ntwo-stage pipeline, median of {opts.reps} (items/s from the first result; "
           f"lanes with worker_num={k}; {os.cpu_count()} cores)")
-    print(f"{'items':<9}{'path':<11}{'items/s':>10}{'x base':>9}")
+    print(f"{'items':<9}{'path':<12}{'items/s':>10}{'x base':>9}")
     for name, _, _ in workloads:
         for config in configs:
+            if (name, config) not in rates:
+                continue
             rate = statistics.median(rates[(name, config)])
             ratio = ""
             if config in base:
                 ratio = f"{statistics.median(rates[(name, base[config])]) / rate:.2f}"
-            print(f"{name:<9}{config:<11}{rate:>10.1f}{ratio:>9}")
+            print(f"{name:<9}{config:<12}{rate:>10.1f}{ratio:>9}")
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@
 have no network); the test starts a scheduler on node1 and a worker (no nanny) on each
 node with papycluster's own site of that node on ``PYTHONPATH``, over SSH, and kills
 them by their pid at the end. The controller is this machine: its client reaches the
-scheduler and the workers over the harness network.
+scheduler and the workers over the harness network. Items go between the nodes'
+workers by ``tcp`` (tickets naming each worker's node) and by the ``engine`` transport.
 """
 
 from __future__ import annotations
@@ -122,6 +123,23 @@ def test_numaps_run_on_a_dask_cluster_of_the_nodes(cluster: Harness, dask_on_nod
         dagger.disconnect(forced=True)
     assert [size for _, size in out] == [(1 + i % 4) << 20 for i in range(24)], out
     assert len({host for host, _ in out}) >= 2
+
+    # the engine transport: items stay in the cluster, names cross the controller
+    up = Piper(Worker((megabytes, workers.io.dump_item), ((), ("engine",))),
+               parallel=NuMap(worker_remote=client, worker_num=3))
+    down = Piper(Worker((workers.io.load_item, where_and_size)),
+                 parallel=NuMap(worker_remote=client, worker_num=3))
+    dagger = Dagger()
+    dagger.add_pipe((up, down))
+    dagger.connect([[1 + i % 4 for i in range(12)]])
+    dagger.start()
+    try:
+        out = collect(iter(down))
+    finally:
+        dagger.stop()
+        dagger.disconnect(forced=True)
+    assert [size for _, size in out] == [(1 + i % 4) << 20 for i in range(12)], out
+    assert not [n for n in client.list_datasets() if str(n).startswith("papyc-")]
 
     # a worker killed mid-run: the scheduler runs its tasklets on the others
     items = [(i, 0.5) for i in range(18)]
