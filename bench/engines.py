@@ -46,13 +46,13 @@ MB16 = 16 << 20
 
 
 def make(inbox: list, size: int) -> bytes | int:
-    x = inbox[0] if isinstance(inbox, list) else inbox
+    x = inbox[0] if isinstance(inbox, list | tuple) else inbox
     return x + 1 if not size else bytes(size)
 
 
 def measure(inbox: list) -> int:
-    y = inbox[0] if isinstance(inbox, list) else inbox
-    return len(y) if isinstance(y, bytes) else y
+    y = inbox[0] if isinstance(inbox, list | tuple) else inbox
+    return y if isinstance(y, int) else len(y)  # bytes, or what load_item gives
 
 
 def expected(n: int, size: int) -> list[int]:
@@ -66,7 +66,8 @@ def timed(results, n: int, want: list[int], what: str) -> float:
     got += list(results)
     elapsed = time.perf_counter() - t0
     if got != want:
-        raise RuntimeError(f"{what}: wrong results ({len(got)} of {len(want)})")
+        raise RuntimeError(f"{what}: wrong results ({len(got)} of {len(want)}): "
+                           f"{[repr(g)[:200] for g in got[:3]]}")
     return n / elapsed
 
 
