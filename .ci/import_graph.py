@@ -4,7 +4,10 @@ The optional engines (Dask, Ray) are imported by ``papycluster.engines`` only, w
 no lower layer imports: the core runs without them (see ``OPTIONAL``).
 
 The layers point one way: ``cluster`` builds on ``engine`` and ``transport``, never the
-reverse, and no two modules import each other, directly or around a loop. Every import
+reverse, and no two modules import each other, directly or around a loop. No module
+imports another's private names (``from papycluster.x import _name``, or a module
+``papycluster.x._y``): what one module uses of another is public in it, so a reader
+sees the seam and a rename inside one module cannot break another. Every import
 counts, also one inside a function: a deferred import hides a cycle from Python's
 import machinery but not from a reader.
 
@@ -89,6 +92,37 @@ def imports_of(path: Path, name: str, modules: set[str]) -> set[str]:
     return found
 
 
+def _is_private(part: str) -> bool:
+    return part.startswith("_") and not (part.startswith("__") and part.endswith("__"))
+
+
+def private_imports() -> list[str]:
+    """Every import of a private name or module of the package, as ``importer: name``."""
+    found = []
+    for path in sorted((ROOT / PACKAGE).rglob("*.py")):
+        name = module_name(path)
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                wanted = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                if node.level:
+                    base = package.split(".")
+                    base = base[: len(base) - node.level + 1]
+                    prefix = ".".join(base + ([node.module] if node.module else []))
+                else:
+                    prefix = node.module or ""
+                wanted = [f"{prefix}.{alias.name}" for alias in node.names]
+            else:
+                continue
+            for target in wanted:
+                if target.split(".")[0] != PACKAGE:
+                    continue
+                if any(_is_private(part) for part in target.split(".")[1:]):
+                    found.append(f"private: {name} imports {target}")
+    return found
+
+
 def graph() -> dict[str, set[str]]:
     paths = sorted((ROOT / PACKAGE).rglob("*.py"))
     modules = {module_name(p) for p in paths}
@@ -159,10 +193,12 @@ def main(argv: list[str]) -> int:
             allowed = OPTIONAL[package]
             if not (name == allowed or name.startswith(allowed + ".")):
                 problems.append(f"optional: {name} imports {package} (only {allowed} may)")
+    problems += private_imports()
     for problem in problems:
         print(problem)
     if not problems:
-        print(f"import graph: {len(edges)} modules, no cycle, layers point one way")
+        print(f"import graph: {len(edges)} modules, no cycle, layers point one way, "
+              "no private import")
     return 1 if problems else 0
 
 

@@ -2,7 +2,7 @@
 # from a bundle made on the controller, when `papycluster up` cannot reach the host
 # (or you prefer to start agents yourself). Windows PowerShell 5.1 or PowerShell 7.
 #
-#   On the controller:  python -c "from papycluster.cluster.deploy import build_bundle; print(build_bundle()[0])"
+#   On the controller:  python -c "from papycluster.cluster.bundle import build_bundle; print(build_bundle()[0])"
 #   Copy the zip and this script to the host, then there:
 #     Get-Content secret.txt | .\bootstrap.ps1 -Bundle bundle.zip -Name win1 [-Cluster lab] `
 #         [-Port 18871] [-Python python] [-Workers 2] [-Advertise ADDR] `

@@ -3,7 +3,7 @@
 # agent by hand, from a bundle made on the controller, when `papycluster up` cannot
 # reach the host itself (or you prefer to start agents yourself).
 #
-#   On the controller:  python -c "from papycluster.cluster.deploy import build_bundle; print(build_bundle()[0])"
+#   On the controller:  python -c "from papycluster.cluster.bundle import build_bundle; print(build_bundle()[0])"
 #   Copy the zip and this script to the host, then there:
 #     deploy/bootstrap.sh BUNDLE.zip --name alpha [--cluster lab] [--port 18871] \
 #         [--python python3] [--workers 2] [--advertise ADDR] [--shares '{"data": "/mnt/data"}'] \

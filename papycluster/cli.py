@@ -102,7 +102,10 @@ def up(hosts_file: str | None, local: int | None, workers: int,
     for col in ("host", "status", "detail"):
         table.add_column(col)
     for r in result.results:
-        if r.ok:
+        if r.ok and r.info.get("kept"):
+            table.add_row(r.name, "[green]up[/green]",
+                          f"already running, left alone (pid {r.info.get('pid')})")
+        elif r.ok:
             table.add_row(r.name, "[green]up[/green]",
                           f"{r.info.get('os')} Python {r.info.get('python')} "
                           f"pid {r.info.get('pid')} port {r.info.get('port')}")
@@ -209,10 +212,20 @@ def _watch_status(rows: Any, interval: float, count: int | None) -> None:
 @click.option("--transport", "transports", multiple=True,
               help="transport(s) to try (default: all)")
 @click.option("--timeout", type=float, default=30.0, show_default=True)
-def check(size: int, transports: tuple[str, ...], timeout: float) -> None:
-    """Move a test item between every pair of hosts with every transport they can use."""
+@click.option("-f", "--file", "hosts_file", type=click.Path(dir_okay=False),
+              help="preflight: check the hosts of this file before any `up`")
+def check(size: int, transports: tuple[str, ...], timeout: float,
+          hosts_file: str | None) -> None:
+    """Move a test item between every pair of hosts with every transport they can use.
+
+    With -f, a preflight instead: will `up` work with this hosts file? SSH, Python, OS,
+    shares and ports of every host, and which pairs of hosts reach each other.
+    """
     from papycluster.cluster.check import TRANSPORTS, run_check
     from papycluster.cluster.errors import ClusterError
+
+    if hosts_file:
+        _preflight(Path(hosts_file))
 
     chosen = transports or TRANSPORTS
     try:
@@ -224,7 +237,7 @@ def check(size: int, transports: tuple[str, ...], timeout: float) -> None:
 
     state = load_state()
     assert state is not None  # run_check needed it too
-    caps = {n: dict(h.get("caps") or {}, name=n) for n, h in state.hosts.items()}
+    caps = {n: dict(h.caps, name=n) for n, h in state.hosts.items()}
     table = Table(title=f"transport matrix ({size} bytes per item)")
     table.add_column("sender -> receiver")
     table.add_column("negotiated")
@@ -253,6 +266,56 @@ def check(size: int, transports: tuple[str, ...], timeout: float) -> None:
         err_console.print(f"[red]{c.sender} -> {c.receiver} {c.transport}:[/red] "
                           f"{escape(c.detail)}", soft_wrap=True)
     sys.exit(1 if failed else 0)
+
+
+def _preflight(path: Path) -> None:
+    """``check -f``: print what the preflight found; exit 1 when ``up`` would fail."""
+    from papycluster.cluster.errors import ClusterError, HostsFileError
+    from papycluster.cluster.hosts import load_hosts
+    from papycluster.cluster.preflight import run_preflight
+
+    started = time.monotonic()
+    try:
+        config = load_hosts(path)
+        console.print(f"preflight of cluster [bold]{config.name}[/bold] from {path}: "
+                      f"{len(config.hosts)} host(s)")
+        found = run_preflight(config, progress=_progress)
+    except (HostsFileError, ClusterError) as exc:
+        _fail(str(exc))
+    table = Table(title=f"preflight: {sum(h.ok for h in found.hosts)}/{len(found.hosts)} "
+                        f"hosts ready for up ({time.monotonic() - started:.1f} s)")
+    for col in ("host", "status", "found", "problem and fix"):
+        table.add_column(col)
+    for h in found.hosts:
+        facts = " ".join(f"{k} {v}" for k, v in h.facts.items()
+                         if k in ("os", "python", "agent_port"))
+        if h.ok:
+            table.add_row(h.name, "[green]ready[/green]", escape(facts), "")
+        for p in h.problems:
+            table.add_row(h.name, f"[red]{escape(p.cause)}[/red]", escape(facts),
+                          escape(f"{p.detail} -> {p.fix}"))
+    console.print(table)
+    names = [h.name for h in found.hosts if h.listen_port is not None]
+    if len(names) > 1:
+        pairs = Table(title="who reaches whom (the receiver's agent port, or the port "
+                            "named when that one was taken)")
+        pairs.add_column("sender -> receiver")
+        pairs.add_column("reach")
+        for a in ["controller", *names]:
+            for b in names:
+                r = found.pair(a, b)
+                if r is None:
+                    continue
+                pairs.add_row(f"{a} -> {b}", "[green]direct[/green]" + (
+                    f" {r.ms:.0f} ms" if r.ms is not None else "") if r.ok else
+                    f"[red]blocked[/red] {escape(r.detail)}")
+        console.print(pairs)
+    blocked = [r for r in found.reach if not r.ok and r.sender != "controller"]
+    for r in blocked:
+        err_console.print(f"[yellow]warning:[/yellow] {r.sender} cannot reach {r.receiver} "
+                          f"({escape(r.detail)}): tcp and udp between them will fail; the "
+                          "manager path and file on a share still work", soft_wrap=True)
+    sys.exit(0 if found.ok else 1)
 
 
 @main.command()

@@ -57,7 +57,7 @@ def run_demo(agents: int = 2, items: int = 100, console: Any = None) -> int:
         alive = []
         for name, h in state.hosts.items():
             try:
-                AgentConnection(h["connect"], int(h["agent_port"]), state.secret, name,
+                AgentConnection(h.connect, h.agent_port, state.secret, name,
                                 3.0).close()
                 alive.append(name)
             except Exception:

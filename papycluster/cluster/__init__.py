@@ -56,7 +56,7 @@ class Cluster:
         from papycluster.engine import NuMap
 
         self._check(host)
-        n = n or int(self.state.hosts[host].get("workers") or 1)
+        n = n or self.state.hosts[host].workers or 1
         return NuMap(worker_num=0, worker_remote=[(host, n)], **kwargs)
 
     def _check(self, host: str) -> None:

@@ -42,7 +42,7 @@ from papycluster.cluster.agent_protocol import (
 )
 from papycluster.cluster.agent_service import Agent, make_service
 from papycluster.cluster.auth import SECRET_FILE_ENV, HmacAuthenticator, read_secret_file
-from papycluster.cluster.remote._procs import identity as process_identity
+from papycluster.cluster.remote.procs import identity as process_identity
 
 log = logging.getLogger("papycluster.agent")
 
@@ -155,7 +155,7 @@ def main(argv: list | None = None) -> None:
         signal.signal(signal.SIGBREAK, _term)
 
     # "process": start time and command line, so that `down` kills this pid only while
-    # it is still this agent (see cluster/remote/_procs.py: is_agent).
+    # it is still this agent (see cluster/remote/procs.py: is_agent).
     info = {"pid": os.getpid(), "port": server.port, "name": args.name,
             "cluster": args.cluster, "started": agent.started,
             "process": process_identity(os.getpid())}

@@ -92,7 +92,7 @@ def run_check(hosts: list[str] | None = None, transports: tuple[str, ...] = TRAN
     state = load_state()
     assert state is not None
     names = hosts or sorted(state.hosts)
-    caps = {n: dict(state.hosts[n].get("caps") or {}, name=n) for n in names}
+    caps = {n: dict(state.hosts[n].caps, name=n) for n in names}
     workers: dict[str, RemoteWorker] = {}
     try:
         with ThreadPoolExecutor(max_workers=max(1, len(names))) as pool:

@@ -339,7 +339,7 @@ def resolve(spec: str, state: Any = None) -> AgentAddress:
         state = state_mod.load_state(missing_ok=True)
     if state is not None and spec in state.hosts:
         h = state.hosts[spec]
-        return AgentAddress(spec, h["connect"], int(h["agent_port"]), state.secret)
+        return AgentAddress(spec, h.connect, h.agent_port, state.secret)
     host, sep, port = spec.rpartition(":")
     if sep and port.isdigit():
         secret = secret_from_env()
@@ -347,7 +347,7 @@ def resolve(spec: str, state: Any = None) -> AgentAddress:
         if state is not None:
             secret = secret or state.secret
             for hname, h in state.hosts.items():
-                if int(h["agent_port"]) == int(port) and host in (h["connect"], h["address"]):
+                if h.agent_port == int(port) and host in (h.connect, h.address):
                     name = hname
         if not secret:
             raise ClusterError(f"no cluster secret for agent {spec}: set PAPYCLUSTER_SECRET_FILE "

@@ -1,37 +1,41 @@
 """``up``, ``down`` and ``status``: the controller's view of the cluster.
 
-Hosts are handled in parallel, one thread each, and every step has a bounded wait, so
-one dead host costs at most its own timeouts and never holds up the others. Each step
-reports progress through a callback (the CLI shows it with rich).
+Each is a parallel map over the hosts: ``up`` starts each host with a launcher
+(:mod:`papycluster.cluster.launcher`: on this machine, or over SSH), ``down`` asks each
+agent to shut down and has its launcher sweep the host, ``status`` asks each agent for
+its info. One thread per host, and every step has a bounded wait, so one dead host
+costs at most its own timeouts and never holds up the others. Each step reports
+progress through a callback (the CLI shows it with rich). What ``up`` started is kept
+in the cluster state (:mod:`papycluster.cluster.state`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
-import subprocess
-import sys
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import papycluster
-from papycluster.cluster import deploy, readiness
 from papycluster.cluster.auth import new_secret
 from papycluster.cluster.client import AgentConnection
 from papycluster.cluster.errors import ClusterError, HostError
 from papycluster.cluster.hosts import ClusterConfig, HostConfig
-from papycluster.cluster.remote import parse_result, render
+from papycluster.cluster.launcher import (
+    Launcher,
+    LocalLauncher,
+    Progress,
+    SshLauncher,
+)
 from papycluster.cluster.state import (
     ClusterState,
+    HostEntry,
     load_state,
     remove_state,
     save_state,
     state_path,
 )
-
-Progress = Callable[[str, str], None]  # (host, message)
 
 
 def _quiet(host: str, message: str) -> None:
@@ -62,39 +66,30 @@ class UpResult:
         return [r for r in self.results if not r.ok]
 
 
-def _local_pythonpath() -> str:
-    """The directory holding the ``papycluster`` package the controller runs."""
-    return str(Path(papycluster.__file__).resolve().parent.parent)
+def _answering(state: ClusterState, timeout: float = 3.0) -> list[str]:
+    """The hosts of ``state`` whose agent answers and proves the cluster's secret."""
 
+    def answers(item: tuple[str, HostEntry]) -> bool:
+        name, h = item
+        try:
+            AgentConnection(h.connect, h.agent_port, state.secret, name, timeout,
+                            check_version=False).close()
+            return True
+        except Exception:
+            return False
 
-def run_local_script(name: str, config: dict[str, Any], timeout: float,
-                     python: str | None = None) -> dict[str, Any]:
-    """Run a remote script on this machine (the local-cluster path, same code as SSH)."""
-    try:
-        proc = subprocess.run([python or sys.executable, "-"], input=render(name, config),
-                              capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        raise HostError("local", "timeout", f"{name} script took more than {timeout:g} s")
-    result = parse_result(proc.stdout)
-    if result is None:
-        raise HostError("local", "agent failed",
-                        f"{name} script failed (exit {proc.returncode}): {proc.stderr[-1500:]}")
-    return result
+    if not state.hosts:
+        return []
+    with ThreadPoolExecutor(max_workers=max(1, min(32, len(state.hosts)))) as pool:
+        flags = list(pool.map(answers, state.hosts.items()))
+    return [name for name, ok in zip(state.hosts, flags, strict=True) if ok]
 
 
 def _check_not_up(progress: Progress) -> None:
     old = load_state(missing_ok=True)
     if old is None:
         return
-    alive = []
-    for name, h in old.hosts.items():
-        try:
-            conn = AgentConnection(h["connect"], int(h["agent_port"]), old.secret, name, 3.0,
-                                   check_version=False)
-            conn.close()
-            alive.append(name)
-        except Exception:
-            pass
+    alive = _answering(old)
     if alive:
         raise ClusterError(f"cluster {old.cluster!r} is already up (agents answer on "
                            f"{', '.join(alive)}); run `papycluster down` first")
@@ -112,6 +107,18 @@ def local_cluster_name(prefix: str = "local") -> str:
     return f"{prefix}-{digest}"
 
 
+def local_config(cluster: str, n: int, workers: int = 2,
+                 profiles: list[str] | None = None) -> ClusterConfig:
+    """The hosts of a local cluster: ``local1`` .. ``local<n>`` on this machine.
+
+    ``profiles[i]`` (``native``/``windows``) lets a test give agent i the Windows profile.
+    """
+    return ClusterConfig(path="<local>", name=cluster, hosts=[
+        HostConfig(name=f"local{i + 1}", address="127.0.0.1", workers=workers, local=True,
+                   profile=profiles[i] if profiles and i < len(profiles) else "native")
+        for i in range(n)])
+
+
 def up_local(n: int = 2, cluster: str | None = None, workers: int = 2,
              profiles: list[str] | None = None, progress: Progress = _quiet,
              timeout: float = 60.0) -> UpResult:
@@ -121,57 +128,59 @@ def up_local(n: int = 2, cluster: str | None = None, workers: int = 2,
     """
     _check_not_up(progress)
     cluster = cluster or local_cluster_name()
-    secret = new_secret()
-    state = ClusterState(cluster=cluster, secret=secret)
-    from papycluster.cluster.agent_protocol import default_run_dir
-
-    def start(i: int) -> HostResult:
-        name = f"local{i + 1}"
-        profile = (profiles or [])[i] if profiles and i < len(profiles) else "native"
-        run_dir = default_run_dir(cluster, name)
-        progress(name, "starting agent")
-        res: dict[str, Any] = {}
-        try:
-            res = run_local_script("launch", {
-                "name": name, "cluster": cluster, "run_dir": run_dir, "secret": secret,
-                "bind": "127.0.0.1", "advertise": "127.0.0.1", "port": 0,
-                "profile": profile, "shares": {}, "workers": workers,
-                "pythonpath": [_local_pythonpath()], "timeout": timeout}, timeout + 10)
-            if not res.get("ok"):
-                return HostResult(name, False, res.get("cause", "agent failed"),
-                                  res.get("detail", ""))
-            info = readiness.wait_agent(name, "127.0.0.1", res["port"], secret, timeout)
-        except HostError as exc:
-            if res.get("ok"):  # it runs, but it is not usable: do not leave it behind
-                try:
-                    run_local_script("stop", {"cluster": cluster, "run_dirs": [res["run_dir"]],
-                                              "scan": False, "grace": 5.0}, 30.0)
-                except HostError:
-                    pass
-            return HostResult(name, False, exc.cause, exc.detail)
-        state.hosts[name] = {
-            "address": "127.0.0.1", "connect": "127.0.0.1", "agent_port": res["port"],
-            "pid": res["pid"], "run_dir": res["run_dir"], "local": True,
-            "os": info["os"], "profile": profile, "workers": workers, "shares": {},
-            "python": info["python"], "ssh": None, "caps": readiness.agent_caps(info),
-            "controller_address": "127.0.0.1"}
-        progress(name, f"up (pid {res['pid']}, port {res['port']})")
-        return HostResult(name, True, info=info)
-
-    with ThreadPoolExecutor(max_workers=max(1, n)) as pool:
-        results = list(pool.map(start, range(n)))
-    path = save_state(state) if state.hosts else None
-    return UpResult(cluster, results, path)
+    state = ClusterState(cluster=cluster, secret=new_secret())
+    return _start(local_config(cluster, n, workers, profiles),
+                  LocalLauncher(cluster, timeout), state, progress)
 
 
 def up(config: ClusterConfig, progress: Progress = _quiet) -> UpResult:
-    """Start one agent per host of ``config`` over SSH; see :mod:`papycluster.cluster.deploy`."""
-    _check_not_up(progress)
-    secret = new_secret()
-    state = ClusterState(cluster=config.name, secret=secret, hosts_file=config.path,
-                         options={k: getattr(config, k) for k in _SSH_OPTIONS})
+    """Start one agent per host of ``config`` over SSH; see :mod:`papycluster.cluster.deploy`.
+
+    On a running cluster of the same name, only what is missing is started: hosts new
+    to the file, and hosts whose agent no longer answers (lost, or back after a loss).
+    Healthy agents are left alone (their pid, port and running pools stay), the
+    cluster keeps its secret, and hosts of the state that the file no longer names keep
+    running (``down`` stops them). A running cluster of another name is refused.
+    """
+    old = load_state(missing_ok=True)
+    alive = _answering(old) if old is not None else []
+    if alive and old is not None and old.cluster != config.name:
+        raise ClusterError(f"cluster {old.cluster!r} is already up (agents answer on "
+                           f"{', '.join(alive)}); run `papycluster down` first, or "
+                           f"name it in the hosts file to add hosts to it")
+    options = {k: getattr(config, k) for k in _SSH_OPTIONS}
+    if not alive or old is None:
+        if old is not None:
+            progress("-", f"stale state of cluster {old.cluster!r} found (no agent "
+                          "answers); replacing it")
+        state = ClusterState(cluster=config.name, secret=new_secret(),
+                             hosts_file=config.path, options=options)
+        return _start(config, SshLauncher(config), state, progress)
+    kept = [h for h in config.hosts if h.name in alive]
+    for h in kept:
+        progress(h.name, "up (agent answers; left alone)")
+    missing = [h for h in config.hosts if h.name not in alive]
+    for h in missing:
+        progress(h.name, "its agent does not answer; starting it again" if h.name in
+                 old.hosts else "new to the cluster; starting it")
+    state = ClusterState(cluster=old.cluster, secret=old.secret, hosts_file=config.path,
+                         options=options, created=old.created,
+                         hosts={n: e for n, e in old.hosts.items() if n in alive})
+    partial = dataclasses.replace(config, hosts=missing)
+    started = _start(partial, SshLauncher(config), state, progress)
+    results = {r.name: r for r in started.results}
+    for h in kept:
+        results[h.name] = HostResult(h.name, True, info={"kept": True,
+                                                          "pid": state.hosts[h.name].pid})
+    return UpResult(config.name, [results[h.name] for h in config.hosts],
+                    started.state_file or save_state(state))
+
+
+def _start(config: ClusterConfig, launcher: Launcher, state: ClusterState,
+           progress: Progress) -> UpResult:
+    """Start every host of ``config`` with ``launcher``, in parallel; save the state."""
     with ThreadPoolExecutor(max_workers=max(1, min(32, len(config.hosts)))) as pool:
-        futures = {h.name: pool.submit(deploy.start_host, config, h, secret, progress)
+        futures = {h.name: pool.submit(launcher.start, h, state.secret, progress)
                    for h in config.hosts}
         results = []
         for h in config.hosts:
@@ -220,8 +229,7 @@ def down(config: ClusterConfig | None = None, progress: Progress = _quiet,
         swept = []
         for prefix in ("local", "demo"):
             name = local_cluster_name(prefix)
-            res = run_local_script("stop", {"cluster": name, "scan": True, "grace": 5.0},
-                                   timeout)
+            res = LocalLauncher(name).sweep(timeout)
             if res.get("removed") or res.get("killed"):
                 progress(name, f"swept {len(res['removed'])} run dir(s), stopped "
                                f"{len(res['killed'])} agent(s)")
@@ -233,29 +241,23 @@ def down(config: ClusterConfig | None = None, progress: Progress = _quiet,
     if config is None and state is not None and state.options:
         config = ClusterConfig(path=state.hosts_file or "<state>", name=state.cluster,
                                **state.options)
-    targets: dict[str, dict[str, Any]] = {}
     cluster = state.cluster if state else config.name  # type: ignore[union-attr]
+    #: name -> (its state entry, its hosts file entry): either may be missing
+    targets: dict[str, tuple[HostEntry | None, HostConfig | None]] = {}
     if state is not None:
-        targets.update(state.hosts)
+        targets.update((name, (entry, None)) for name, entry in state.hosts.items())
     if config is not None:
         for h in config.hosts:  # empty when rebuilt from the state
-            targets.setdefault(h.name, {"address": h.address, "local": False,
-                                        "config": h})
+            targets.setdefault(h.name, (None, h))
+    local, remote = LocalLauncher(cluster), SshLauncher(config, cluster)
 
-    def stop(name: str, entry: dict[str, Any]) -> DownResult:
+    def stop(name: str, entry: HostEntry | None, host: HostConfig | None) -> DownResult:
         progress(name, "stopping")
         wait_exit = 0.0
-
-        def asked(run_dir: str | None) -> dict[str, int]:
-            # the agent we just asked to shut down: the stop script waits for it and its
-            # children even if it has removed its run dir (and pid file) already
-            if wait_exit and run_dir and entry.get("pid"):
-                return {run_dir: int(entry["pid"])}
-            return {}
-        if state is not None and "agent_port" in entry:
+        if state is not None and entry is not None:
             try:
-                conn = AgentConnection(entry["connect"], int(entry["agent_port"]),
-                                       state.secret, name, timeout=5.0, check_version=False)
+                conn = AgentConnection(entry.connect, entry.agent_port, state.secret, name,
+                                       timeout=5.0, check_version=False)
                 try:
                     conn.root.shutdown()
                     wait_exit = 5.0
@@ -263,19 +265,13 @@ def down(config: ClusterConfig | None = None, progress: Progress = _quiet,
                     conn.close()
             except Exception as exc:
                 progress(name, f"agent does not answer ({exc}); sweeping")
+        launcher: Launcher = local if entry is not None and entry.local else remote
+        # the agent we just asked to shut down: the stop script waits for it and its
+        # children even if it has removed its run dir (and pid file) already
+        asked_pid = entry.pid if wait_exit and entry is not None else None
         try:
-            if entry.get("local"):
-                from papycluster.cluster.agent_protocol import default_run_dir
-                run_dir = entry.get("run_dir") or default_run_dir(cluster, name)
-                res = run_local_script("stop", {
-                    "cluster": cluster, "run_dirs": [run_dir], "scan": False,
-                    "grace": 5.0, "wait_exit": wait_exit,
-                    "asked": asked(run_dir)}, timeout)
-            else:
-                host_cfg = entry.get("config") or _host_from_state(name, entry, config)
-                res = deploy.stop_host(config, host_cfg, cluster, entry.get("run_dir"),
-                                       purge_cache, timeout, wait_exit,
-                                       asked(entry.get("run_dir")))
+            res = launcher.stop(name, entry, host, wait_exit=wait_exit, asked_pid=asked_pid,
+                                purge_cache=purge_cache, timeout=timeout)
         except HostError as exc:
             progress(name, f"FAILED: {exc.cause}: {exc.detail}")
             return DownResult(name, False, f"{exc.cause}: {exc.detail}")
@@ -287,7 +283,7 @@ def down(config: ClusterConfig | None = None, progress: Progress = _quiet,
                           res.get("killed", []), res.get("removed", []))
 
     with ThreadPoolExecutor(max_workers=max(1, min(32, len(targets)))) as pool:
-        results = list(pool.map(lambda kv: stop(*kv), targets.items()))
+        results = list(pool.map(lambda kv: stop(kv[0], *kv[1]), targets.items()))
     if all(r.ok for r in results):
         remove_state()
         from papycluster.cluster import negotiate
@@ -296,32 +292,18 @@ def down(config: ClusterConfig | None = None, progress: Progress = _quiet,
     return results
 
 
-def _host_from_state(name: str, entry: dict[str, Any],
-                     config: ClusterConfig | None) -> HostConfig:
-    if config is not None:
-        try:
-            return config.host(name)
-        except KeyError:
-            pass
-    ssh = entry.get("ssh") or {}
-    return HostConfig(name=name, address=entry["address"], user=ssh.get("user"),
-                      port=ssh.get("port"), key=ssh.get("key"),
-                      python=entry.get("python_cmd", "python3"), os=entry.get("os"),
-                      shell=ssh.get("shell"), cache_dir=ssh.get("cache_dir"))
-
-
 def status(timeout: float = 5.0) -> list[dict[str, Any]]:
     """One row per host of the running cluster: its agent's info, or why it is missing."""
     state = load_state()
     assert state is not None
 
-    def one(item: tuple[str, dict[str, Any]]) -> dict[str, Any]:
+    def one(item: tuple[str, HostEntry]) -> dict[str, Any]:
         name, entry = item
-        row: dict[str, Any] = {"name": name, "address": entry["address"],
-                               "agent_port": entry["agent_port"], "ok": False}
+        row: dict[str, Any] = {"name": name, "address": entry.address,
+                               "agent_port": entry.agent_port, "ok": False}
         try:
-            conn = AgentConnection(entry["connect"], int(entry["agent_port"]), state.secret,
-                                   name, timeout)
+            conn = AgentConnection(entry.connect, entry.agent_port, state.secret, name,
+                                   timeout)
             try:
                 row.update(conn.info())
                 row["ok"] = True

@@ -253,8 +253,8 @@ def prepare_controller_env(state: Any = None) -> None:
         put("PAPYCLUSTER_SECRET_FILE", str(secret_path()))
     if not os.environ.get("PAPYCLUSTER_ADVERTISE_HOST"):
         for entry in state.hosts.values():
-            if entry.get("controller_address"):
-                put("PAPYCLUSTER_ADVERTISE_HOST", entry["controller_address"])
+            if entry.controller_address:
+                put("PAPYCLUSTER_ADVERTISE_HOST", entry.controller_address)
                 break
     if "PAPYCLUSTER_HOST_NAME" not in os.environ:
         put("PAPYCLUSTER_HOST_NAME", "controller")
@@ -293,7 +293,7 @@ class _CapsCache:
         caps: dict[str, Any] | None = None
         if self.state is not None and spec in self.state.hosts:
             entry = self.state.hosts[spec]
-            caps = dict(entry.get("caps") or {}, name=spec)
+            caps = dict(entry.caps, name=spec)
         if caps is None:
             from papycluster.cluster.client import connect_agent
 

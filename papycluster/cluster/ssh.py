@@ -1,13 +1,16 @@
-"""A thin, fabric-like layer over paramiko: connect, run a script.
+"""The SSH layer: one :class:`Connection` per host, over ``fabric.Connection``.
 
-What it adds to paramiko is what ``up`` needs: OpenSSH client config, the SSH agent and
-known_hosts honoured as ``ssh`` would; one bounded timeout for every wait; and every
-failure turned into a :class:`HostError` with a fixed cause word (``unreachable``,
-``refused``, ``auth failed``, ``host key mismatch``, ``unknown host key``, ``key file not
-found``, ``timeout``).
-
-Scripts are run as ``<python> -`` with the script on stdin, so the remote shell (sh,
-cmd or PowerShell) only ever parses a program path and one dash.
+fabric gives the connection object (paramiko's client, its transport, one memoized
+SFTP session) and ProxyJump as a *gateway*: the hop is an SSH connection of its own
+and the target is reached through a ``direct-tcpip`` channel on it, so no OpenSSH
+client binary is needed (a Windows controller may have none). What this module adds is
+what ``up`` needs: the OpenSSH client config and the hosts file merged (the hosts file
+wins), known_hosts honoured as ``ssh`` would (``strict`` or ``accept-new``, also for
+each hop), agent forwarding off, one bounded timeout for every wait (connect, banner,
+auth, each channel, each SFTP request), and every failure turned into a
+:class:`HostError` with a fixed cause word (``unreachable``, ``refused``, ``auth
+failed``, ``host key mismatch``, ``unknown host key``, ``key file not found``,
+``timeout``). What the remote shell gets is in :mod:`papycluster.cluster.shell`.
 """
 
 from __future__ import annotations
@@ -15,17 +18,24 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import posixpath
+import re
+import secrets
 import select
-import shlex
 import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import paramiko
 
+if TYPE_CHECKING:
+    import fabric
+
 from papycluster.cluster.errors import HostError
 from papycluster.cluster.hosts import ClusterConfig, HostConfig
+from papycluster.cluster.shell import script_command
 
 # paramiko logs each failed handshake with a traceback from its own thread; every such
 # failure is reported here as a HostError with its cause, so keep the traceback out of
@@ -46,10 +56,17 @@ class SSHTarget:
     known_hosts: str
     host_key_policy: str
     timeout: float
+    #: ProxyJump: the hop through which this host is reached (it may have its own).
+    jump: SSHTarget | None = None
 
 
-def resolve_target(config: ClusterConfig | None, host: HostConfig) -> SSHTarget:
-    """Merge the hosts file with the OpenSSH client config (the hosts file wins)."""
+def resolve_target(config: ClusterConfig | None, host: HostConfig,
+                   jumps: bool = True) -> SSHTarget:
+    """Merge the hosts file with the OpenSSH client config (the hosts file wins).
+
+    ``jumps=False`` for a ProxyJump hop itself: its own ProxyJump is not followed (a
+    ``Host *`` ProxyJump would otherwise jump through itself forever).
+    """
     ssh_config_path = Path(os.path.expanduser(config.ssh_config if config else
                                               "~/.ssh/config"))
     looked: dict = {}
@@ -75,9 +92,9 @@ def resolve_target(config: ClusterConfig | None, host: HostConfig) -> SSHTarget:
     hostname = looked.get("hostname", host.address)
     port = int(host.port or looked.get("port", 22))
     proxy = looked.get("proxycommand")
-    if not proxy and looked.get("proxyjump", "none").lower() != "none":
-        # paramiko has no ProxyJump: let the OpenSSH client open the hop (-W)
-        proxy = f"ssh -W {shlex.quote(hostname)}:{port} {shlex.quote(looked['proxyjump'])}"
+    jump = None
+    if jumps and not proxy and looked.get("proxyjump", "none").lower() != "none":
+        jump = _jump_chain(config, host.name, looked["proxyjump"])
     return SSHTarget(
         name=host.name,
         hostname=hostname,
@@ -88,7 +105,33 @@ def resolve_target(config: ClusterConfig | None, host: HostConfig) -> SSHTarget:
         known_hosts=known,
         host_key_policy=config.host_key_policy if config else "strict",
         timeout=config.connect_timeout if config else 10.0,
+        jump=jump,
     )
+
+
+_HOP = re.compile(r"^(?:ssh://)?(?:(?P<user>[^@]+)@)?(?:\[(?P<v6>[^\]]+)\]|(?P<host>[^:/]+))"
+                  r"(?::(?P<port>\d+))?/?$")
+
+
+def _jump_chain(config: ClusterConfig | None, name: str, spec: str) -> SSHTarget:
+    """The hops of ``ProxyJump a,b`` as targets: ``b`` reached through ``a``.
+
+    Each hop is looked up in the OpenSSH client config like a host (its HostName,
+    User, Port, IdentityFile), and is checked against known_hosts like one.
+    """
+    previous: SSHTarget | None = None
+    for hop in spec.split(","):
+        m = _HOP.match(hop.strip())
+        if m is None:
+            raise HostError(name, "check failed", f"cannot read the ProxyJump hop {hop!r} "
+                            f"(in {spec!r}); write it as [user@]host[:port]")
+        hop_host = HostConfig(name=name, address=m["host"] or m["v6"], user=m["user"],
+                              port=int(m["port"]) if m["port"] else None)
+        target = resolve_target(config, hop_host, jumps=False)
+        target.jump = previous
+        previous = target
+    assert previous is not None
+    return previous
 
 
 def _socket_cause(exc: BaseException) -> tuple[str, str]:
@@ -105,8 +148,9 @@ def _socket_cause(exc: BaseException) -> tuple[str, str]:
     return "unreachable", str(exc) or type(exc).__name__
 
 
-def connect(target: SSHTarget) -> paramiko.SSHClient:
-    """An authenticated SSH connection, or a HostError naming the cause."""
+def _client(target: SSHTarget) -> paramiko.SSHClient:
+    """A paramiko client that checks host keys as the hosts file says (fabric's own
+    would accept any key)."""
     client = paramiko.SSHClient()
     if os.path.exists(target.known_hosts):
         try:
@@ -121,58 +165,50 @@ def connect(target: SSHTarget) -> paramiko.SSHClient:
     client.set_missing_host_key_policy(
         paramiko.AutoAddPolicy() if target.host_key_policy == "accept-new"
         else paramiko.RejectPolicy())
-    where = f"{target.user + '@' if target.user else ''}{target.hostname}:{target.port}"
-    sock = None
-    if target.proxy_command:
-        sock = paramiko.ProxyCommand(target.proxy_command)
-    kwargs = dict(hostname=target.hostname, port=target.port, username=target.user,
-                  timeout=target.timeout, banner_timeout=target.timeout,
-                  auth_timeout=target.timeout, channel_timeout=target.timeout,
-                  allow_agent=True, look_for_keys=not target.key_files, sock=sock)
+    return client
+
+
+def _where(target: SSHTarget) -> str:
+    return f"{target.user + '@' if target.user else ''}{target.hostname}:{target.port}"
+
+
+def fabric_connection(target: SSHTarget) -> fabric.Connection:
+    """The ``fabric.Connection`` for ``target`` (not opened), its ProxyJump hops as
+    gateways. fabric reads no configuration file of its own: ``target`` is already
+    what the hosts file and the OpenSSH config say."""
+    import fabric
+
+    kwargs: dict[str, object] = dict(
+        timeout=target.timeout, banner_timeout=target.timeout,
+        auth_timeout=target.timeout, channel_timeout=target.timeout,
+        allow_agent=True, look_for_keys=not target.key_files)
     if target.key_files:
         kwargs["key_filename"] = target.key_files
+    gateway: object = False  # False: no gateway, and fabric looks for none itself
+    if target.jump is not None:
+        gateway = fabric_connection(target.jump)
+    elif target.proxy_command:
+        kwargs["sock"] = paramiko.ProxyCommand(target.proxy_command)
+    conn = fabric.Connection(target.hostname, user=target.user, port=target.port,
+                             config=fabric.Config(lazy=True), gateway=gateway,
+                             forward_agent=False, connect_kwargs=kwargs)
+    conn.client = _client(target)
+    return conn
+
+
+def open_connection(target: SSHTarget) -> fabric.Connection:
+    """An authenticated ``fabric.Connection``, or a HostError naming the cause (a hop
+    that fails is named as the jump host)."""
+    conn = fabric_connection(target)
+    hop = conn.gateway if target.jump is not None else None
     try:
-        client.connect(**kwargs)
-    except paramiko.BadHostKeyException as exc:
-        client.close()
-        raise HostError(target.name, "host key mismatch",
-                        f"{where} offered a {exc.key.get_name()} key that differs from "
-                        f"{target.known_hosts}; if the host was reinstalled, remove its line "
-                        f"(ssh-keygen -R '[{target.hostname}]:{target.port}')")
-    except paramiko.AuthenticationException as exc:
-        client.close()
-        raise HostError(target.name, "auth failed",
-                        f"{where} refused our keys ({exc}); check user, key and the "
-                        "SSH agent")
-    except paramiko.ssh_exception.NoValidConnectionsError as exc:
-        client.close()
-        first = next(iter(exc.errors.values()), exc)
-        cause, detail = _socket_cause(first)
-        raise HostError(target.name, cause, f"{where}: {detail}")
-    except paramiko.SSHException as exc:
-        client.close()
-        text = str(exc)
-        if "not found in known_hosts" in text:
-            raise HostError(target.name, "unknown host key",
-                            f"{where} is not in {target.known_hosts}; add it with "
-                            f"ssh-keyscan -p {target.port} {target.hostname} >> "
-                            f"{target.known_hosts}, or set host_key_policy = \"accept-new\"")
-        if "no authentication methods" in text.lower():
-            raise HostError(target.name, "auth failed",
-                            f"{where}: no key to offer; set key = \"~/.ssh/id_ed25519\", "
-                            "load a key into the SSH agent, or give IdentityFile in "
-                            "~/.ssh/config")
-        if "banner" in text.lower():
-            raise HostError(target.name, "unreachable", f"{where}: no SSH banner ({text})")
-        raise HostError(target.name, "unreachable", f"{where}: {text}")
-    except FileNotFoundError as exc:  # a key file that went away since resolve_target
-        client.close()
-        raise HostError(target.name, "key file not found", f"{exc.filename or exc}")
-    except OSError as exc:
-        client.close()
-        cause, detail = _socket_cause(exc)
-        raise HostError(target.name, cause, f"{where}: {detail}")
-    transport = client.get_transport()
+        if hop is not None:
+            _open(hop, target.jump, f" (jump host for {target.hostname}:{target.port})")
+        _open(conn, target, "")
+    except BaseException:
+        close_connection(conn)
+        raise
+    transport = conn.client.get_transport()
     if transport is not None:
         transport.set_keepalive(15)
         # paramiko leaves Nagle on: a small message sent right behind another (a
@@ -181,32 +217,89 @@ def connect(target: SSHTarget) -> paramiko.SSHClient:
         # command on one connection took 48 ms with Nagle, 3.5 ms without.
         try:
             transport.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except (AttributeError, OSError):  # a ProxyCommand is no TCP socket
+        except (AttributeError, OSError):  # a ProxyCommand or a hop's channel
             pass
-    return client
+    return conn
 
 
-def quote_command(argv: list[str], shell: str) -> str:
-    """One command line for the remote login shell (``sh``, ``cmd`` or ``powershell``)."""
-    if shell == "sh":
-        out = []
-        for a in argv:
-            if a.startswith("~/"):
-                out.append('"$HOME"/' + shlex.quote(a[2:]))
-            else:
-                out.append(shlex.quote(a))
-        return " ".join(out)
-    if shell == "powershell":
-        quoted = ["'" + a.replace("'", "''") + "'" for a in argv]
-        return "& " + " ".join(quoted)
-    # cmd.exe: double quotes around anything with spaces or specials
-    out = []
-    for a in argv:
-        if a and not any(c in a for c in ' \t&|<>^()"%'):
-            out.append(a)
+def close_connection(conn: fabric.Connection) -> None:
+    """Close ``conn`` and its gateways (fabric leaves a gateway open)."""
+    hop: object = conn
+    while isinstance(hop, fabric_type()):
+        for close in (hop.close, hop.client.close):  # a failed open leaves the client
+            try:
+                close()
+            except Exception:
+                pass
+        hop = hop.gateway
+
+
+def fabric_type() -> type:
+    import fabric
+
+    return fabric.Connection
+
+
+def _open(conn: fabric.Connection, target: SSHTarget, role: str) -> None:
+    """``conn.open()`` with every way it fails named (``role`` says which hop)."""
+    where = _where(target) + role
+    name = target.name
+    try:
+        if target.jump is not None:
+            try:
+                conn.gateway.open()
+                sock = conn.open_gateway()
+            except paramiko.ChannelException as exc:
+                raise HostError(name, "unreachable",
+                                f"{where}: the jump host {_where(target.jump)} cannot "
+                                f"reach it ({exc.text or exc})")
+            except (TimeoutError, paramiko.SSHException) as exc:
+                raise HostError(name, "unreachable",
+                                f"{where}: no channel through the jump host "
+                                f"{_where(target.jump)} ({exc or type(exc).__name__})")
+            conn.connect_kwargs["sock"] = sock
+            conn.gateway, gateway = False, conn.gateway  # opened: fabric must not again
+            try:
+                conn.open()
+            finally:
+                conn.gateway = gateway
         else:
-            out.append('"' + a.replace('"', '""') + '"')
-    return " ".join(out)
+            conn.open()
+    except HostError:
+        raise
+    except paramiko.BadHostKeyException as exc:
+        raise HostError(name, "host key mismatch",
+                        f"{where} offered a {exc.key.get_name()} key that differs from "
+                        f"{target.known_hosts}; if the host was reinstalled, remove its line "
+                        f"(ssh-keygen -R '[{target.hostname}]:{target.port}')")
+    except paramiko.AuthenticationException as exc:
+        raise HostError(name, "auth failed",
+                        f"{where} refused our keys ({exc}); check user, key and the "
+                        "SSH agent")
+    except paramiko.ssh_exception.NoValidConnectionsError as exc:
+        first = next(iter(exc.errors.values()), exc)
+        cause, detail = _socket_cause(first)
+        raise HostError(name, cause, f"{where}: {detail}")
+    except paramiko.SSHException as exc:
+        text = str(exc)
+        if "not found in known_hosts" in text:
+            raise HostError(name, "unknown host key",
+                            f"{where} is not in {target.known_hosts}; add it with "
+                            f"ssh-keyscan -p {target.port} {target.hostname} >> "
+                            f"{target.known_hosts}, or set host_key_policy = \"accept-new\"")
+        if "no authentication methods" in text.lower():
+            raise HostError(name, "auth failed",
+                            f"{where}: no key to offer; set key = \"~/.ssh/id_ed25519\", "
+                            "load a key into the SSH agent, or give IdentityFile in "
+                            "~/.ssh/config")
+        if "banner" in text.lower():
+            raise HostError(name, "unreachable", f"{where}: no SSH banner ({text})")
+        raise HostError(name, "unreachable", f"{where}: {text}")
+    except FileNotFoundError as exc:  # a key file that went away since resolve_target
+        raise HostError(name, "key file not found", f"{exc.filename or exc}")
+    except OSError as exc:
+        cause, detail = _socket_cause(exc)
+        raise HostError(name, cause, f"{where}: {detail}")
 
 
 @dataclass
@@ -280,11 +373,123 @@ def _wait_channel(chan: paramiko.Channel, timeout: float) -> None:
         select.select([chan], [], [], timeout)
 
 
-def sftp_path(path: str, os_name: str) -> str:
-    """The SFTP server's spelling of a local path (``C:\\x`` is ``/C:/x`` on Windows)."""
-    if os_name == "windows":
-        p = path.replace("\\", "/")
-        if len(p) > 1 and p[1] == ":":
-            p = "/" + p
-        return p
-    return path
+class Connection:
+    """One SSH connection to one host, and what ``up`` and ``down`` do over it.
+
+    ``with Connection(target) as c:`` connects (a HostError with its cause word if it
+    cannot) and closes on the way out. Its SFTP session is opened on first use and
+    kept (fabric's ``Connection.sftp`` does the same): a host's visit stays one SSH
+    connection and one SFTP session, whatever it copies or looks up. Every wait is
+    bounded by the timeout given to the call.
+    """
+
+    def __init__(self, target: SSHTarget) -> None:
+        self.target = target
+        self.name = target.name
+        self.fabric: fabric.Connection | None = None
+
+    def __enter__(self) -> Connection:
+        self.fabric = open_connection(self.target)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def client(self) -> paramiko.SSHClient | None:
+        return self.fabric.client if self.fabric is not None else None
+
+    def close(self) -> None:
+        if self.fabric is not None:
+            close_connection(self.fabric)
+            self.fabric = None
+
+    def local_address(self) -> str | None:
+        """The controller's address as this host sees it (None through a proxy)."""
+        if self.target.jump is not None or self.target.proxy_command:
+            return None  # the local end of a hop's channel says nothing to this host
+        transport = self.client.get_transport() if self.client else None
+        try:
+            return transport.sock.getsockname()[0]  # type: ignore[union-attr]
+        except (AttributeError, OSError):
+            return None
+
+    def run(self, command: str, stdin: str | None, timeout: float) -> RunResult:
+        """Run ``command`` with ``stdin``; see :func:`run`."""
+        assert self.client is not None, "use the Connection in a with block"
+        return run(self.client, command, stdin, timeout, self.name)
+
+    def sftp(self, timeout: float) -> paramiko.SFTPClient:
+        """The connection's SFTP session (opened once), each request bounded by
+        ``timeout``. Raises what paramiko raises: the caller names the cause."""
+        assert self.fabric is not None, "use the Connection in a with block"
+        sftp = self.fabric.sftp()  # opened once, then the same session
+        channel = sftp.get_channel()
+        if channel is not None:
+            channel.settimeout(timeout)
+        return sftp
+
+    def run_python(self, host: HostConfig, shell: str, script: str,
+                   timeout: float) -> RunResult:
+        """Run ``script`` with the host's Python: on stdin, or from a private file."""
+        name = f".papycluster-{secrets.token_hex(8)}.py"  # relative: the SFTP home dir
+        command, file_text = script_command(host, shell, script, name)
+        if file_text is None:
+            return self.run(command, script, timeout)
+        try:
+            sftp = self.sftp(timeout)
+        except Exception as exc:
+            raise HostError(self.name, "deploy failed", f"cannot open SFTP: {exc}")
+        try:
+            with sftp.open(name, "w") as f:
+                f.chmod(0o600)
+                f.write(file_text.encode("utf-8"))
+        except Exception as exc:
+            raise HostError(self.name, "deploy failed",
+                            f"cannot write a script by SFTP: {exc}")
+        try:
+            return self.run(command, None, timeout)
+        finally:  # the script removes itself; if Python never ran, we do
+            try:
+                self.sftp(timeout).remove(name)
+            except Exception:
+                pass
+
+    def exists(self, path: str, timeout: float) -> bool:
+        """Whether ``path`` (SFTP's spelling) exists on the host."""
+        try:
+            self.sftp(timeout).stat(path)
+            return True
+        except FileNotFoundError:
+            return False
+
+    def makedirs(self, path: str, timeout: float, mode: int = 0o700) -> None:
+        """``mkdir -p`` over SFTP (new directories 0700 by default: code runs from them)."""
+        if path in ("", ".", "/") or re.match(r"^/[A-Za-z]:/?$", path):
+            return
+        if self.exists(path, timeout):
+            return
+        self.makedirs(posixpath.dirname(path.rstrip("/")), timeout, mode)
+        try:
+            self.sftp(timeout).mkdir(path, mode)
+        except OSError:
+            if not self.exists(path, timeout):  # else made meanwhile by another `up`
+                raise
+
+    def put_atomic(self, local: str, remote: str, timeout: float) -> None:
+        """Copy ``local`` to ``remote`` under a name of our own, then rename it.
+
+        Hosts that share a home directory (NFS) may ship at once, and a half-written
+        file must never be where agents look. If the rename fails because another
+        ``up`` put the file there first, that one is kept.
+        """
+        self.makedirs(posixpath.dirname(remote), timeout)
+        sftp = self.sftp(timeout)
+        tmp = f"{remote}.{self.name}-{secrets.token_hex(4)}.tmp"
+        sftp.put(local, tmp)
+        try:
+            sftp.rename(tmp, remote)
+        except OSError:
+            sftp.remove(tmp)
+            if not self.exists(remote, timeout):
+                raise

@@ -12,7 +12,8 @@ items), and a timed-out result is dropped when it arrives late.
 
 A piper remembers the input behind each ticket it hands downstream, so that an item
 whose data was lost with the host that held it is recomputed rather than lost
-(:mod:`papycluster.engine.lineage`).
+(:mod:`papycluster.engine.lineage`). The counting rules (zip, consume, produce, fan-out)
+are in :mod:`papycluster.engine.piping`.
 
 With a NuMap of ``stride`` s, ``produce`` and ``consume`` work in blocks of s
 evaluations, as in PaPy: ``produce=2`` emits the first item of each of the s results,
@@ -24,22 +25,24 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections import deque
-from collections.abc import Callable, Iterator, Sequence
-from itertools import islice
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from papycluster.engine import lineage
 from papycluster.engine.numap import NuMap
+from papycluster.engine.piping import (
+    Fanout,
+    chain,
+    consumer,
+    plain_next,
+    produce_blocks,
+    zip_inputs,
+)
 from papycluster.engine.progress import Counts
 from papycluster.engine.worker import Worker
 from papycluster.errors import NuMapTimeoutError, PiperError, WorkerError
 
 log = logging.getLogger("papycluster.piper")
-
-#: How far the fastest consumer of a piper may run ahead of the slowest (items).
-FANOUT_LAG = 4096
-
 
 class Piper(lineage.Recovery):
     """A pipeline node: ``Piper(worker, parallel=NuMap(...), consume=1, produce=1, ...)``.
@@ -97,10 +100,10 @@ class Piper(lineage.Recovery):
         #: PaPy's fan-out attributes, kept for code that reads them: ``tees`` holds one
         #: view of this piper's output per downstream piper (from stage 0 of ``start``),
         #: ``tee_locks`` one lock, and one more per downstream piper. The fan-out itself
-        #: is ``_Fanout``, which needs no lock-step between consumers.
+        #: is ``Fanout``, which needs no lock-step between consumers.
         self.tees: list[_TeeIterator] = []
         self.tee_locks: list[threading.Lock] = [threading.Lock()]
-        self._fanout: _Fanout | None = None
+        self._fanout: Fanout | None = None
         self._lock = threading.Lock()
         self._init_recovery()
         self._input_closed = False
@@ -139,7 +142,7 @@ class Piper(lineage.Recovery):
                 self._upstreams.append(None)
         self._input_closed = False
         stride = self.parallel.stride if self.parallel else 1
-        self.inbox = _consumer(_zip(inputs), self.consume, stride)
+        self.inbox = consumer(zip_inputs(inputs), self.consume, stride)
         # One result per input, so each result knows its inbox: what recovery needs.
         recovering = self.spawn == 1 and self.produce == 1
         self._inboxes = lineage.Inboxes(self.inbox) if recovering else None
@@ -152,14 +155,14 @@ class Piper(lineage.Recovery):
                                        track=self.track, skip=skip)
                 for _ in range(self.spawn)
             ]
-            outbox: Iterator = _chain(self.imap_tasks, stride, self._safe_next)
+            outbox: Iterator = chain(self.imap_tasks, stride, self._safe_next)
         elif recovering:
-            outbox = _chain([_LazyTask(self.worker, self.inbox)], 1, self._lazy_next)
+            outbox = chain([_LazyTask(self.worker, self.inbox)], 1, self._lazy_next)
         else:
             tasks = [map(self.worker, self.inbox) for _ in range(self.spawn)]
-            outbox = _chain(tasks, 1, _plain_next)
+            outbox = chain(tasks, 1, plain_next)
         if self.produce > 1:
-            outbox = _produce(outbox, self.produce, stride, self.name, self.repeat)
+            outbox = produce_blocks(outbox, self.produce, stride, self.name, self.repeat)
         self.outbox = outbox
         self.connected = True
         return self
@@ -217,7 +220,7 @@ class Piper(lineage.Recovery):
         if stages is None:
             stages = (0, 1, 2) if self.parallel else (0,)
         if 0 in stages and not self.started:
-            self._fanout = _Fanout(self._next_result, max(self.tee_num, 1))
+            self._fanout = Fanout(self._next_result, max(self.tee_num, 1))
             self._lineage = lineage.Lineage(self.tee_num)
             self.tees = [_TeeIterator(self, i) for i in range(self.tee_num)]
             self.finished = False
@@ -316,10 +319,6 @@ class Piper(lineage.Recovery):
 # -- iterator plumbing ------------------------------------------------------------
 
 
-def _plain_next(task: Iterator) -> Any:
-    return next(task)
-
-
 class _LazyTask:
     """A lazy piper's evaluation, one inbox at a time, with the position of each."""
 
@@ -332,18 +331,6 @@ class _LazyTask:
         inbox = next(self.inbox)
         self.position += 1
         return self.position - 1, True, self.worker(inbox), None
-
-
-def _zip(inputs: list[Iterator]) -> Iterator[list]:
-    """One list per step, an item from each input; ends when any input ends."""
-    while True:
-        box = []
-        for source in inputs:
-            try:
-                box.append(next(source))
-            except StopIteration:
-                return
-        yield box
 
 
 class _Source:
@@ -360,142 +347,6 @@ class _Source:
         if self.piper._input_closed:
             raise StopIteration
         return next(self.iterator)
-
-
-def _consumer(zipped: Iterator[list], consume: int, stride: int = 1) -> Iterator[Any]:
-    """The inbox: each zip-list, or lists of ``consume`` of them.
-
-    Zip-lists come in blocks of ``stride * consume``; inside a block, list i takes
-    items i, i + c, i + 2c, ... where c is the block's number of lists (``stride``,
-    fewer in a short last block). This undoes what ``_produce`` does upstream.
-    """
-    if consume == 1:
-        yield from zipped
-        return
-    while True:
-        block = list(islice(zipped, stride * consume))
-        if not block:
-            return
-        columns = -(-len(block) // consume)
-        for column in range(columns):
-            yield block[column::columns]
-        if len(block) < stride * consume:
-            return
-
-
-def _chain(tasks: list[Iterator], stride: int, take: Callable[[Iterator], Any]
-           ) -> Iterator[Any]:
-    """Round-robin ``stride`` results from each task, as the NuMap fed them."""
-    active = list(tasks)
-    while active:
-        for task in list(active):
-            for _ in range(stride):
-                try:
-                    yield take(task)
-                except StopIteration:
-                    active.remove(task)
-                    break
-
-
-def _produce(outbox: Iterator, produce: int, stride: int, name: str,
-             repeat: bool = False) -> Iterator[Any]:
-    """``produce`` items per result, stride-interleaved over blocks of ``stride`` results.
-
-    Each result is unpacked into its ``produce`` items (``repeat``: repeated that many
-    times); the block then yields the first item of every result, then the second of
-    every result, and so on. An error stands for all the items of its result, in the
-    same places. A short last block (fewer than ``stride`` results) is interleaved
-    over the results it has.
-    """
-    while True:
-        block = [_unpack(result, produce, name, repeat)
-                 for result in islice(outbox, stride)]
-        if not block:
-            return
-        for position in range(produce):
-            for items in block:
-                yield items[position]
-        if len(block) < stride:
-            return
-
-
-def _unpack(result: Any, produce: int, name: str, repeat: bool) -> list:
-    """The ``produce`` items of one result; an error item for each if it has not as many."""
-    if repeat or isinstance(result, PiperError | WorkerError):
-        return [result] * produce
-    try:
-        items = list(result)
-    except TypeError as exc:
-        return [PiperError(WorkerError(exc, f"{name} (produce={produce})", result))
-                ] * produce
-    if len(items) == produce:
-        return items
-    return [PiperError(WorkerError(ValueError(f"expected {produce} items, got "
-                                              f"{len(items)}"),
-                                   f"{name} (produce={produce})", result))] * produce
-
-
-class _Fanout:
-    """Share one piper's output among its consumers, each reading every item once.
-
-    One consumer at a time pulls from the piper; items stay buffered until every
-    consumer has read them, and a consumer that is ``FANOUT_LAG`` items ahead of the
-    slowest waits for it.
-    """
-
-    def __init__(self, source: Callable[[], Any], consumers: int) -> None:
-        self.source = source
-        self.cond = threading.Condition()
-        self.buffer: deque = deque()
-        self.base = 0  # position of buffer[0]
-        self.positions = [0] * consumers
-        self.pulling = False
-        self.ended = False
-
-    def get(self, consumer: int) -> Any:
-        with self.cond:
-            while True:
-                position = self.positions[consumer]
-                if position < self.base + len(self.buffer):
-                    item = self.buffer[position - self.base]
-                    self.positions[consumer] += 1
-                    self._trim()
-                    return item
-                if self.ended:
-                    raise StopIteration
-                ahead = position - min(self.positions) >= FANOUT_LAG
-                if self.pulling or ahead:
-                    self.cond.wait(0.5)
-                    continue
-                self.pulling = True
-                break
-        try:
-            item = self.source()
-        except StopIteration:
-            with self.cond:
-                self.ended = True
-                self.pulling = False
-                self.cond.notify_all()
-            raise
-        except BaseException:
-            with self.cond:
-                self.pulling = False
-                self.cond.notify_all()
-            raise
-        with self.cond:
-            self.pulling = False
-            self.buffer.append(item)
-            self.positions[consumer] += 1
-            self._trim()
-            self.cond.notify_all()
-        return item
-
-    def _trim(self) -> None:
-        low = min(self.positions)
-        while self.base < low and self.buffer:
-            self.buffer.popleft()
-            self.base += 1
-        self.cond.notify_all()
 
 
 class _TeeIterator:

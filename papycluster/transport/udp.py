@@ -30,6 +30,9 @@ an answer, so one flooding address costs the server a read and a dictionary look
 datagram and cannot evict the challenges of the other peers. This does not stop an
 attacker who forges many source addresses from filling the server's receive buffer;
 the loaders' retries with backoff are what gets their loads through such a flood.
+
+Where the parts live: the message layouts and constants in :mod:`.udp_wire`, the server
+in :mod:`.udp_server`, the loader and the transport here.
 """
 
 from __future__ import annotations
@@ -37,15 +40,10 @@ from __future__ import annotations
 import hmac
 import os
 import secrets
-import select
-import selectors
 import socket
-import struct
-import sys
 import threading
 import time
 import zlib
-from collections.abc import Callable
 from typing import Any
 
 from papycluster.transport import auth, base, buffers, ticket
@@ -55,37 +53,41 @@ from papycluster.transport.base import (
     StaleTicketError,
     TicketError,
     TransportError,
-    log,
 )
-from papycluster.transport.tcp import ItemStore, advertise_host, bind_host
+from papycluster.transport.udp_server import UdpServer
+from papycluster.transport.udp_wire import (
+    CHALLENGE,
+    CONTROL_PAUSE,
+    CONTROL_PAUSE_MAX,
+    DATA,
+    DEFAULT_CHUNK,
+    DEFAULT_TIMEOUT,
+    DONE,
+    GET,
+    HELLO,
+    INFO,
+    MAGIC,
+    MAX_CHUNK,
+    NONCE,
+    RCVBUF,
+    SILENCE,
+    SO_RCVBUFFORCE,
+    ST_OK,
+    T_CHALLENGE,
+    T_DATA,
+    T_DONE,
+    T_GET,
+    T_HELLO,
+    T_INFO,
+    T_WINDOW,
+    VERSION,
+    WINDOW,
+    WINDOW_TIMEOUT,
+    poller,
+    send_datagram,
+    u32,
+)
 
-MAGIC = b"PU"
-VERSION = 3  # 3: HELLO padded to the CHALLENGE's size; 2: data datagrams carry a CRC-32
-T_HELLO, T_CHALLENGE, T_GET, T_INFO, T_WINDOW, T_DATA, T_DONE = range(1, 8)
-NONCE = 16
-MACLEN = 32
-DEFAULT_CHUNK = 65000
-MAX_CHUNK = 65400  # + a 20-byte header: under the 65507-byte IPv4 limit
-DEFAULT_TIMEOUT = 60.0
-#: How long one window may stay incomplete before its datagrams count as lost.
-WINDOW_TIMEOUT = 1.0
-#: A loader gives up on a producer that has answered nothing for this long (its
-#: control messages resent meanwhile, with a pause that doubles from CONTROL_PAUSE up to
-#: CONTROL_PAUSE_MAX): as the tcp loader's SILENCE, only silence tells a frozen host.
-SILENCE = 10.0
-CONTROL_PAUSE = 0.25
-CONTROL_PAUSE_MAX = 2.0
-#: Per peer address: this many greetings at once, then GREETING_RATE per second.
-GREETING_BURST = 8
-GREETING_RATE = 2.0
-#: Peer addresses whose greeting budget is remembered (the oldest is forgotten first).
-MAX_PEERS = 16384
-#: A challenge not answered by a GET within this many seconds is forgotten.
-CHALLENGE_LIFE = 15.0
-#: The server's receive buffer, so that a burst of requests is queued, not dropped.
-SERVER_RCVBUF = 2 << 20
-SESSION_IDLE = 60.0
-MAX_PENDING = 4096
 #: The largest item udp carries (bytes), unless ``PAPYCLUSTER_UDP_MAX_ITEM`` says
 #: otherwise. An item is held in the dumping process until it is fetched and the loader
 #: allocates its whole size up front, from the ticket, so both ends refuse sizes past
@@ -93,259 +95,6 @@ MAX_PENDING = 4096
 #: million datagrams). Bigger items belong on tcp, shm or file.
 MAX_ITEM = 1 << 30
 MAX_ITEM_ENV = "PAPYCLUSTER_UDP_MAX_ITEM"
-RCVBUF = 8 << 20
-#: The server's send buffer. On loopback a datagram counts against its sender until the
-#: receiver has read it, so a small buffer stalls the sender after three datagrams.
-SNDBUF = 8 << 20
-#: Lets a privileged process go past net.core.rmem_max (Python does not name it).
-SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33 if sys.platform == "linux" else None)
-
-_HEAD = struct.Struct("!2sBB")  # magic, version, type
-# padded to _CHALLENGE's size: no answer before authentication is bigger than its request
-_HELLO = struct.Struct("!2sBB16s48x")
-_CHALLENGE = struct.Struct("!2sBB16s16s32s")
-_GET = struct.Struct("!2sBB16s32sBII32s")  # snonce key remove first count mac
-_INFO = struct.Struct("!2sBB16sBQII")  # snonce status size count chunk
-_WINDOW = struct.Struct("!2sBB16sII32s")
-_DONE = struct.Struct("!2sBB16s32s")
-_DATA = struct.Struct("!2sBB8sII")  # tag seq crc32
-assert _HELLO.size == _CHALLENGE.size
-ST_OK, ST_MISSING = 0, 1
-
-
-def _u32(n: int) -> bytes:
-    return n.to_bytes(4, "big")
-
-
-class _Session:
-    __slots__ = ("addr", "cnonce", "view", "chunk", "count", "seen", "info")
-
-    def __init__(self, addr: Any, cnonce: bytes, view: memoryview | None, chunk: int) -> None:
-        self.addr = addr
-        self.cnonce = cnonce
-        self.view = view
-        self.chunk = chunk
-        self.count = 0 if view is None else max(1, -(-view.nbytes // chunk))
-        self.seen = time.monotonic()
-        self.info = b""
-
-
-class UdpServer:
-    def __init__(self) -> None:
-        self.secret = auth.get_secret()
-        self.store = ItemStore()
-        self.chunks: dict[str, int] = {}
-        self.host = advertise_host()
-        bind = bind_host()
-        family = socket.AF_INET6 if ":" in bind else socket.AF_INET
-        self.sock = socket.socket(family, socket.SOCK_DGRAM)
-        try:
-            self.sock.bind((bind, 0))
-        except OSError as exc:
-            self.sock.close()
-            raise TransportError(f"udp: cannot bind {bind!r}: {exc}") from None
-        for option, size in ((socket.SO_SNDBUF, SNDBUF), (socket.SO_RCVBUF, SERVER_RCVBUF)):
-            try:
-                self.sock.setsockopt(socket.SOL_SOCKET, option, size)
-            except OSError:  # the kernel caps it at net.core.[wr]mem_max; a refusal keeps
-                pass         # the default
-        # Non-blocking: reads go through the selector, sends wait in _sendmsg (bounded).
-        self.sock.setblocking(False)
-        self._out = _poller(self.sock, write=True)
-        self.port = self.sock.getsockname()[1]
-        self._challenges: dict[bytes, tuple[Any, bytes, float]] = {}
-        self._sessions: dict[bytes, _Session] = {}
-        self._greetings: dict[Any, list[float]] = {}  # addr -> [tokens, last refill]
-        self.dropped_greetings = 0
-        self._refused = 0
-        self._refused_logged: dict[str, float] = {}
-        self._expired = 0.0
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._closed = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True,
-                                        name=f"papycluster-udp-{self.port}")
-        self._thread.start()
-
-    def _loop(self) -> None:
-        sel = selectors.DefaultSelector()
-        sel.register(self.sock, selectors.EVENT_READ)
-        sel.register(self._wake_r, selectors.EVENT_READ)
-        buf = bytearray(2048)
-        try:
-            while not self._closed.is_set():
-                events = sel.select(5.0)
-                if self._closed.is_set():
-                    return
-                if time.monotonic() >= self._expired + 1.0:
-                    self._expire()
-                for key, _ in events:
-                    if key.fileobj is self._wake_r:
-                        return
-                    # drain what is queued (bounded), not one datagram per select
-                    for _ in range(256):
-                        try:
-                            n, addr = self.sock.recvfrom_into(buf)
-                        except (BlockingIOError, TimeoutError):
-                            break
-                        except OSError:
-                            if self._closed.is_set():
-                                return
-                            break
-                        try:
-                            self._handle(memoryview(buf)[:n], addr)
-                        except OSError as exc:
-                            log.warning("udp: answering %s failed: %s", addr, exc)
-        finally:
-            sel.close()
-
-    def _expire(self) -> None:
-        now = self._expired = time.monotonic()
-        for snonce in [k for k, v in self._challenges.items() if v[2] < now]:
-            del self._challenges[snonce]
-        for snonce in [k for k, s in self._sessions.items() if s.seen + SESSION_IDLE < now]:
-            del self._sessions[snonce]
-        full = GREETING_BURST / GREETING_RATE  # an idle peer's bucket is full again
-        for addr in [a for a, b in self._greetings.items() if b[1] + full < now]:
-            del self._greetings[addr]
-
-    def _may_greet(self, addr: Any) -> bool:
-        """Take one token from ``addr``'s greeting budget; False if it has none left."""
-        now = time.monotonic()
-        bucket = self._greetings.get(addr)
-        if bucket is None:
-            if len(self._greetings) >= MAX_PEERS:
-                self._greetings.pop(next(iter(self._greetings)))
-            bucket = self._greetings[addr] = [float(GREETING_BURST), now]
-        else:
-            bucket[0] = min(float(GREETING_BURST), bucket[0] + (now - bucket[1]) * GREETING_RATE)
-            bucket[1] = now
-        if bucket[0] < 1.0:
-            self.dropped_greetings += 1
-            return False
-        bucket[0] -= 1.0
-        return True
-
-    def _refuse(self, addr: Any, why: str, detail: str = "") -> None:
-        """Log a refusal, at most once per 5 s for each reason ``why`` (a flood must not
-        flood the log too); every one is counted."""
-        self._refused += 1
-        now = time.monotonic()
-        if now >= self._refused_logged.get(why, 0.0) + 5.0:
-            self._refused_logged[why] = now
-            log.warning("udp: refused %s: %s%s (%d refused so far, %d greetings over the "
-                        "rate dropped)", addr, why, detail, self._refused,
-                        self.dropped_greetings)
-
-    def _handle(self, msg: memoryview, addr: Any) -> None:
-        if msg.nbytes < _HEAD.size:
-            return
-        magic, version, kind = _HEAD.unpack_from(msg)
-        if magic != MAGIC or version != VERSION:
-            self._refuse(addr, "not a papycluster datagram of this version")
-            return
-        if kind == T_HELLO and msg.nbytes == _HELLO.size:
-            if not self._may_greet(addr):
-                return
-            cnonce = _HELLO.unpack(msg)[3]
-            snonce = secrets.token_bytes(NONCE)
-            if len(self._challenges) >= MAX_PENDING:
-                self._challenges.pop(next(iter(self._challenges)))
-            self._challenges[snonce] = (addr, cnonce, time.monotonic() + CHALLENGE_LIFE)
-            proof = auth.mac(self.secret, b"papyc-udp-server", cnonce, snonce)
-            self._sendmsg([_CHALLENGE.pack(MAGIC, VERSION, T_CHALLENGE, cnonce, snonce,
-                                           proof)], addr)
-        elif kind == T_GET and msg.nbytes == _GET.size:
-            self._get(msg, addr)
-        elif kind == T_WINDOW and msg.nbytes == _WINDOW.size:
-            _, _, _, snonce, first, count, proof = _WINDOW.unpack(msg)
-            session = self._sessions.get(snonce)
-            if session is None or session.addr != addr or not hmac.compare_digest(
-                    proof, auth.mac(self.secret, b"papyc-udp-window", snonce, session.cnonce,
-                                    _u32(first), _u32(count))):
-                self._refuse(addr, "window request without a session or with a bad proof")
-                return
-            session.seen = time.monotonic()
-            self._send(snonce, session, first, count)
-        elif kind == T_DONE and msg.nbytes == _DONE.size:
-            _, _, _, snonce, proof = _DONE.unpack(msg)
-            session = self._sessions.get(snonce)
-            if session is not None and session.addr == addr and hmac.compare_digest(
-                    proof, auth.mac(self.secret, b"papyc-udp-done", snonce, session.cnonce)):
-                del self._sessions[snonce]
-        else:
-            self._refuse(addr, "unexpected message", f" (type {kind}, {msg.nbytes} bytes)")
-
-    def _get(self, msg: memoryview, addr: Any) -> None:
-        _, _, _, snonce, key, remove, first, count, proof = _GET.unpack(msg)
-        session = self._sessions.get(snonce)
-        if session is not None:  # our INFO was lost and the loader asks again
-            if session.addr == addr:
-                self._sendmsg([session.info], addr)
-                self._send(snonce, session, first, count)
-            return
-        challenge = self._challenges.get(snonce)
-        if challenge is None or challenge[0] != addr:
-            self._refuse(addr, "GET without a valid challenge")
-            return
-        cnonce = challenge[1]
-        if not hmac.compare_digest(proof, auth.mac(self.secret, b"papyc-udp-client", snonce,
-                                                   cnonce, key, bytes([remove]),
-                                                   _u32(first), _u32(count))):
-            self._refuse(addr, "it does not know the cluster secret")
-            return
-        del self._challenges[snonce]
-        name = key.decode("ascii", "replace")
-        view = self.store.take(name, bool(remove))
-        chunk = self.chunks.pop(name, DEFAULT_CHUNK) if remove else \
-            self.chunks.get(name, DEFAULT_CHUNK)
-        session = _Session(addr, cnonce, view, chunk)
-        if view is None:
-            session.info = _INFO.pack(MAGIC, VERSION, T_INFO, snonce, ST_MISSING, 0, 0, 0)
-        else:
-            session.info = _INFO.pack(MAGIC, VERSION, T_INFO, snonce, ST_OK, view.nbytes,
-                                      session.count, chunk)
-            self._sessions[snonce] = session
-        self._sendmsg([session.info], addr)
-        if view is not None:
-            self._send(snonce, session, first, count)
-
-    def _send(self, snonce: bytes, session: _Session, first: int, count: int) -> None:
-        view = session.view
-        if view is None:
-            return
-        tag = snonce[:8]
-        chunk = session.chunk
-        last = min(session.count, first + count)
-        for seq in range(first, last):
-            payload = view[seq * chunk:(seq + 1) * chunk]
-            head = _DATA.pack(MAGIC, VERSION, T_DATA, tag, seq, zlib.crc32(payload))
-            self._sendmsg([head, payload], session.addr)
-
-    def _sendmsg(self, parts: list, addr: Any) -> None:
-        """Send one datagram; wait (at most 5 s) for room in the send buffer if full."""
-        while True:
-            try:
-                if _SENDMSG:
-                    self.sock.sendmsg(parts, [], 0, addr)
-                else:  # Windows sockets have no sendmsg
-                    self.sock.sendto(b"".join(parts), addr)
-                return
-            except BlockingIOError:
-                if not self._out(5000):
-                    raise TimeoutError("udp: the send buffer stayed full for 5 s") from None
-
-    def close(self) -> None:
-        self._closed.set()
-        try:
-            self._wake_w.send(b"x")
-        except OSError:
-            pass
-        self._thread.join(2.0)
-        self.sock.close()
-        self._wake_r.close()
-        self._wake_w.close()
-        self.store.clear()
-        self._sessions.clear()
 
 
 class _State:
@@ -367,31 +116,6 @@ class _State:
     def close(self) -> None:
         if self.server is not None:
             self.server.close()
-
-
-_SENDMSG = hasattr(socket.socket, "sendmsg")
-
-
-def _poller(sock: socket.socket, write: bool) -> Callable[[float], bool]:
-    """``wait(ms) -> ready`` for one socket: ``select.poll`` where there is one, else
-    ``select.select`` (Windows has no poll)."""
-    if hasattr(select, "poll"):
-        poll = select.poll()
-        poll.register(sock, select.POLLOUT if write else select.POLLIN)
-        return lambda ms: bool(poll.poll(ms))
-    if write:
-        return lambda ms: bool(select.select([], [sock], [], max(0.0, ms / 1000))[1])
-    return lambda ms: bool(select.select([sock], [], [], max(0.0, ms / 1000))[0])
-
-
-def _send(sock: socket.socket, data: bytes) -> None:
-    """Send one datagram on a non-blocking socket, waiting at most a second for room."""
-    try:
-        sock.send(data)
-    except BlockingIOError:
-        if _poller(sock, write=True)(1000):
-            sock.send(data)
-        # else: as good as lost on the way; the caller's timeouts handle it
 
 
 def max_item() -> int:
@@ -490,7 +214,7 @@ class UdpTransport(base.Transport):
         scratch = bytearray(chunk + 64)
         sview = memoryview(scratch)
 
-        ready = _poller(sock, write=False)
+        ready = poller(sock, write=False)
 
         def recv(wait: float) -> int:
             """One datagram into ``scratch``; -1 after ``wait`` seconds without one.
@@ -519,7 +243,7 @@ class UdpTransport(base.Transport):
         # 1. challenge: greet again after a pause that doubles, until the producer has
         # been silent for SILENCE (a flood may fill its queue, and drop our greetings)
         cnonce = secrets.token_bytes(NONCE)
-        hello = _HELLO.pack(MAGIC, VERSION, T_HELLO, cnonce)
+        hello = HELLO.pack(MAGIC, VERSION, T_HELLO, cnonce)
         snonce = b""
         pause = CONTROL_PAUSE
         give_up = time.monotonic() + SILENCE
@@ -528,16 +252,16 @@ class UdpTransport(base.Transport):
             if time.monotonic() >= give_up:
                 raise ProducerLostError(tk, f"{where} did not answer {tries} greetings in "
                                         f"{SILENCE:g}s", self.name)
-            _send(sock, hello)
+            send_datagram(sock, hello)
             tries += 1
             until = time.monotonic() + pause
             while not snonce and (wait := until - time.monotonic()) > 0:
                 n = recv(wait)
                 if n < 0:
                     break
-                if n != _CHALLENGE.size:
+                if n != CHALLENGE.size:
                     continue
-                _, _, kind, echo, nonce, proof = _CHALLENGE.unpack(sview[:n])
+                _, _, kind, echo, nonce, proof = CHALLENGE.unpack(sview[:n])
                 if kind == T_CHALLENGE and echo == cnonce:
                     if not hmac.compare_digest(proof, auth.mac(
                             secret, b"papyc-udp-server", cnonce, nonce)):
@@ -548,9 +272,9 @@ class UdpTransport(base.Transport):
             pause = min(pause * 2, CONTROL_PAUSE_MAX)
         # 2. get, with the first window (resent the same way)
         first_count = min(window, count)
-        get = _GET.pack(MAGIC, VERSION, T_GET, snonce, key, int(remove), 0, first_count,
+        get = GET.pack(MAGIC, VERSION, T_GET, snonce, key, int(remove), 0, first_count,
                         auth.mac(secret, b"papyc-udp-client", snonce, cnonce, key,
-                                 bytes([int(remove)]), _u32(0), _u32(first_count)))
+                                 bytes([int(remove)]), u32(0), u32(first_count)))
         got = bytearray(count)
         tag = snonce[:8]
         info = None
@@ -560,17 +284,17 @@ class UdpTransport(base.Transport):
             if time.monotonic() >= heard + SILENCE:
                 raise ProducerLostError(tk, f"{where} did not answer the request in "
                                         f"{SILENCE:g}s", self.name)
-            _send(sock, get)
+            send_datagram(sock, get)
             until = time.monotonic() + pause
             while info is None and (wait := until - time.monotonic()) > 0:
                 n = recv(wait)
                 if n < 0:
                     break
-                if n == _INFO.size:
-                    _, _, kind, echo, status, isize, icount, ichunk = _INFO.unpack(sview[:n])
+                if n == INFO.size:
+                    _, _, kind, echo, status, isize, icount, ichunk = INFO.unpack(sview[:n])
                     if kind == T_INFO and echo == snonce:
                         info = (status, isize, icount, ichunk)
-                elif n >= _DATA.size:  # data overtook a lost INFO; keep it
+                elif n >= DATA.size:  # data overtook a lost INFO; keep it
                     self._take(sview, n, tag, chunk, count, size, oview, got)
                     heard = time.monotonic()
             pause = min(pause * 2, CONTROL_PAUSE_MAX)
@@ -625,27 +349,27 @@ class UdpTransport(base.Transport):
             arrived = False
         done = auth.mac(secret, b"papyc-udp-done", snonce, cnonce)
         try:
-            _send(sock, _DONE.pack(MAGIC, VERSION, T_DONE, snonce, done))
+            send_datagram(sock, DONE.pack(MAGIC, VERSION, T_DONE, snonce, done))
         except OSError:
             pass
 
     @staticmethod
     def _window(sock: socket.socket, secret: bytes, snonce: bytes, cnonce: bytes, first: int,
                 count: int) -> None:
-        proof = auth.mac(secret, b"papyc-udp-window", snonce, cnonce, _u32(first),
-                         _u32(count))
-        _send(sock, _WINDOW.pack(MAGIC, VERSION, T_WINDOW, snonce, first, count, proof))
+        proof = auth.mac(secret, b"papyc-udp-window", snonce, cnonce, u32(first),
+                         u32(count))
+        send_datagram(sock, WINDOW.pack(MAGIC, VERSION, T_WINDOW, snonce, first, count, proof))
 
     @staticmethod
     def _take(sview: memoryview, n: int, tag: bytes, chunk: int, count: int, size: int,
               oview: memoryview, got: bytearray) -> None:
         """Check one datagram and put its payload in place; drop anything else."""
-        if n < _DATA.size:
+        if n < DATA.size:
             return
-        magic, version, kind, dtag, seq, check = _DATA.unpack_from(sview)
+        magic, version, kind, dtag, seq, check = DATA.unpack_from(sview)
         if magic != MAGIC or kind != T_DATA or dtag != tag or seq >= count or got[seq]:
             return
-        payload = sview[_DATA.size:n]
+        payload = sview[DATA.size:n]
         start = seq * chunk
         expected = min(chunk, size - start)
         if payload.nbytes != expected or zlib.crc32(payload) != check:

@@ -56,7 +56,7 @@ def test_host_port_spec_with_secret_file(local_cluster, tmp_path, monkeypatch):
     secret_file = tmp_path / "secret"
     secret_file.write_text(local_cluster.secret)
     monkeypatch.setenv("PAPYCLUSTER_SECRET_FILE", str(secret_file))
-    w = open_remote_worker(f"127.0.0.1:{entry['agent_port']}")
+    w = open_remote_worker(f"127.0.0.1:{entry.agent_port}")
     try:
         assert w.name == "local2"  # the state names it
         assert _run(w, str.upper, ["a"]) == [(True, "A")]
@@ -84,7 +84,7 @@ def test_status_and_windows_profile(local_cluster):
 def test_worker_env_for_transports(local_cluster):
     w = open_remote_worker("local1")
     # multiprocessing's temp dir (forkserver socket) lives in the run dir, not in /tmp
-    run_dir = local_cluster.hosts["local1"]["run_dir"]
+    run_dir = local_cluster.hosts["local1"].run_dir
     assert list(Path(run_dir).glob("pymp-*"))
     keys = ("PAPYCLUSTER_SECRET_FILE", "PAPYCLUSTER_ADVERTISE_HOST", "PAPYCLUSTER_SHARES",
             "PAPYCLUSTER_HOST_NAME")
@@ -121,7 +121,7 @@ def test_worker_process_death_is_worker_lost(local_cluster):
 def test_frozen_agent_fails_ping_in_bounded_time(local_cluster):
     """SIGSTOP looks like a network cut: the connection stays, nothing answers."""
     w = open_remote_worker("local1")
-    pid = local_cluster.hosts["local1"]["pid"]
+    pid = local_cluster.hosts["local1"].pid
     try:
         assert w.ping(5) is True
         os.kill(pid, signal.SIGSTOP)
@@ -140,7 +140,7 @@ def test_agent_death_is_worker_lost(local_cluster):
     w = open_remote_worker("local2")
     try:
         assert _run(w, abs, [-1]) == [(True, 1)]
-        os.kill(local_cluster.hosts["local2"]["pid"], signal.SIGKILL)
+        os.kill(local_cluster.hosts["local2"].pid, signal.SIGKILL)
         with pytest.raises(WorkerLostError):
             w.recv(20)
         with pytest.raises(WorkerLostError):
@@ -154,9 +154,9 @@ def test_agent_death_is_worker_lost(local_cluster):
 def test_wrong_secret_is_refused_both_ways(local_cluster):
     entry = local_cluster.hosts["local1"]
     with pytest.raises(AuthError, match="refused|secret"):
-        AgentConnection("127.0.0.1", entry["agent_port"], new_secret(), "local1", 5)
+        AgentConnection("127.0.0.1", entry.agent_port, new_secret(), "local1", 5)
     # and the agent still serves good peers afterwards
-    conn = AgentConnection("127.0.0.1", entry["agent_port"], local_cluster.secret, "local1")
+    conn = AgentConnection("127.0.0.1", entry.agent_port, local_cluster.secret, "local1")
     try:
         assert conn.info()["name"] == "local1"
     finally:
@@ -177,17 +177,17 @@ def test_nothing_is_unpickled_before_the_proof(local_cluster, tmp_path):
     entry = local_cluster.hosts["local1"]
     marker = tmp_path / "unpickled"
     payload = pickle.dumps(_Bomb(str(marker)))
-    with socket.create_connection(("127.0.0.1", entry["agent_port"]), timeout=5) as s:
+    with socket.create_connection(("127.0.0.1", entry.agent_port), timeout=5) as s:
         hello = s.recv(len(MAGIC) + NONCE)
         assert hello.startswith(MAGIC)
         s.sendall(payload.ljust(64, b"\0") + payload * 10)
         s.settimeout(5)
         assert s.recv(100) == b""  # closed without an answer
-    with socket.create_connection(("127.0.0.1", entry["agent_port"]), timeout=5) as s:
+    with socket.create_connection(("127.0.0.1", entry.agent_port), timeout=5) as s:
         s.recv(len(MAGIC) + NONCE)
         s.sendall(b"x")  # too short: the agent waits, then gives up; we hang up first
     assert not marker.exists()
-    log = open(os.path.join(entry["run_dir"], "agent.log")).read()
+    log = open(os.path.join(entry.run_dir, "agent.log")).read()
     assert "refused connection from 127.0.0.1" in log
 
 

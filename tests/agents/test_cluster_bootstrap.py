@@ -7,8 +7,8 @@ import subprocess
 from pathlib import Path
 
 from papycluster.cluster.auth import new_secret
+from papycluster.cluster.bundle import build_bundle
 from papycluster.cluster.client import AgentConnection
-from papycluster.cluster.deploy import build_bundle
 from papycluster.cluster.remote import parse_result
 from tests.plugins.helpers import agent_pids, free_port, run_dirs
 

@@ -23,8 +23,8 @@ from pathlib import Path
 import pytest
 
 from papycluster.cluster import controller
-from papycluster.cluster.controller import run_local_script
-from papycluster.cluster.remote import _procs
+from papycluster.cluster.launcher import run_local_script
+from papycluster.cluster.remote import procs
 from tests.plugins.helpers import agent_pids, run_dirs
 from tests.transport.local_users import NOBODY, as_nobody, need_root
 
@@ -81,7 +81,7 @@ def test_a_reused_pid_in_a_stale_run_dir_of_ours_is_not_killed(
     even has the agent's command line: its start time gives it away."""
     stale = run_dir(cluster_name, "old")
     stale.mkdir(mode=0o700)
-    now = _procs.identity(victim.pid)
+    now = procs.identity(victim.pid)
     assert now is not None
     recorded = {**now, "start": str(int(now["start"]) - 1000)}  # the agent that was
     (stale / "agent.json").write_text(json.dumps({"pid": victim.pid, "process": recorded}))
@@ -116,19 +116,19 @@ def test_down_still_stops_agents_and_what_a_crashed_agent_left(cluster_name: str
 
     hosts = load_state().hosts
     for name, entry in hosts.items():
-        info = json.loads((Path(entry["run_dir"]) / "agent.json").read_text())
-        assert info["process"] == _procs.identity(entry["pid"]), name
+        info = json.loads((Path(entry.run_dir) / "agent.json").read_text())
+        assert info["process"] == procs.identity(entry.pid), name
     w = open_remote_worker("local2")  # starts the forkserver and a worker on local2
-    crashed = hosts["local2"]["pid"]
-    info = json.loads((Path(hosts["local2"]["run_dir"]) / "agent.json").read_text())
+    crashed = hosts["local2"].pid
+    info = json.loads((Path(hosts["local2"].run_dir) / "agent.json").read_text())
     deadline = time.monotonic() + 10
-    while len(_procs.orphans(crashed, info)) < 2 and time.monotonic() < deadline:
+    while len(procs.orphans(crashed, info)) < 2 and time.monotonic() < deadline:
         time.sleep(0.05)  # the agent and, in its group, the forkserver and the worker
-    assert len(_procs.orphans(crashed, info)) >= 2, "local2 started no worker"
+    assert len(procs.orphans(crashed, info)) >= 2, "local2 started no worker"
     os.kill(crashed, signal.SIGKILL)
-    while _procs.alive(crashed) and time.monotonic() < deadline:
+    while procs.alive(crashed) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert _procs.orphans(crashed, info), "the crashed agent left nothing: nothing to test"
+    assert procs.orphans(crashed, info), "the crashed agent left nothing: nothing to test"
     try:
         w.close()
     except Exception:  # its agent is gone

@@ -27,7 +27,7 @@ def slow_square(x):
 def run_with_fault(fault, heartbeat=4.0):
     result = controller.up_local(2)
     assert result.failed == []
-    victim = load_state().hosts["local2"]["pid"]
+    victim = load_state().hosts["local2"].pid
     numap = NuMap(worker_num=0, worker_remote=[("local1", 2), ("local2", 2)],
                   buffer=16, heartbeat=heartbeat, retries=2)
     task = numap.add_task(slow_square, range(ITEMS))
@@ -61,7 +61,7 @@ def test_a_silent_agent_is_declared_lost_and_its_items_rerun(cluster_name):
 
 def test_items_fail_only_when_no_remote_worker_survives(cluster_name):
     assert controller.up_local(1).failed == []
-    victim = load_state().hosts["local1"]["pid"]
+    victim = load_state().hosts["local1"].pid
     numap = NuMap(worker_num=0, worker_remote=[("local1", 2)], buffer=8, heartbeat=4.0)
     task = numap.add_task(slow_square, range(50))
     numap.start()
@@ -126,7 +126,7 @@ def test_items_parked_on_a_killed_agent_are_recomputed(cluster_name, caplog):
     from papycluster import Piper, Plumber, Worker, workers
 
     assert controller.up_local(2).failed == []
-    victim = load_state().hosts["local2"]["pid"]
+    victim = load_state().hosts["local2"].pid
     pools = [("local1", 2), ("local2", 2)]
     first = Piper(Worker((_square, workers.io.pickle_dumps, workers.io.dump_item),
                          ((), (), ("tcp",))),

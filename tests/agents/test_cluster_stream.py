@@ -23,7 +23,7 @@ from tests.agents.test_cluster_agent import _Bomb, _run
 
 
 def _log(state, host: str) -> str:
-    return open(os.path.join(state.hosts[host]["run_dir"], "agent.log")).read()
+    return open(os.path.join(state.hosts[host].run_dir, "agent.log")).read()
 
 
 @pytest.mark.parametrize("host", ["local1", "local2"])  # native and Windows profile

@@ -33,7 +33,7 @@ import pytest
 from click.testing import CliRunner
 
 from papycluster import NuMap, transport
-from papycluster.cluster import controller
+from papycluster.cluster import controller, launcher
 from papycluster.cluster.auth import MAGIC, NONCE
 from papycluster.cluster.client import AgentConnection
 from papycluster.cluster.errors import (
@@ -46,6 +46,7 @@ from papycluster.cluster.state import ClusterState, save_state
 from papycluster.errors import WorkerLostError
 from papycluster.transport import auth as tauth
 from papycluster.transport import tcp, udp
+from papycluster.transport import udp_wire as wire
 from papycluster.transport.shares import ShareError
 from papycluster.workers import io
 from tests.plugins.helpers import agent_pids, free_port, hosts_toml, run_dirs
@@ -343,9 +344,9 @@ def local_cluster(env: Env) -> Iterator[ClusterState]:
 def _(request: pytest.FixtureRequest) -> None:
     state: ClusterState = fx(request, "local_cluster")
     h = state.hosts["local1"]
-    expect_error(lambda: AgentConnection(h["connect"], h["agent_port"], WRONG_SECRET,
+    expect_error(lambda: AgentConnection(h.connect, h.agent_port, WRONG_SECRET,
                                          "local1", 5.0),
-                 AuthError, "agent local1", f"127.0.0.1:{h['agent_port']}", "secret",
+                 AuthError, "agent local1", f"127.0.0.1:{h.agent_port}", "secret",
                  timeout=30)
     rows = bounded(controller.status, 30, "status")
     assert all(r["ok"] for r in rows), rows
@@ -385,7 +386,7 @@ def _(request: pytest.FixtureRequest) -> None:
     h = state.hosts["local2"]
 
     def junk() -> bytes:
-        with socket.create_connection(("127.0.0.1", h["agent_port"]), timeout=30) as sock:
+        with socket.create_connection(("127.0.0.1", h.agent_port), timeout=30) as sock:
             hello = tauth.recv_exact(sock, len(MAGIC) + NONCE)
             assert hello.startswith(MAGIC)
             sock.sendall(b"\x00" * 64 + os.urandom(500))  # a wrong proof, then brine-ish junk
@@ -664,10 +665,10 @@ def _(request: pytest.FixtureRequest) -> None:
                 data, addr = srv.recvfrom(2048)
             except OSError:
                 continue
-            if len(data) == udp._HELLO.size:
-                cnonce = udp._HELLO.unpack(data)[3]
+            if len(data) == wire.HELLO.size:
+                cnonce = wire.HELLO.unpack(data)[3]
                 srv.sendto(data[::-1], addr)  # junk first: it must be skipped
-                srv.sendto(udp._CHALLENGE.pack(udp.MAGIC, udp.VERSION, udp.T_CHALLENGE,
+                srv.sendto(wire.CHALLENGE.pack(udp.MAGIC, udp.VERSION, udp.T_CHALLENGE,
                                                cnonce, os.urandom(16), os.urandom(32)), addr)
 
     t = threading.Thread(target=forge, daemon=True)
@@ -847,7 +848,7 @@ def old_agent(env: Env, other_version: Path) -> Iterator[ClusterState]:
 
     cluster = env.named_cluster()
     secret = new_secret()
-    res = controller.run_local_script("launch", {
+    res = launcher.run_local_script("launch", {
         "name": "oldhost", "cluster": cluster, "run_dir": "", "secret": secret,
         "bind": "127.0.0.1", "advertise": "127.0.0.1", "port": 0, "profile": "native",
         "shares": {}, "workers": 1, "pythonpath": [str(other_version)], "timeout": 30}, 60)
@@ -878,7 +879,7 @@ def _(request: pytest.FixtureRequest) -> None:
 
     state: ClusterState = fx(request, "old_agent")
     h = state.hosts["oldhost"]
-    expect_error(lambda: AgentConnection("127.0.0.1", h["agent_port"], state.secret,
+    expect_error(lambda: AgentConnection("127.0.0.1", h.agent_port, state.secret,
                                          "oldhost", 5.0),
                  VersionMismatchError, "agent oldhost", "0.0.0-other", __version__,
                  timeout=30)
@@ -920,7 +921,7 @@ def _(request: pytest.FixtureRequest) -> None:
     other: Path = fx(request, "other_version")
     cluster = env.local_cluster()
     # the real launcher, pointed at the other release's package
-    fx(request, "monkeypatch").setattr(controller, "_local_pythonpath", lambda: str(other))
+    fx(request, "monkeypatch").setattr(launcher, "local_pythonpath", lambda: str(other))
     r = cli("up", "--local", "1", timeout=120)
     assert r.exit_code == 1, r.output
     line = row(r.output, "local1")
@@ -934,17 +935,17 @@ def _(request: pytest.FixtureRequest) -> None:
       "says 'version mismatch' with both versions; the agent is stopped, no state written")
 def _(request: pytest.FixtureRequest) -> None:
     from papycluster import __version__
-    from papycluster.cluster import deploy
+    from papycluster.cluster import bundle
 
     env: Env = fx(request, "env")
     sshd = fx(request, "sshd")
     other: Path = fx(request, "other_version")
     mp = fx(request, "monkeypatch")
-    real_package_dir = deploy._package_dir
+    real_package_dir = bundle.package_dir
     # the real bundler and shipper, given the other release's package directory
-    mp.setattr(deploy, "_package_dir", lambda name: other / "papycluster"
+    mp.setattr(bundle, "package_dir", lambda name: other / "papycluster"
                if name == "papycluster" else real_package_dir(name))
-    mp.setattr(deploy, "_bundle_cache", {})
+    mp.setattr(bundle, "_bundle_cache", {})
     mp.setenv("XDG_CACHE_HOME", str(env.tmp / "xdg-cache"))  # its zip stays in tmp
     cluster = env.named_cluster()
     path = env.tmp / "hosts.toml"

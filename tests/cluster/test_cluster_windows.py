@@ -168,6 +168,28 @@ def test_up_status_check_down_on_the_wine_node(cluster: Harness, wine: Node, on_
     assert wine_run_dirs(cluster, wine) == []
 
 
+def test_preflight_of_the_wine_node(cluster: Harness, wine: Node, on_wine: str,
+                                    tmp_path: Path):
+    """``check -f`` before any ``up``: cmd, the Windows Python, its share as S:\\."""
+    from papycluster.cluster.preflight import run_preflight
+
+    path = tmp_path / "hosts.toml"
+    path.write_text(hosts_text(cluster, wine, on_wine, ["node1"]))
+    found = run_preflight(parse_hosts(path.read_text(), str(path)))
+    assert found.ok, [(h.name, h.problems) for h in found.hosts]
+    report = {h.name: h for h in found.hosts}
+    assert report[WINE].facts["os"] == "windows"
+    assert report[WINE].facts["executable"].lower() == PYTHON.lower()
+    for a, b in (("node1", WINE), (WINE, "node1"), ("controller", WINE)):
+        assert found.pair(a, b).ok, (a, b, found.pair(a, b))
+    # a share the Windows side cannot see is named, with its path
+    path.write_text(hosts_text(cluster, wine, on_wine, ["node1"], share="T:\\nowhere"))
+    found = run_preflight(parse_hosts(path.read_text(), str(path)))
+    [problem] = {h.name: h for h in found.hosts}[WINE].problems
+    assert problem.cause == "share" and "nowhere" in problem.detail, problem
+    assert wine_agents(cluster, wine) == []  # a preflight starts nothing that stays
+
+
 def test_three_stages_linux_wine_linux_fall_back_to_file_on_the_share(
         cluster: Harness, wine: Node, on_wine: str, tmp_path: Path):
     result = bring_up(cluster, wine, on_wine, ["node1", "node2"], tmp_path)

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from papycluster.cluster.deploy import script_command
 from papycluster.cluster.hosts import HostConfig
 from papycluster.cluster.remote import render
+from papycluster.cluster.shell import script_command
 
 GOLDEN = Path(__file__).parent / "golden"
 NAME = ".papycluster-0123456789abcdef.py"

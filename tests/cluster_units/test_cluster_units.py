@@ -6,10 +6,11 @@ import shlex
 
 import pytest
 
-from papycluster.cluster import deploy
+from papycluster.cluster import deploy, shell
 from papycluster.cluster.hosts import HostConfig
 from papycluster.cluster.remote import parse_result, render
-from papycluster.cluster.ssh import RunResult, quote_command, sftp_path
+from papycluster.cluster.shell import quote_command, sftp_path
+from papycluster.cluster.ssh import RunResult
 
 
 def test_sh_quoting_round_trips_and_expands_home():
@@ -36,7 +37,7 @@ def test_sftp_paths():
     ("Python 3.6.15", (3, 6, 15)), ("Python 2.7.18\n", (2, 7, 18)), ("Python 3.12", (3, 12)),
     ("bash: python: command not found", None)])
 def test_version_parsing(text, version):
-    assert deploy._parse_version(text) == version
+    assert deploy.parse_version(text) == version
 
 
 @pytest.mark.parametrize("code, err, missing", [
@@ -45,7 +46,7 @@ def test_version_parsing(text, version):
     (1, "python : The term 'python' is not recognized as the name of a cmdlet", True),
     (1, "SyntaxError: invalid syntax", False)])
 def test_no_python_detection(code, err, missing):
-    assert deploy._no_python(HostConfig("h", "a"), RunResult(code, "", err)) is missing
+    assert deploy.no_python(HostConfig("h", "a"), RunResult(code, "", err)) is missing
 
 
 def test_render_inlines_config_safely():
@@ -59,10 +60,10 @@ def test_render_inlines_config_safely():
 
 
 def test_shell_choice():
-    assert deploy._shell(HostConfig("h", "a"), "linux") == "sh"
-    assert deploy._shell(HostConfig("h", "a"), "windows") == "cmd"
-    assert deploy._shell(HostConfig("h", "a", shell="powershell"), "windows") == "powershell"
-    assert deploy._via_file("powershell") and not deploy._via_file("cmd")
+    assert shell.login_shell(HostConfig("h", "a"), "linux") == "sh"
+    assert shell.login_shell(HostConfig("h", "a"), "windows") == "cmd"
+    assert shell.login_shell(HostConfig("h", "a", shell="powershell"), "windows") == "powershell"
+    assert shell.via_file("powershell") and not shell.via_file("cmd")
 
 
 @pytest.mark.parametrize("path, spelled", [
@@ -75,4 +76,4 @@ def test_shell_choice():
     ("$HOME/x.zip", None)])
 def test_sftp_spelling_of_the_bundle_path(path, spelled):
     """Where SFTP looks for the cached bundle; None leaves it to the launch script."""
-    assert deploy._sftp_spelling(path) == spelled
+    assert shell.sftp_spelling(path) == spelled

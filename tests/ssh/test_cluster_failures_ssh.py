@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from papycluster.cluster import controller, readiness
+from papycluster.cluster.client import open_remote_worker
 from papycluster.cluster.errors import ClusterError
 from papycluster.cluster.hosts import parse_hosts
 from papycluster.cluster.state import load_state, state_path
@@ -95,7 +96,7 @@ def test_down_after_a_crash_sweeps_with_the_hosts_file(sshd, cluster_name, remot
     assert sorted(result.up) == ["a", "b"], result.failed
     assert len(agent_pids(cluster_name, children=False)) == 2
     # crash: one agent dies hard (its run dir stays), and the controller loses its state
-    os.kill(load_state().hosts["a"]["pid"], signal.SIGKILL)
+    os.kill(load_state().hosts["a"].pid, signal.SIGKILL)
     state_path().unlink()
     assert len(run_dirs(cluster_name)) == 2
     results = controller.down(config)
@@ -104,24 +105,56 @@ def test_down_after_a_crash_sweeps_with_the_hosts_file(sshd, cluster_name, remot
     assert run_dirs(cluster_name) == []
 
 
-def test_up_twice_is_refused_while_agents_answer(sshd, cluster_name, remote_cache):
-    config = parse_hosts(hosts_toml(sshd, cluster_name, [{"name": "a"}], remote_cache),
-                         "h.toml")
-    result = controller.up(config)
+def test_up_on_a_running_cluster_starts_only_what_is_missing(sshd, cluster_name,
+                                                              remote_cache):
+    """New hosts and lost hosts are started; healthy agents are left alone."""
+    one = hosts_toml(sshd, cluster_name, [{"name": "a"}], remote_cache)
+    result = controller.up(parse_hosts(one, "h.toml"))
     assert result.up == ["a"], result.failed
+    first = load_state()
+    a_pid = first.hosts["a"].pid
     try:
+        a_port = first.hosts["a"].agent_port
+        two = one + "\n".join(["", "[[host]]", 'name = "b"', 'address = "127.0.0.1"',
+                               f"agent_port = {free_port()}", ""])
+        config = parse_hosts(two, "h.toml")
+        assert config.host("a").agent_port == a_port
+        result = controller.up(config)  # b joins
+        assert result.up == ["a", "b"], result.failed
+        assert result.results[0].info.get("kept") is True
+        state = load_state()
+        assert state.secret == first.secret and state.hosts["a"].pid == a_pid
+        b_pid = state.hosts["b"].pid
+        assert len(agent_pids(cluster_name, children=False)) == 2
+
+        os.kill(b_pid, signal.SIGKILL)  # b is lost, then "back"
+        result = controller.up(config)
+        assert result.up == ["a", "b"], result.failed
+        state = load_state()
+        assert state.hosts["a"].pid == a_pid and state.hosts["b"].pid != b_pid
+        assert all(row["ok"] for row in controller.status())
+
+        w = open_remote_worker("b")  # the restarted agent serves with the same secret
+        try:
+            assert w.ping(5) is True
+        finally:
+            w.close()
+
+        other = parse_hosts(one.replace(f'name = "{cluster_name}"', 'name = "other"'),
+                            "h.toml")
         with pytest.raises(ClusterError, match="already up"):
-            controller.up(config)
+            controller.up(other)  # another cluster is refused while this one runs
     finally:
         assert all(d.ok for d in controller.down())
+    assert agent_pids(cluster_name) == []
 
 
 def test_scripts_through_a_file_as_for_powershell(sshd, cluster_name, remote_cache,
                                                   monkeypatch):
     """The PowerShell path (script copied by SFTP, run, removed), exercised with sh."""
-    from papycluster.cluster import deploy
+    from papycluster.cluster import shell
 
-    monkeypatch.setattr(deploy, "_via_file", lambda shell: True)
+    monkeypatch.setattr(shell, "via_file", lambda shell: True)
     home = Path.home()
     before = set(home.glob(".papycluster-*.py"))
     config = parse_hosts(hosts_toml(sshd, cluster_name, [
@@ -171,7 +204,7 @@ def test_ssh_config_alias_gives_hostname_port_user_and_key(sshd, cluster_name, r
     result = controller.up(parse_hosts(text, "h.toml"))
     assert result.up == ["a"], result.failed
     entry = load_state().hosts["a"]
-    assert (entry["address"], entry["connect"]) == ("labalpha", "127.0.0.1")
+    assert (entry.address, entry.connect) == ("labalpha", "127.0.0.1")
     assert all(d.ok for d in controller.down())
 
 

@@ -58,8 +58,8 @@ def test_agents_listen_on_their_address_unless_bind_says(sshd, cluster_name, rem
             for addr, port in _listening([pid]):
                 by_port[port] = (addr, pid)
         own, wide = state.hosts["own"], state.hosts["wide"]
-        own_addr, own_pid = by_port[own["agent_port"]]
-        wide_addr, wide_pid = by_port[wide["agent_port"]]
+        own_addr, own_pid = by_port[own.agent_port]
+        wide_addr, wide_pid = by_port[wide.agent_port]
         assert own_addr == "127.0.0.1"  # the address it advertises (reached over SSH)
         assert wide_addr == "0.0.0.0"   # asked for by the hosts file
         # nothing else of the default agent listens on all interfaces either

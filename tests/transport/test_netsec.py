@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 from papycluster.transport import auth, tcp, udp
+from papycluster.transport import udp_wire as wire
 from papycluster.workers import io
 
 from .peer import Peer, digest, make_data
@@ -118,7 +119,7 @@ def _flood(host: str, port: int, stop: Any, sockets: int) -> None:
         s.connect((host, port))
         s.setblocking(False)
         socks.append(s)
-    hello = udp._HELLO.pack(udp.MAGIC, udp.VERSION, udp.T_HELLO, os.urandom(16))
+    hello = wire.HELLO.pack(udp.MAGIC, udp.VERSION, udp.T_HELLO, os.urandom(16))
     sent = 0
     while not stop.is_set():
         for s in socks:
@@ -169,17 +170,17 @@ def test_udp_answers_no_more_bytes_than_it_got_before_authentication() -> None:
     """Before: a 20-byte HELLO earned a 68-byte CHALLENGE (3.4x amplification)."""
     tk = io.dump_item([b"payload" * 100], "udp")
     key = tk[6].encode()
-    head = udp._HEAD.pack(udp.MAGIC, udp.VERSION, udp.T_HELLO)
+    head = wire.HEAD.pack(udp.MAGIC, udp.VERSION, udp.T_HELLO)
     probes = [
         head + os.urandom(16),  # the old, short HELLO
-        udp._HEAD.pack(udp.MAGIC, 2, udp.T_HELLO) + os.urandom(16),  # version 2's
-        udp._HELLO.pack(udp.MAGIC, udp.VERSION, udp.T_HELLO, os.urandom(16)),
-        udp._HELLO.pack(udp.MAGIC, udp.VERSION, udp.T_HELLO, os.urandom(16)) + b"x",
-        udp._GET.pack(udp.MAGIC, udp.VERSION, udp.T_GET, os.urandom(16), key, 0, 0, 1,
+        wire.HEAD.pack(udp.MAGIC, 2, udp.T_HELLO) + os.urandom(16),  # version 2's
+        wire.HELLO.pack(udp.MAGIC, udp.VERSION, udp.T_HELLO, os.urandom(16)),
+        wire.HELLO.pack(udp.MAGIC, udp.VERSION, udp.T_HELLO, os.urandom(16)) + b"x",
+        wire.GET.pack(udp.MAGIC, udp.VERSION, udp.T_GET, os.urandom(16), key, 0, 0, 1,
                       os.urandom(32)),
-        udp._WINDOW.pack(udp.MAGIC, udp.VERSION, udp.T_WINDOW, os.urandom(16), 0, 256,
+        wire.WINDOW.pack(udp.MAGIC, udp.VERSION, udp.T_WINDOW, os.urandom(16), 0, 256,
                          os.urandom(32)),
-        udp._DONE.pack(udp.MAGIC, udp.VERSION, udp.T_DONE, os.urandom(16), os.urandom(32)),
+        wire.DONE.pack(udp.MAGIC, udp.VERSION, udp.T_DONE, os.urandom(16), os.urandom(32)),
         b"garbage",
         b"PU" + bytes([udp.VERSION]) + bytes(range(256)) * 4,
     ]
@@ -192,12 +193,12 @@ def test_udp_answers_no_more_bytes_than_it_got_before_authentication() -> None:
             answered += len(answers)
         # a GET signed with the wrong secret, on a real challenge: nothing either
         cnonce = os.urandom(16)
-        (challenge,) = _probe(sock, udp._HELLO.pack(udp.MAGIC, udp.VERSION, udp.T_HELLO,
+        (challenge,) = _probe(sock, wire.HELLO.pack(udp.MAGIC, udp.VERSION, udp.T_HELLO,
                                                     cnonce))
-        snonce = udp._CHALLENGE.unpack(challenge)[4]
+        snonce = wire.CHALLENGE.unpack(challenge)[4]
         proof = auth.mac(b"w" * 32, b"papyc-udp-client", snonce, cnonce, key, b"\x00",
                          (0).to_bytes(4, "big"), (1).to_bytes(4, "big"))
-        assert _probe(sock, udp._GET.pack(udp.MAGIC, udp.VERSION, udp.T_GET, snonce, key,
+        assert _probe(sock, wire.GET.pack(udp.MAGIC, udp.VERSION, udp.T_GET, snonce, key,
                                           0, 0, 1, proof)) == []
     assert answered == 1  # only the well-formed HELLO of this version
     assert io.load_item([tk]) == b"payload" * 100
@@ -207,7 +208,7 @@ def test_udp_greetings_are_rate_limited_per_peer() -> None:
     """One address sending 200 HELLOs at once gets a burst of challenges, not 200; another
     address is not affected."""
     tk = io.dump_item([b"x"], "udp")
-    hello = udp._HELLO.pack(udp.MAGIC, udp.VERSION, udp.T_HELLO, os.urandom(16))
+    hello = wire.HELLO.pack(udp.MAGIC, udp.VERSION, udp.T_HELLO, os.urandom(16))
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.connect((tk[4], tk[5]))
         start = time.monotonic()
@@ -223,5 +224,5 @@ def test_udp_greetings_are_rate_limited_per_peer() -> None:
         except TimeoutError:
             pass
     # the burst, plus what the rate refills while we send and the server reads
-    assert 1 <= answers <= udp.GREETING_BURST + udp.GREETING_RATE * (elapsed + 1.5) + 1
+    assert 1 <= answers <= wire.GREETING_BURST + wire.GREETING_RATE * (elapsed + 1.5) + 1
     assert io.load_item([tk]) == b"x"  # another address (the loader's) gets through

@@ -186,6 +186,9 @@ def test_a_fifo_load_notices_its_producer_dying_after_the_request(tmp_path):
     try:
         tk = peer.call("dump_value", "fifo", b"x" * 100_000, {})
         os.kill(peer.process.pid, signal.SIGSTOP)  # the server can no longer answer
+        stat = f"/proc/{peer.process.pid}/stat"
+        while open(stat).read().rsplit(")", 1)[1].split()[0] != "T":
+            time.sleep(0.01)  # until the kernel has stopped every thread of it
         failure: list = []
 
         def load() -> None:

@@ -16,6 +16,7 @@ import pytest
 
 from papycluster import transport
 from papycluster.transport import auth, ticket, udp
+from papycluster.transport import udp_wire as wire
 from papycluster.workers import io
 
 from .peer import digest, make_data
@@ -149,18 +150,18 @@ def test_unauthenticated_datagrams_are_refused(caplog: pytest.LogCaptureFixture)
         sock.connect((tk[4], tk[5]))
         sock.settimeout(2)
         # A GET whose proof is wrong, with a nonce the server never issued.
-        forged = udp._GET.pack(udp.MAGIC, udp.VERSION, udp.T_GET, os.urandom(16),
+        forged = wire.GET.pack(udp.MAGIC, udp.VERSION, udp.T_GET, os.urandom(16),
                                tk[6].encode(), 1, 0, 1, os.urandom(32))
         sock.send(forged)
         sock.send(b"garbage that is not ours")
         # A real challenge, then a GET signed with the wrong secret.
         cnonce = os.urandom(16)
-        sock.send(udp._HELLO.pack(udp.MAGIC, udp.VERSION, udp.T_HELLO, cnonce))
+        sock.send(wire.HELLO.pack(udp.MAGIC, udp.VERSION, udp.T_HELLO, cnonce))
         challenge = sock.recv(2048)
-        snonce = udp._CHALLENGE.unpack(challenge)[4]
+        snonce = wire.CHALLENGE.unpack(challenge)[4]
         proof = auth.mac(b"w" * 32, b"papyc-udp-client", snonce, cnonce, tk[6].encode(),
                          b"\x01", (0).to_bytes(4, "big"), (1).to_bytes(4, "big"))
-        sock.send(udp._GET.pack(udp.MAGIC, udp.VERSION, udp.T_GET, snonce, tk[6].encode(),
+        sock.send(wire.GET.pack(udp.MAGIC, udp.VERSION, udp.T_GET, snonce, tk[6].encode(),
                                 1, 0, 1, proof))
         with pytest.raises(TimeoutError):
             sock.recv(2048)  # no data for anyone without the secret

@@ -17,13 +17,13 @@ MARKER = "PAPYCLUSTER-RESULT "
 _PLACEHOLDER = "CONFIG = {}  # replaced by render()"
 
 
-#: The preludes put in front of each script: ``_procs.py`` (process helpers) and
-#: ``_probe.py`` (what a host has), so that each script still runs alone as ``python -``.
-_PRELUDES = {"launch": ("_procs", "_probe"), "stop": ("_procs",)}
+#: The preludes put in front of each script: ``procs.py`` (process helpers) and
+#: ``probe.py`` (what a host has), so that each script still runs alone as ``python -``.
+_PRELUDES = {"launch": ("procs", "probe"), "stop": ("procs",), "preflight": ("probe",)}
 
 
 def render(name: str, config: dict[str, Any]) -> str:
-    """The text of script ``name`` (launch, stop) with ``config`` inlined."""
+    """The text of script ``name`` (launch, stop, preflight) with ``config`` inlined."""
     here = Path(__file__).parent
     parts = [*_PRELUDES.get(name, ()), name]
     text = "\n\n".join((here / f"{part}.py").read_text(encoding="utf-8") for part in parts)

@@ -4,7 +4,7 @@
 # Prints PAPYCLUSTER-RESULT <json>.
 #
 # For `up` over SSH it does the whole visit in this one run: with a "check" in CONFIG it
-# first probes the host (probe and fit come from _probe.py) and stops there if the host
+# first probes the host (probe and fit come from probe.py) and stops there if the host
 # does not fit; then, if the bundle is not cached (SFTP normally put it there first), it
 # writes the one the controller put in CONFIG ("bundle_data"), or, when there is none,
 # returns need_bundle so that the controller sends it. The agent imports from the zip,
@@ -19,7 +19,7 @@ import sys
 import tempfile
 import time
 
-# alive, is_agent and kill_tree come from _procs.py, probe and fit from _probe.py;
+# alive, is_agent and kill_tree come from procs.py, probe and fit from probe.py;
 # render() puts both in front of this script.
 
 CONFIG = {}  # replaced by render()

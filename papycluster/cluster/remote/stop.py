@@ -16,7 +16,7 @@ import stat
 import tempfile
 import time
 
-# alive, group_alive, kill_tree, is_agent and orphans come from _procs.py, which
+# alive, group_alive, kill_tree, is_agent and orphans come from procs.py, which
 # render() puts in front of this script.
 
 CONFIG = {}  # replaced by render()
