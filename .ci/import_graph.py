@@ -1,5 +1,8 @@
 """Check the direction of papycluster's imports: no cycles, no engine -> cluster.
 
+The optional engines (Dask, Ray) are imported by ``papycluster.engines`` only, which
+no lower layer imports: the core runs without them (see ``OPTIONAL``).
+
 The layers point one way: ``cluster`` builds on ``engine`` and ``transport``, never the
 reverse, and no two modules import each other, directly or around a loop. No module
 imports another's private names (``from papycluster.x import _name``, or a module
@@ -28,7 +31,30 @@ FORBIDDEN = [
     ("papycluster.wire", "papycluster.transport"),
     ("papycluster.wire", "papycluster.cluster"),
     ("papycluster.wire", "papycluster.engine"),
+    # the lanes of Dask and Ray are found through papycluster.hooks, never imported
+    ("papycluster.engine", "papycluster.engines"),
+    ("papycluster.transport", "papycluster.engines"),
+    ("papycluster.wire", "papycluster.engines"),
+    ("papycluster.cluster", "papycluster.engines"),
 ]
+
+#: Optional third-party packages and the only part of papycluster that may import them.
+OPTIONAL = {"dask": "papycluster.engines", "distributed": "papycluster.engines",
+            "ray": "papycluster.engines"}
+
+
+def optional_imports(path: Path) -> set[str]:
+    """The OPTIONAL packages that ``path`` imports (absolute imports only)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and not node.level:
+            names = [node.module or ""]
+        else:
+            continue
+        found |= {n.split(".")[0] for n in names} & set(OPTIONAL)
+    return found
 
 
 def module_name(path: Path) -> str:
@@ -161,6 +187,12 @@ def main(argv: list[str]) -> int:
                 if (name == importer or name.startswith(importer + ".")) and (
                         target == imported or target.startswith(imported + ".")):
                     problems.append(f"layer: {name} imports {target}")
+    for path in sorted((ROOT / PACKAGE).rglob("*.py")):
+        name = module_name(path)
+        for package in sorted(optional_imports(path)):
+            allowed = OPTIONAL[package]
+            if not (name == allowed or name.startswith(allowed + ".")):
+                problems.append(f"optional: {name} imports {package} (only {allowed} may)")
     problems += private_imports()
     for problem in problems:
         print(problem)

@@ -44,6 +44,20 @@ def _remote_lane(*args: Any, **kwargs: Any) -> Any:
     return RemoteLane(*args, **kwargs)
 
 
+def _dask_lane(*args: Any, **kwargs: Any) -> Any:
+    """The lane of a Dask cluster (papycluster[dask]), imported when first needed."""
+    from papycluster.engines.dask_lane import DaskLane
+
+    return DaskLane(*args, **kwargs)
+
+
+def _ray_lane(*args: Any, **kwargs: Any) -> Any:
+    """The lane of a Ray cluster (papycluster[ray]), imported when first needed."""
+    from papycluster.engines.ray_lane import RayLane
+
+    return RayLane(*args, **kwargs)
+
+
 def _plan(plumber: Any) -> None:
     """The cluster layer's transport negotiation, imported when a Plumber needs it."""
     from papycluster.cluster.negotiate import negotiate_dagger
@@ -54,6 +68,8 @@ def _plan(plumber: Any) -> None:
 # The root package wires the layers: the engine asks papycluster.hooks, never the
 # cluster layer (see papycluster/hooks.py).
 hooks.register_lane("remote", _remote_lane)
+hooks.register_lane("dask", _dask_lane)
+hooks.register_lane("ray", _ray_lane)
 hooks.register_planner(_plan)
 
 

@@ -4,7 +4,8 @@ The engine runs pools of local workers by itself; what needs the cluster (a *lan
 remote workers for ``NuMap(worker_remote=...)``, the transport negotiation a
 ``Plumber`` runs at start) it asks of this registry, by name. The cluster layer fills
 it: the root package (``papycluster/__init__.py``) registers thin loaders that import
-``papycluster.cluster`` only when a remote pool or a negotiation is first needed, so
+``papycluster.cluster`` only when a remote pool or a negotiation is first needed (and
+``papycluster.engines``, with Dask or Ray, only for a NuMap on one of them), so
 ``from papycluster import NuMap`` alone still reaches remote workers, and
 ``papycluster.cli`` or an agent (which import the cluster layer, not the engine) load
 nothing of the engine for it.

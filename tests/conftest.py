@@ -7,6 +7,7 @@
     agents   papycluster agents started on this machine, without SSH (tests/agents)
     ssh      a real OpenSSH server on loopback, and local agents (tests/ssh)
     docker   the multi-node docker harness (tests/cluster)
+    engines  Dask distributed and Ray (the test extra), run locally (tests/engines)
 
 so that ``pytest -m unit`` is the fast loop and ``pytest -m "not docker"`` runs without
 the harness. The markers are declared in pyproject.toml and pytest runs with
@@ -30,7 +31,7 @@ pytest_plugins = [
 ]
 
 HERE = Path(__file__).parent
-NEEDS = {"cluster": "docker", "ssh": "ssh", "agents": "agents"}
+NEEDS = {"cluster": "docker", "ssh": "ssh", "agents": "agents", "engines": "engines"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -8,6 +8,11 @@ tasklet goes to the least loaded lane that takes it.
 The local workers of a NuMap whose inputs are all consumed and whose tasklets have
 all come back end (PaPy's workers ended with their input); a rerun, or a new start
 after ``stop()``, starts new ones. Remote workers stay until ``stop()``.
+
+A NuMap on an engine cluster (``worker_remote="dask://..."``, a ``distributed.Client``,
+``"ray://..."`` or ``"ray"``: see :func:`engine_of`) has one lane, the engine's
+(``papycluster.engines``, found through :mod:`papycluster.hooks` too), with
+``worker_num`` tasklets in flight on it; the engines themselves are imported there only.
 """
 
 from __future__ import annotations
@@ -25,16 +30,34 @@ from papycluster.errors import WorkerLostError
 log = logging.getLogger("papycluster.numap")
 
 
+def engine_of(worker_remote: Any) -> tuple[str, Any] | None:
+    """``('dask' | 'ray', target)`` when ``worker_remote`` names an engine cluster,
+    None for agents (a list of ``(host, n)``); ValueError for any other string."""
+    if isinstance(worker_remote, str):
+        if worker_remote.startswith("dask://"):
+            return "dask", worker_remote
+        if worker_remote == "ray" or worker_remote.startswith("ray://"):
+            return "ray", worker_remote
+        raise ValueError(f"worker_remote={worker_remote!r}: a string names an engine "
+                         "cluster ('dask://host:port', 'ray://host:port' or 'ray'); "
+                         "papycluster agents are a list of (host, n)")
+    if type(worker_remote).__module__.split(".")[0] == "distributed":
+        return "dask", worker_remote  # a distributed.Client
+    return None
+
+
 class LaneSet:
     """The lanes of a NuMap, built from its ``worker_type``, ``worker_num`` and the
-    specs of its remote workers (one per worker)."""
+    specs of its remote workers (one per worker), or the ``engine`` it runs on
+    (:func:`engine_of`)."""
 
     def __init__(self, hub: Hub, worker_type: str, worker_num: int,
-                 remote_specs: list[str]) -> None:
+                 remote_specs: list[str], engine: tuple[str, Any] | None = None) -> None:
         self.hub = hub
         self.worker_type = worker_type
         self.worker_num = worker_num
         self.remote_specs = remote_specs
+        self.engine = engine
         self.lanes: list[Lane] = []
         #: The local workers ended because the inputs were all consumed (see
         #: retire_if_idle); _lock orders ending and starting them again.
@@ -44,6 +67,13 @@ class LaneSet:
 
     def start(self) -> None:
         self.retired = False
+        if self.engine is not None:
+            kind, target = self.engine  # papycluster.engines, through the hooks
+            lane = hooks.lane_factory(kind)(self.hub, target, self.worker_num)
+            with self.hub.cond:
+                self.lanes.append(lane)
+            lane.start()
+            return
         self.start_local()
         if self.remote_specs:
             lane = hooks.lane_factory("remote")(self.hub, self.remote_specs)  # cluster.lane
@@ -53,7 +83,7 @@ class LaneSet:
 
     def start_local(self) -> None:
         """Start the local lane: processes and their getter, or threads."""
-        if not self.worker_num:
+        if not self.worker_num or self.engine is not None:
             return
         kind = ProcessLane if self.worker_type == "process" else ThreadLane
         lane = kind(self.hub, self.worker_num)

@@ -3,13 +3,14 @@
 A NuMap keeps what makes it a NuMap (tasks, weaving, the buffer, ordering, timeouts,
 reruns); the workers that run its tasklets are *lanes* behind one small interface, so
 that the NuMap never switches on the kind of executor and the engine never imports the
-cluster layer (the remote lane lives in ``papycluster.cluster.lane`` and is found
-through :mod:`papycluster.hooks`).
+cluster layer (the remote lane lives in ``papycluster.cluster.lane``, the lanes of Dask
+and Ray in ``papycluster.engines``; all are found through :mod:`papycluster.hooks`).
 
 The contract of a lane (:class:`Lane`):
 
-* ``kind`` (``'thread'``, ``'process'``, ``'remote'``) and ``local`` (local lanes end
-  when a NuMap's inputs are all consumed; remote ones stay until ``stop()``).
+* ``kind`` (``'thread'``, ``'process'``, ``'remote'``, ``'dask'``, ``'ray'``) and
+  ``local`` (local lanes end when a NuMap's inputs are all consumed; remote ones stay
+  until ``stop()``).
 * ``start()`` starts its threads (local processes start when the lane is built,
   remote workers are opened by the lane's threads).
 * ``load()``, called with the NuMap's lock held: tasklets in flight per live worker,

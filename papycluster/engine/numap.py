@@ -58,7 +58,7 @@ from typing import Any
 
 from papycluster.engine import output
 from papycluster.engine.feed import Budget, Feed
-from papycluster.engine.lane_set import LaneSet
+from papycluster.engine.lane_set import LaneSet, engine_of
 from papycluster.engine.lanes import HEARTBEAT_EVERY, Hub, join_all
 from papycluster.engine.numap_results import NuMapResults
 from papycluster.engine.tasks import NuMapTask, Task, close_tasks
@@ -94,8 +94,11 @@ class NuMap(NuMapResults):
 
     ``worker_type`` is ``'process'`` (default) or ``'thread'``; ``worker_remote`` is a
     list of ``(host, n)`` (a host of the running cluster, or ``'host:port'`` of an
-    agent) adding ``n`` remote workers each. ``start_method`` picks the
-    multiprocessing start method for local processes (default: the platform's).
+    agent) adding ``n`` remote workers each, or an engine cluster the tasklets run on
+    instead, ``worker_num`` at a time: ``'dask://host:port'`` or a
+    ``distributed.Client``, ``'ray://host:port'`` or ``'ray'`` (papycluster.engines).
+    ``start_method`` picks the multiprocessing start method for local processes
+    (default: the platform's).
 
     Remote items are never lost silently: a remote worker whose host dies, or shows no
     sign of life for ``heartbeat`` seconds, gives its item back, and a surviving remote
@@ -110,7 +113,7 @@ class NuMap(NuMapResults):
     def __init__(self, func: Callable | None = None, iterable: Iterable | None = None,
                  args: tuple | None = None, kwargs: dict | None = None,
                  worker_type: str | None = None, worker_num: int | None = None,
-                 worker_remote: list[tuple[str, int]] | None = None,
+                 worker_remote: list[tuple[str, int]] | str | Any = None,
                  stride: int | None = None, buffer: int | None = None,
                  ordered: bool = True, skip: bool = False, name: str | None = None,
                  start_method: str | None = None, retries: int = 2,
@@ -123,6 +126,10 @@ class NuMap(NuMapResults):
         if self.worker_type not in ("process", "thread"):
             raise ValueError(f"worker_type must be 'process' or 'thread', not "
                              f"{self.worker_type!r}")
+        #: ('dask' | 'ray', target) for a NuMap on an engine cluster (see lane_set)
+        self.engine = engine_of(worker_remote)
+        if self.engine is not None:
+            worker_remote = None  # worker_num is then the tasklets in flight on it
         self.worker_remote = [(str(host), int(n)) for host, n in (worker_remote or [])]
         for host, n in self.worker_remote:
             if n < 1:
@@ -176,7 +183,8 @@ class NuMap(NuMapResults):
                         adaptive=lambda: self._adaptive, parked=self._parked)
         #: The executors (see engine.lanes): the local lane first, then the remote one.
         self._lanes = LaneSet(self._hub, self.worker_type, self.worker_num,
-                              [host for host, n in self.worker_remote for _ in range(n)])
+                              [host for host, n in self.worker_remote for _ in range(n)],
+                              self.engine)
         if bool(func) != bool(iterable):
             raise ValueError("NuMap(func, iterable) needs both or neither")
         if func and iterable:
@@ -277,8 +285,8 @@ class NuMap(NuMapResults):
         self._semaphore = Budget(self.buffer or floor)
         self._parks = False  # until a worker process says it dumped an item
         for task in self._tasks:
-            if self.worker_type == "process" or self.worker_remote:
-                task.pickle(remote=bool(self.worker_remote))
+            if self.worker_type == "process" or self.worker_remote or self.engine:
+                task.pickle(remote=bool(self.worker_remote or self.engine))
         self._feed = feed = Feed(
             self.name, self._tasks, self.stride, self._semaphore, self._cond,
             self._stopping, self._generation, current=lambda: self._generation,

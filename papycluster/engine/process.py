@@ -40,6 +40,8 @@ items with the standard pickle protocol 5, falling back to cloudpickle.
 
 from __future__ import annotations
 
+import copyreg
+import io
 import multiprocessing
 import os
 import pickle
@@ -49,6 +51,7 @@ import socket
 import threading
 import time
 import traceback
+import types
 from collections import deque
 from collections.abc import Callable
 from multiprocessing.connection import Connection
@@ -67,11 +70,39 @@ HOST_ENV = output.HOST_ENV
 
 
 def dumps(obj: Any) -> bytes:
-    """Pickle ``obj`` fast with the standard pickler, or with cloudpickle if it must."""
+    """Pickle ``obj`` fast with the standard pickler, or with cloudpickle if it must.
+
+    Exceptions (error items) travel as the standard pickler makes them, even when a
+    library in this process registered its own reducer for them in ``copyreg``:
+    importing Dask's ``distributed`` does (tblib's), and its pickles would need tblib on
+    every worker, which an agent's host need not have (its worker would die on them).
+    """
     try:
-        return pickle.dumps(obj, PROTOCOL)
+        table = _plain_table()
+        if table is None:
+            return pickle.dumps(obj, PROTOCOL)
+        buffer = io.BytesIO()
+        pickler = pickle.Pickler(buffer, PROTOCOL)
+        pickler.dispatch_table = table
+        pickler.dump(obj)
+        return buffer.getvalue()
     except Exception:
         return cloudpickle.dumps(obj, PROTOCOL)
+
+
+_table: list = [-1, None]  # (size of copyreg's table when looked at, the plain table)
+
+
+def _plain_table() -> dict | None:
+    """``copyreg``'s table without reducers of exceptions and tracebacks, or None when
+    it has none (looked at again whenever its size changes)."""
+    registered = copyreg.dispatch_table
+    if _table[0] != len(registered):
+        foreign = [k for k in list(registered) if k is types.TracebackType or (
+            isinstance(k, type) and issubclass(k, BaseException))]
+        _table[:] = [len(registered), {k: v for k, v in registered.items()
+                                       if k not in foreign} if foreign else None]
+    return _table[1]
 
 
 def loads(data: bytes) -> Any:

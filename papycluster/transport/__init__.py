@@ -61,6 +61,7 @@ __all__ = [
     "prefetch",
     "set_share",
     "shares",
+    "streams",
     "sweep",
 ]
 
@@ -82,6 +83,12 @@ def _as_view(item: Any, where: str) -> tuple[memoryview, int]:
     return view, 0
 
 
+def streams() -> tuple[str, ...]:
+    """What ``dump_item`` and ``load_item`` take: the built-in stream transports and
+    any registered with ``registry.register`` (as ``engine`` is on engine workers)."""
+    return STREAM + tuple(sorted(set(registry.names()) - set(STREAM) - set(DATABASE)))
+
+
 def dump(item: Any, type: str = "file", **options: Any) -> tuple:
     """Store ``item`` (bytes-like or str) with transport ``type``; return its ticket.
 
@@ -91,8 +98,9 @@ def dump(item: Any, type: str = "file", **options: Any) -> tuple:
     type = ALIASES.get(type, type)
     if type in DATABASE:
         raise ValueError(f"{type!r} is a database transport: use dump_db_item")
-    if type not in STREAM:
-        raise ValueError(f"unknown transport {type!r}; dump_item knows {', '.join(STREAM)}")
+    known = streams()
+    if type not in known:
+        raise ValueError(f"unknown transport {type!r}; dump_item knows {', '.join(known)}")
     view, flags = _as_view(item, f"dump_item(..., {type!r})")
     fields = registry.get(type).dump(view, **options)
     base.note_parked()

@@ -88,7 +88,7 @@ def load_item(inbox: Sequence, type: str = "string", remove: bool = True,
         raise ValueError(f"load_item(type={type!r}): PaPy's types are 'string' and "
                          "'mmap' (the transport comes from the ticket)")
     data = _transport.load(inbox[0], remove=remove, timeout=timeout,
-                           family=_transport.STREAM, **options)
+                           family=_transport.streams(), **options)
     return _as_mmap(data) if type == "mmap" else data
 
 
@@ -111,7 +111,7 @@ def _prefetch_item(inbox: Sequence, type: str = "string", remove: bool = True,
                    **options: Any) -> None:
     """``load_item``'s read-ahead, with the same arguments (see ``Worker.prefetch``)."""
     _transport.prefetch(inbox[0], remove=remove, timeout=timeout,
-                        family=_transport.STREAM, **options)
+                        family=_transport.streams(), **options)
 
 
 load_item.prefetch = _prefetch_item  # type: ignore[attr-defined]

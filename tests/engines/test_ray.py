@@ -1,0 +1,109 @@
+"""NuMap on a real local Ray (num_cpus=2): semantics, faults."""
+
+from __future__ import annotations
+
+import pickle
+
+from papycluster import NuMap, Piper, Worker, WorkerLostError, workers
+from papycluster.engine import Dagger
+from papycluster.transport import ProducerLostError
+from tests.engines import semantics
+from tests.engines.conftest import hold_on_first_run, kill_when_running, pid_gone
+from tests.plugins.helpers import collect
+
+
+@semantics.cases
+def test_numap_semantics_on_ray(ray_local, case):
+    case("ray")
+
+
+def test_worker_num_is_the_tasks_in_flight_on_ray(ray_local, tmp_path):
+    semantics.worker_num_bounds_the_tasks_in_flight("ray", tmp_path, workers=2)
+
+
+def test_a_killed_ray_worker_is_retried_by_ray(ray_local, tmp_path):
+    """SIGKILL the Ray worker process running item 5: Ray runs the task again
+    (max_retries from the NuMap's retries), and every item gives its result."""
+    killer = kill_when_running(tmp_path)
+    numap = NuMap(hold_on_first_run, range(12), args=(str(tmp_path),),
+                  worker_remote="ray", worker_num=2)
+    try:
+        out = collect(iter(numap))
+    finally:
+        numap.stop()
+    killer.join(5)
+    assert pid_gone(int((tmp_path / "killed").read_text()))
+    assert out == [2 * x for x in range(12)]
+
+
+def test_a_task_ray_gives_up_is_one_error_item_naming_it(ray_local, tmp_path):
+    killer = kill_when_running(tmp_path)
+    numap = NuMap(hold_on_first_run, range(8), args=(str(tmp_path),),
+                  worker_remote="ray", worker_num=2, retries=0)
+    try:
+        out = collect(iter(numap))
+    finally:
+        numap.stop()
+    killer.join(5)
+    assert pid_gone(int((tmp_path / "killed").read_text()))
+    assert len(out) == 8
+    assert [v for i, v in enumerate(out) if i != 5] == [2 * x for x in range(8) if x != 5]
+    assert isinstance(out[5], WorkerLostError)
+    assert "item 5 of task 0" in str(out[5]) and "ray local" in str(out[5])
+    assert "WorkerCrashedError" in str(out[5])
+
+
+@semantics.TRANSPORTS
+def test_transports_between_pipers_on_ray_workers(ray_local, kind):
+    semantics.transport_between_engine_workers("ray", kind)
+
+
+def dump_engine(n: int) -> tuple:
+    return workers.io.dump_item([b"y" * (n << 20)], "engine")
+
+
+def load_size(ticket: tuple) -> int:
+    return len(workers.io.load_item([ticket]))
+
+
+def test_the_engine_transport_keeps_items_in_rays_object_store(ray_local):
+    """Only tickets reach the controller; a loader gets the bytes from Ray's store, a
+    load removes the item, and what nobody loaded goes when the dumping NuMap stops."""
+    up = NuMap(dump_engine, [1, 2, 3, 4], worker_remote="ray", worker_num=2)
+    try:
+        tickets = list(up)
+        assert all(len(pickle.dumps(t)) < 200 for t in tickets)
+        loaded = NuMap(load_size, tickets[:3] + tickets[:1], worker_remote="ray",
+                       worker_num=1)
+        try:
+            out = collect(iter(loaded))
+        finally:
+            loaded.stop()
+        assert out[:3] == [1 << 20, 2 << 20, 3 << 20]
+        assert isinstance(out[3], ProducerLostError)  # loaded already: removed
+        assert "loaded already" in str(out[3])
+    finally:
+        up.stop()
+    loaded = NuMap(load_size, tickets[3:], worker_remote="ray", worker_num=1)
+    try:
+        out = collect(iter(loaded))
+    finally:
+        loaded.stop()
+    assert isinstance(out[0], ProducerLostError)  # its pool stopped: freed
+
+
+def test_a_pipeline_moves_items_by_the_engine_transport_on_ray(ray_local):
+    up = Piper(Worker((semantics.megabytes, workers.io.dump_item), ((), ("engine",))),
+               parallel=NuMap(worker_remote="ray", worker_num=2))
+    down = Piper(Worker((workers.io.load_item, semantics.size_of)),
+                 parallel=NuMap(worker_remote="ray", worker_num=2))
+    dagger = Dagger()
+    dagger.add_pipe((up, down))
+    dagger.connect([range(1, 6)])
+    dagger.start()
+    try:
+        out = collect(iter(down))
+    finally:
+        dagger.stop()
+        dagger.disconnect(forced=True)
+    assert out == [i << 20 for i in range(1, 6)]
