@@ -58,6 +58,20 @@ def _ray_lane(*args: Any, **kwargs: Any) -> Any:
     return RayLane(*args, **kwargs)
 
 
+def _dask_hosts(*args: Any, **kwargs: Any) -> Any:
+    """The hosts of a Dask cluster's workers, for the negotiation (papycluster[dask])."""
+    from papycluster.engines.hosts import dask_hosts
+
+    return dask_hosts(*args, **kwargs)
+
+
+def _ray_hosts(*args: Any, **kwargs: Any) -> Any:
+    """The hosts of a Ray cluster's nodes, for the negotiation (papycluster[ray])."""
+    from papycluster.engines.hosts import ray_hosts
+
+    return ray_hosts(*args, **kwargs)
+
+
 def _plan(plumber: Any) -> None:
     """The cluster layer's transport negotiation, imported when a Plumber needs it."""
     from papycluster.cluster.negotiate import negotiate_dagger
@@ -70,6 +84,8 @@ def _plan(plumber: Any) -> None:
 hooks.register_lane("remote", _remote_lane)
 hooks.register_lane("dask", _dask_lane)
 hooks.register_lane("ray", _ray_lane)
+hooks.register_hosts("dask", _dask_hosts)
+hooks.register_hosts("ray", _ray_hosts)
 hooks.register_planner(_plan)
 
 

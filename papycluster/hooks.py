@@ -21,6 +21,7 @@ from typing import Any
 
 _lanes: dict[str, Callable[..., Any]] = {}
 _planner: list[Callable[[Any], None]] = []
+_hosts: dict[str, Callable[..., Any]] = {}
 
 
 def register_lane(kind: str, factory: Callable[..., Any]) -> None:
@@ -48,3 +49,19 @@ def planner() -> Callable[[Any], None]:
         raise LookupError("no transport planner is registered (papycluster.hooks."
                           "register_planner; the cluster layer registers one)")
     return _planner[0]
+
+
+def register_hosts(kind: str, prober: Callable[..., Any]) -> None:
+    """Make ``prober(target, timeout)`` list the hosts of the workers of an engine of
+    ``kind`` (``'dask'``, ``'ray'``), as capability dicts: what the negotiation of
+    transports needs of a pool that runs on it (see ``papycluster.engines.hosts``)."""
+    _hosts[kind] = prober
+
+
+def hosts_prober(kind: str) -> Callable[..., Any]:
+    """The prober registered for ``kind``; LookupError naming it when there is none."""
+    try:
+        return _hosts[kind]
+    except KeyError:
+        raise LookupError(f"no host prober is registered for {kind!r} (papycluster."
+                          "hooks.register_hosts)") from None

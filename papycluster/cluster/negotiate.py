@@ -13,7 +13,9 @@ tested without a cluster; :func:`negotiate_dagger` applies it to a Plumber befor
 
 Capabilities (``caps``) are the dicts agents report: ``name``, ``hostname``, ``os``,
 ``fork``, ``fifo``, ``shm``, ``transports`` and ``shares`` (name -> ``{"path",
-"exists"}``).
+"exists"}``). A pool on Dask or Ray has the hosts of the engine's workers, which the
+engine reports the same way, with the ``engine`` they belong to (asked through
+``papycluster.hooks``: see ``papycluster.engines.hosts``).
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ from papycluster.transport import ALIASES
 log = logging.getLogger("papycluster.negotiate")
 
 MANAGER = "manager"
+#: Items kept in a Dask or Ray cluster's store (papycluster.engines): never automatic.
+ENGINE = "engine"
 STREAM_TRANSPORTS = ("shm", "fifo", "tcp", "udp", "file")
 DEFAULT_SHARE = "default"
 
@@ -76,6 +80,8 @@ def feasible(transport: str, a: dict[str, Any], b: dict[str, Any],
     ha, hb = _host(a), _host(b)
     if transport == MANAGER:
         return None
+    if transport == ENGINE:
+        return _engine_feasible(a, b)
     if transport not in STREAM_TRANSPORTS:
         return f"unknown transport {transport!r}"
     for caps in (a, b):
@@ -106,6 +112,18 @@ def feasible(transport: str, a: dict[str, Any], b: dict[str, Any],
                       and c["shares"][share].get("exists") is False]
             return f"share {share!r}: {'; '.join(unseen) or 'not usable on both'}"
     return None
+
+
+def _engine_feasible(a: dict[str, Any], b: dict[str, Any]) -> str | None:
+    """The ``engine`` transport keeps items in an engine's own store: it goes from a
+    worker of an engine to a worker of the same one, or to the controller (whose
+    lanes are that engine's clients)."""
+    if not a.get("engine"):
+        return (f"the engine transport keeps items in a Dask or Ray cluster's store, "
+                f"and {_host(a)} is not one of its workers")
+    if b.get("engine") == a["engine"] or b.get("name") == "controller":
+        return None
+    return f"{_host(b)} is not a worker of {a['engine']}"
 
 
 def auto_transport(a: dict[str, Any], b: dict[str, Any]) -> tuple[str, dict[str, Any]]:
@@ -212,8 +230,9 @@ def manager_load(inbox: Any, **options: Any) -> Any:
     return item
 
 
-def local_caps() -> dict[str, Any]:
-    """Capabilities of the controller itself (pipers without remote workers run here)."""
+def local_caps(name: str = "controller") -> dict[str, Any]:
+    """Capabilities of this host under ``name``: of the controller itself (pipers
+    without remote workers run here), or of an engine worker (``engines.hosts``)."""
     import json
     import os
 
@@ -224,7 +243,7 @@ def local_caps() -> dict[str, Any]:
     except ValueError:
         shares = {}
     caps = capabilities("native", shares)
-    caps.update(name="controller", hostname=socket.gethostname())
+    caps.update(name=name, hostname=socket.gethostname())
     return caps
 
 
@@ -279,8 +298,25 @@ def forget_controller_env() -> None:
 class _CapsCache:
     def __init__(self) -> None:
         self.cache: dict[str, dict[str, Any]] = {}
+        self.engines: dict[Any, list[dict[str, Any]]] = {}
         self.state: Any = None
         self.loaded = False
+
+    def engine_hosts(self, numap: Any) -> list[dict[str, Any]]:
+        """The hosts of the workers of the engine ``numap`` runs on (Dask, Ray), asked
+        of the engine once per negotiation (see ``papycluster.engines.hosts``)."""
+        kind, target = numap.engine
+        key = (kind, target if isinstance(target, str) else id(target))
+        if key not in self.engines:
+            from papycluster import hooks
+
+            hosts = hooks.hosts_prober(kind)(target, log_to_driver=numap.log_to_driver)
+            if not hosts:
+                where = target if isinstance(target, str) else f"a {kind} client"
+                raise ConnectionError(f"{numap.name}: {where} has no workers (the "
+                                      "transports between pipers follow their hosts)")
+            self.engines[key] = hosts
+        return self.engines[key]
 
     def get(self, spec: str) -> dict[str, Any]:
         if spec in self.cache:
@@ -314,6 +350,8 @@ class _CapsCache:
 def piper_hosts(piper: Any, caps: _CapsCache) -> list[dict[str, Any]]:
     """The capabilities of every host where ``piper``'s worker may run."""
     numap = getattr(piper, "parallel", None)
+    if numap is not None and getattr(numap, "engine", None) is not None:
+        return caps.engine_hosts(numap)
     remote = list(getattr(numap, "worker_remote", None) or []) if numap else []
     hosts = [caps.get(spec) for spec, _ in remote]
     local_workers = getattr(numap, "worker_num", 0) if numap else 0

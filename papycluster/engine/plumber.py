@@ -135,7 +135,7 @@ class Plumber(Dagger):
     def _wants_negotiation(self) -> bool:
         """Pick transports for the pipes when a pool is remote or a dump says 'auto'."""
         for piper in self.nodes():
-            if piper.parallel and piper.parallel.worker_remote:
+            if piper.parallel and (piper.parallel.worker_remote or piper.parallel.engine):
                 return True
             for function, args, kwargs in zip(piper.worker.task, piper.worker.args,
                                                piper.worker.kwargs, strict=True):

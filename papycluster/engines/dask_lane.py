@@ -41,21 +41,25 @@ def worker_setup() -> str:
     return urlsplit(distributed.get_worker().address).hostname or ""
 
 
+def connect(target: Any, name: str) -> tuple[Any, bool]:
+    """``(client, owned)`` for ``target``: a new client of the scheduler at a
+    ``dask://`` address (owned: the caller closes it), or the ``Client`` given."""
+    if not isinstance(target, str):
+        return target, False
+    address = "tcp://" + target.removeprefix("dask://")
+    try:
+        client = distributed.Client(address, timeout=CONNECT_TIMEOUT, set_as_default=False)
+    except Exception as exc:
+        raise ConnectionError(f"{name}: cannot reach the Dask scheduler at {target!r}: "
+                              f"{exc}") from exc
+    return client, True
+
+
 class DaskLane(EngineLane):
     kind = "dask"
 
     def __init__(self, hub: Hub, target: Any, size: int) -> None:
-        if isinstance(target, str):
-            address = "tcp://" + target.removeprefix("dask://")
-            try:
-                self.client = distributed.Client(address, timeout=CONNECT_TIMEOUT,
-                                                 set_as_default=False)
-            except Exception as exc:
-                raise ConnectionError(f"{hub.name}: cannot reach the Dask scheduler at "
-                                      f"{target!r}: {exc}") from exc
-            self.owned = True
-        else:
-            self.client, self.owned = target, False
+        self.client, self.owned = connect(target, hub.name)
         where = f"dask scheduler {self.client.scheduler.address}"
         dask_store.register()  # a serial piper here may load an engine ticket
         super().__init__(hub, size, where)

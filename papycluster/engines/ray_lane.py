@@ -30,18 +30,25 @@ except ImportError as exc:  # pragma: no cover - the message is the point
 _run = ray.remote(runner.run)
 
 
+def connect(target: Any, name: str, log_to_driver: bool) -> str | None:
+    """Initialize Ray for ``target`` unless it is already; the address asked for
+    (None: a local Ray)."""
+    address = None if target == "ray" else str(target)
+    if not ray.is_initialized():
+        try:
+            ray.init(address=address, include_dashboard=False, ignore_reinit_error=True,
+                     log_to_driver=log_to_driver)
+        except Exception as exc:
+            raise ConnectionError(f"{name}: cannot start or reach Ray at {target!r}: "
+                                  f"{exc}") from exc
+    return address
+
+
 class RayLane(EngineLane):
     kind = "ray"
 
     def __init__(self, hub: Hub, target: Any, size: int) -> None:
-        address = None if target == "ray" else str(target)
-        if not ray.is_initialized():
-            try:
-                ray.init(address=address, include_dashboard=False,
-                         ignore_reinit_error=True, log_to_driver=hub.log_to_driver)
-            except Exception as exc:
-                raise ConnectionError(f"{hub.name}: cannot start or reach Ray at "
-                                      f"{target!r}: {exc}") from exc
+        address = connect(target, hub.name, hub.log_to_driver)
         self._task = _run.options(max_retries=hub.retries, num_cpus=1)
         super().__init__(hub, size, f"ray {address or 'local'}")
         self._store = ray_store.start_store(self.tag)  # the engine transport's items

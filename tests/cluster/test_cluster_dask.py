@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from papycluster import NuMap, Piper, Worker, workers
+from papycluster import NuMap, Piper, Plumber, Worker, workers
 from papycluster.cluster import controller
 from papycluster.cluster.hosts import parse_hosts
 from papycluster.engine import Dagger
@@ -47,6 +47,11 @@ def megabytes(inbox: list) -> bytes:
 
 def where_and_size(inbox: list) -> tuple[str, int]:
     return socket.gethostname(), len(inbox[0])
+
+
+def keep(inbox: list, sink: list) -> tuple[str, int]:
+    sink.append(inbox[0])  # a serial last piper, on the controller
+    return inbox[0]
 
 
 def start(cluster: Harness, node, command: str, log: str) -> int:
@@ -123,6 +128,29 @@ def test_numaps_run_on_a_dask_cluster_of_the_nodes(cluster: Harness, dask_on_nod
         dagger.disconnect(forced=True)
     assert [size for _, size in out] == [(1 + i % 4) << 20 for i in range(24)], out
     assert len({host for host, _ in out}) >= 2
+
+    # negotiated from the hosts the workers report: shm asked for, three nodes -> tcp
+    from papycluster.engines.hosts import dask_hosts
+
+    reported = dask_hosts(client)
+    assert sorted(h["hostname"] for h in reported) == ["node1", "node2", "node3"]
+    assert sorted(h["name"] for h in reported) == sorted(n.ip for n in nodes.values())
+    out = []
+    up = Piper(Worker((megabytes, workers.io.dump_item), ((), ("shm",))),
+               parallel=NuMap(worker_remote=client, worker_num=3))
+    down = Piper(Worker((workers.io.load_item, where_and_size)),
+                 parallel=NuMap(worker_remote=client, worker_num=3))
+    pipes = Plumber()
+    pipes.add_pipe((up, down, Piper(Worker(keep, (out,)))))
+    with pytest.warns(RuntimeWarning, match="shm works only on one host"):
+        pipes.start([[1 + i % 4 for i in range(12)]])
+    pipes.run()
+    try:
+        assert pipes.wait(300)
+    finally:
+        pipes.stop()
+    assert up.worker.args[1] == ("tcp",)
+    assert [size for _, size in out] == [(1 + i % 4) << 20 for i in range(12)], out
 
     # the engine transport: items stay in the cluster, names cross the controller
     up = Piper(Worker((megabytes, workers.io.dump_item), ((), ("engine",))),

@@ -133,3 +133,73 @@ def test_negotiate_dagger_rewrites_dump_type(monkeypatch):
     assert len(messages) == 2 and len(caught) == 2
     assert any("alpha" in m and "beta" in m and "'shm'" in m for m in messages)
     assert any("win" in m and "manager" in m for m in messages)
+
+
+# -- pools on an engine (Dask, Ray): the hosts its workers report ---------------------
+
+
+def engine_caps(name, engine="dask scheduler tcp://10.0.0.1:8786", **kwargs):
+    return dict(caps(name, **kwargs), engine=engine)
+
+
+E1, E2 = engine_caps("10.0.0.2"), engine_caps("10.0.0.3")
+E_SAME = engine_caps("127.0.0.1", hostname="box")
+CONTROLLER = dict(caps("controller", hostname="box"))
+
+
+def test_engine_workers_follow_the_ladder_by_their_hosts():
+    # every worker pair of two pools on one engine: several machines -> tcp
+    pairs = [(a, b) for a in (E1, E2) for b in (E1, E2)]
+    assert choose_for_pairs(pairs) == ("tcp", {}, [])
+    # workers and controller on one machine -> shm
+    assert choose_for_pairs([(E_SAME, E_SAME), (E_SAME, CONTROLLER)]) == ("shm", {}, [])
+
+
+def test_the_engine_transport_is_kept_within_one_engine_and_to_the_controller():
+    pairs = [(a, b) for a in (E1, E2) for b in (E1, E2, CONTROLLER)]
+    assert choose_for_pairs(pairs, "engine") == ("engine", {}, [])
+
+
+@pytest.mark.parametrize("a, b, why", [
+    (A, B, "alpha is not one of its workers"),
+    (E1, B, "beta is not a worker of dask scheduler"),
+    (E1, engine_caps("10.0.0.9", engine="ray"), "10.0.0.9 is not a worker of dask"),
+])
+def test_the_engine_transport_elsewhere_falls_back_naming_the_host(a, b, why):
+    chosen, _, warns = choose_for_pairs([(a, b)], "engine")
+    assert chosen == "tcp"
+    assert len(warns) == 1 and why in warns[0] and "'engine'" in warns[0]
+
+
+def test_negotiate_dagger_asks_the_engine_for_its_hosts(monkeypatch):
+    from papycluster import NuMap, Piper, Plumber, Worker, hooks, workers
+
+    asked = []
+
+    def prober(target, **kwargs):
+        asked.append(target)
+        return [E1, E2]
+
+    monkeypatch.setitem(hooks._hosts, "dask", prober)
+    up = Piper(Worker((str.encode, workers.io.dump_item), ((), ("auto",))),
+               parallel=NuMap(worker_remote="dask://10.0.0.1:8786", worker_num=2))
+    down = Piper(Worker((workers.io.load_item, bytes.decode)),
+                 parallel=NuMap(worker_remote="dask://10.0.0.1:8786", worker_num=2))
+    p = Plumber()
+    p.add_pipe((up, down))
+    assert negotiate_dagger(p) == []
+    assert up.worker.args[1] == ("tcp",)
+    assert asked == ["dask://10.0.0.1:8786"]  # once per engine and negotiation
+
+
+def test_an_engine_without_workers_is_a_clear_error(monkeypatch):
+    from papycluster import NuMap, Piper, Plumber, Worker, hooks, workers
+
+    monkeypatch.setitem(hooks._hosts, "ray", lambda target, **kwargs: [])
+    up = Piper(Worker((str.encode, workers.io.dump_item), ((), ("tcp",))),
+               parallel=NuMap(worker_remote="ray", worker_num=1, name="up"))
+    down = Piper(Worker((workers.io.load_item,)))
+    p = Plumber()
+    p.add_pipe((up, down))
+    with pytest.raises(ConnectionError, match="up: ray has no workers"):
+        negotiate_dagger(p)

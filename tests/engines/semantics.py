@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -159,6 +160,30 @@ def transport_between_engine_workers(target, kind: str) -> None:
 
 
 TRANSPORTS = pytest.mark.parametrize("kind", ["tcp", "udp", "file"])
+
+
+def negotiated_between_engine_workers(target, requested: str) -> str:
+    """A Plumber whose pools run on the engine asks it for its workers' hosts and
+    picks the pipe's transport from them; the items arrive by it, without a warning
+    (a feasible choice). The transport chosen."""
+    out: list = []
+    up = Piper(Worker((megabytes, workers.io.dump_item), ((), (requested,))),
+               parallel=NuMap(worker_remote=target, worker_num=2))
+    down = Piper(Worker((workers.io.load_item, size_of)),
+                 parallel=NuMap(worker_remote=target, worker_num=2))
+    last = Piper(Worker(keep, (out,)))
+    pipes = Plumber()
+    pipes.add_pipe((up, down, last))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # a fallback warns
+        pipes.start([range(1, 5)])
+    pipes.run()
+    try:
+        assert pipes.wait(120)
+    finally:
+        pipes.stop()
+    assert out == [i << 20 for i in range(1, 5)]
+    return up.worker.args[1][0]
 
 ALL = [results_in_order, unordered_comes_as_it_completes, lazy_within_the_buffer,
        timeouts_are_error_items_and_skip_drops_them, a_pipeline_runs_on_the_engine]

@@ -142,3 +142,44 @@ def test_a_pipeline_moves_items_by_the_engine_transport(dask_cluster):
         dagger.disconnect(forced=True)
     assert out == [i << 20 for i in range(1, 6)]
     assert [n for n in client.list_datasets() if n.startswith("papyc-")] == []
+
+
+@pytest.mark.parametrize("requested, chosen", [("auto", "shm"), ("engine", "engine")])
+def test_the_transport_is_negotiated_from_the_dask_workers_hosts(dask_cluster, requested,
+                                                                  chosen):
+    """The workers and the controller are one machine: 'auto' is shm; 'engine' stays."""
+    _, client = dask_cluster
+    assert semantics.negotiated_between_engine_workers(client, requested) == chosen
+
+
+def test_each_dask_worker_host_is_reported_once(dask_cluster):
+    import socket
+
+    from papycluster.engines.hosts import dask_hosts
+
+    cluster, client = dask_cluster
+    hosts = dask_hosts(client)
+    assert [h["name"] for h in hosts] == ["127.0.0.1"]  # two workers, one host
+    assert hosts[0]["hostname"] == socket.gethostname() and hosts[0]["shm"] is True
+    assert hosts[0]["engine"] == f"dask scheduler {cluster.scheduler_address}"
+
+
+def test_a_dask_worker_that_does_not_answer_is_taken_for_tcp_only(dask_cluster, caplog):
+    """The probe's worker is frozen (SIGSTOP): the answer comes in bounded time, the
+    host assumed to offer tcp, with a warning naming it."""
+    import os
+    import signal
+
+    from papycluster.engines.hosts import dask_hosts
+
+    _, client = dask_cluster
+    first = next(iter(client.nthreads()))  # the worker probed for 127.0.0.1
+    pid = client.run(os.getpid, workers=[first])[first]
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        hosts = dask_hosts(client, timeout=2)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert hosts == [{"name": "127.0.0.1", "os": "unknown", "engine": hosts[0]["engine"],
+                      "transports": ["tcp", "manager"]}]
+    assert "127.0.0.1 did not report its host" in caplog.text

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pickle
 
+import pytest
+
 from papycluster import NuMap, Piper, Worker, WorkerLostError, workers
 from papycluster.engine import Dagger
 from papycluster.transport import ProducerLostError
@@ -107,3 +109,20 @@ def test_a_pipeline_moves_items_by_the_engine_transport_on_ray(ray_local):
         dagger.stop()
         dagger.disconnect(forced=True)
     assert out == [i << 20 for i in range(1, 6)]
+
+
+@pytest.mark.parametrize("requested, chosen", [("auto", "shm"), ("engine", "engine")])
+def test_the_transport_is_negotiated_from_the_ray_workers_hosts(ray_local, requested,
+                                                                  chosen):
+    """The workers and the controller are one machine: 'auto' is shm; 'engine' stays."""
+    assert semantics.negotiated_between_engine_workers("ray", requested) == chosen
+
+
+def test_each_live_ray_node_is_reported(ray_local):
+    import socket
+
+    from papycluster.engines.hosts import ray_hosts
+
+    hosts = ray_hosts("ray")
+    assert [h["name"] for h in hosts] == [ray_local.util.get_node_ip_address()]
+    assert hosts[0]["hostname"] == socket.gethostname() and hosts[0]["engine"] == "ray"
