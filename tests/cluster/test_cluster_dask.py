@@ -17,10 +17,11 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from papycluster import NuMap, Piper, Plumber, Worker, workers
+from papycluster import NuMap
 from papycluster.cluster import controller
 from papycluster.cluster.hosts import parse_hosts
-from papycluster.engine import Dagger
+from papycluster.engines.hosts import dask_hosts
+from tests.engines import semantics
 from tests.plugins.helpers import collect
 
 if TYPE_CHECKING:  # the fixture comes from conftest.py
@@ -41,17 +42,10 @@ def host_after(x: tuple[int, float]) -> tuple[int, str]:
     return x[0], socket.gethostname()
 
 
-def megabytes(inbox: list) -> bytes:
-    return b"x" * (inbox[0] << 20)
-
-
 def where_and_size(inbox: list) -> tuple[str, int]:
     return socket.gethostname(), len(inbox[0])
 
 
-def keep(inbox: list, sink: list) -> tuple[str, int]:
-    sink.append(inbox[0])  # a serial last piper, on the controller
-    return inbox[0]
 
 
 def start(cluster: Harness, node, command: str, log: str) -> int:
@@ -113,60 +107,25 @@ def test_numaps_run_on_a_dask_cluster_of_the_nodes(cluster: Harness, dask_on_nod
     assert {host for _, host in out} == {"node1", "node2", "node3"}
 
     # tcp tickets name each worker's node: items go between the nodes' workers
-    up = Piper(Worker((megabytes, workers.io.dump_item), ((), ("tcp",))),
-               parallel=NuMap(worker_remote=client, worker_num=3))
-    down = Piper(Worker((workers.io.load_item, where_and_size)),
-                 parallel=NuMap(worker_remote=client, worker_num=3))
-    dagger = Dagger()
-    dagger.add_pipe((up, down))
-    dagger.connect([[1 + i % 4 for i in range(24)]])
-    dagger.start()
-    try:
-        out = collect(iter(down))
-    finally:
-        dagger.stop()
-        dagger.disconnect(forced=True)
-    assert [size for _, size in out] == [(1 + i % 4) << 20 for i in range(24)], out
+    sizes = [1 + i % 4 for i in range(24)]
+    out, _ = semantics.two_stage(client, "tcp", sizes, where_and_size, worker_num=3)
+    assert [size for _, size in out] == [n << 20 for n in sizes], out
     assert len({host for host, _ in out}) >= 2
 
     # negotiated from the hosts the workers report: shm asked for, three nodes -> tcp
-    from papycluster.engines.hosts import dask_hosts
-
     reported = dask_hosts(client)
     assert sorted(h["hostname"] for h in reported) == ["node1", "node2", "node3"]
     assert sorted(h["name"] for h in reported) == sorted(n.ip for n in nodes.values())
-    out = []
-    up = Piper(Worker((megabytes, workers.io.dump_item), ((), ("shm",))),
-               parallel=NuMap(worker_remote=client, worker_num=3))
-    down = Piper(Worker((workers.io.load_item, where_and_size)),
-                 parallel=NuMap(worker_remote=client, worker_num=3))
-    pipes = Plumber()
-    pipes.add_pipe((up, down, Piper(Worker(keep, (out,)))))
     with pytest.warns(RuntimeWarning, match="shm works only on one host"):
-        pipes.start([[1 + i % 4 for i in range(12)]])
-    pipes.run()
-    try:
-        assert pipes.wait(300)
-    finally:
-        pipes.stop()
+        out, up = semantics.two_stage(client, "shm", sizes[:12], where_and_size,
+                                      worker_num=3)
     assert up.worker.args[1] == ("tcp",)
-    assert [size for _, size in out] == [(1 + i % 4) << 20 for i in range(12)], out
+    assert [size for _, size in out] == [n << 20 for n in sizes[:12]], out
 
     # the engine transport: items stay in the cluster, names cross the controller
-    up = Piper(Worker((megabytes, workers.io.dump_item), ((), ("engine",))),
-               parallel=NuMap(worker_remote=client, worker_num=3))
-    down = Piper(Worker((workers.io.load_item, where_and_size)),
-                 parallel=NuMap(worker_remote=client, worker_num=3))
-    dagger = Dagger()
-    dagger.add_pipe((up, down))
-    dagger.connect([[1 + i % 4 for i in range(12)]])
-    dagger.start()
-    try:
-        out = collect(iter(down))
-    finally:
-        dagger.stop()
-        dagger.disconnect(forced=True)
-    assert [size for _, size in out] == [(1 + i % 4) << 20 for i in range(12)], out
+    out, _ = semantics.two_stage(client, "engine", sizes[:12], where_and_size,
+                                 worker_num=3)
+    assert [size for _, size in out] == [n << 20 for n in sizes[:12]], out
     assert not [n for n in client.list_datasets() if str(n).startswith("papyc-")]
 
     # a worker killed mid-run: the scheduler runs its tasklets on the others

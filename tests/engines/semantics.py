@@ -9,8 +9,16 @@ from pathlib import Path
 
 import pytest
 
-from papycluster import NuMap, NuMapTimeoutError, Piper, Plumber, Worker, workers
-from papycluster.engine import Dagger
+from papycluster import (
+    NuMap,
+    NuMapTimeoutError,
+    Piper,
+    Plumber,
+    Worker,
+    WorkerLostError,
+    workers,
+)
+from tests.engines.conftest import hold_on_first_run, kill_when_running, pid_gone
 from tests.plugins.helpers import collect
 
 
@@ -140,50 +148,72 @@ def size_of(inbox: list) -> int:
     return len(inbox[0])
 
 
+def two_stage(target, kind: str, sizes=range(1, 6), then=size_of, worker_num: int = 2
+              ) -> tuple[list, Piper]:
+    """A Plumber: items of ``sizes`` MB made by a pool on the engine, sent by ``kind``
+    (negotiated from the hosts of the engine's workers) to a second pool there, whose
+    ``then`` results a serial last piper keeps. The results, in order, and the first
+    piper (its ``dump_item`` type is the negotiated one)."""
+    out: list = []
+    up = Piper(Worker((megabytes, workers.io.dump_item), ((), (kind,))),
+               parallel=NuMap(worker_remote=target, worker_num=worker_num))
+    down = Piper(Worker((workers.io.load_item, then)),
+                 parallel=NuMap(worker_remote=target, worker_num=worker_num))
+    pipes = Plumber()
+    pipes.add_pipe((up, down, Piper(Worker(keep, (out,)))))
+    pipes.start([list(sizes)])
+    pipes.run()
+    try:
+        assert pipes.wait(300)
+    finally:
+        pipes.stop()
+    return out, up
+
+
 def transport_between_engine_workers(target, kind: str) -> None:
     """``kind`` tickets go from one engine worker to another (the producer serves the
     item, tcp and udp prove the run's secret both ends were handed)."""
-    up = Piper(Worker((megabytes, workers.io.dump_item), ((), (kind,))),
-               parallel=NuMap(worker_remote=target, worker_num=2))
-    down = Piper(Worker((workers.io.load_item, size_of)),
-                 parallel=NuMap(worker_remote=target, worker_num=2))
-    dagger = Dagger()
-    dagger.add_pipe((up, down))
-    dagger.connect([range(1, 6)])
-    dagger.start()
-    try:
-        out = collect(iter(down))
-    finally:
-        dagger.stop()
-        dagger.disconnect(forced=True)
+    out, _ = two_stage(target, kind)
     assert out == [i << 20 for i in range(1, 6)]
 
 
-TRANSPORTS = pytest.mark.parametrize("kind", ["tcp", "udp", "file"])
+TRANSPORTS = pytest.mark.parametrize("kind", ["tcp", "udp", "file", "engine"])
 
 
 def negotiated_between_engine_workers(target, requested: str) -> str:
-    """A Plumber whose pools run on the engine asks it for its workers' hosts and
-    picks the pipe's transport from them; the items arrive by it, without a warning
-    (a feasible choice). The transport chosen."""
-    out: list = []
-    up = Piper(Worker((megabytes, workers.io.dump_item), ((), (requested,))),
-               parallel=NuMap(worker_remote=target, worker_num=2))
-    down = Piper(Worker((workers.io.load_item, size_of)),
-                 parallel=NuMap(worker_remote=target, worker_num=2))
-    last = Piper(Worker(keep, (out,)))
-    pipes = Plumber()
-    pipes.add_pipe((up, down, last))
+    """The pools' hosts are asked of the engine and the pipe's transport picked from
+    them; the items arrive by it, without a warning (a feasible choice). The transport
+    chosen."""
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)  # a fallback warns
-        pipes.start([range(1, 5)])
-    pipes.run()
-    try:
-        assert pipes.wait(120)
-    finally:
-        pipes.stop()
+        out, up = two_stage(target, requested, range(1, 5))
     assert out == [i << 20 for i in range(1, 5)]
     return up.worker.args[1][0]
+
+
+def killed_worker_run(target, mark_dir: Path, items: int, **numap_options) -> list:
+    """The results of ``hold_on_first_run`` on ``items`` inputs, whose worker running
+    item 5 the first time is SIGKILLed (and is gone)."""
+    killer = kill_when_running(mark_dir)
+    numap = NuMap(hold_on_first_run, range(items), args=(str(mark_dir),),
+                  worker_remote=target, worker_num=2, **numap_options)
+    try:
+        out = collect(iter(numap))
+    finally:
+        numap.stop()
+    killer.join(5)
+    assert pid_gone(int((mark_dir / "killed").read_text()))
+    return out
+
+
+def assert_only_item_5_lost(out: list, *causes: str) -> None:
+    """Every item but 5 gave its result; 5 is one WorkerLostError naming ``causes``."""
+    assert len(out) == 8
+    assert [v for i, v in enumerate(out) if i != 5] == [2 * x for x in range(8) if x != 5]
+    assert isinstance(out[5], WorkerLostError)
+    for cause in ("item 5 of task 0", *causes):
+        assert cause in str(out[5]), out[5]
+
 
 ALL = [results_in_order, unordered_comes_as_it_completes, lazy_within_the_buffer,
        timeouts_are_error_items_and_skip_drops_them, a_pipeline_runs_on_the_engine]

@@ -6,11 +6,8 @@ import pickle
 
 import pytest
 
-from papycluster import NuMap, Piper, Worker, WorkerLostError, workers
-from papycluster.engine import Dagger
+from papycluster import NuMap, workers
 from tests.engines import semantics
-from tests.engines.conftest import hold_on_first_run, kill_when_running, pid_gone
-from tests.plugins.helpers import collect
 
 
 @semantics.cases
@@ -34,16 +31,7 @@ def test_a_killed_dask_worker_is_retried_by_the_scheduler(dask_cluster, tmp_path
     """SIGKILL the worker process running item 5: the scheduler runs it again on a
     worker that lives (its nanny starts a new one), and every item gives its result."""
     _, client = dask_cluster
-    killer = kill_when_running(tmp_path)
-    numap = NuMap(hold_on_first_run, range(12), args=(str(tmp_path),),
-                  worker_remote=client, worker_num=2)
-    try:
-        out = collect(iter(numap))
-    finally:
-        numap.stop()
-    killer.join(5)
-    killed = int((tmp_path / "killed").read_text())
-    assert pid_gone(killed)
+    out = semantics.killed_worker_run(client, tmp_path, 12)
     assert out == [2 * x for x in range(12)]
     client.wait_for_workers(2, timeout=60)  # the nanny's new worker, for the next tests
 
@@ -57,20 +45,8 @@ def test_a_task_the_scheduler_gives_up_is_one_error_item_naming_it(tmp_path):
     with dask.config.set({"distributed.scheduler.allowed-failures": 0}), \
             LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                          dashboard_address=None) as cluster, Client(cluster) as client:
-        killer = kill_when_running(tmp_path)
-        numap = NuMap(hold_on_first_run, range(8), args=(str(tmp_path),),
-                      worker_remote=client, worker_num=2, retries=0)
-        try:
-            out = collect(iter(numap))
-        finally:
-            numap.stop()
-        killer.join(5)
-    assert pid_gone(int((tmp_path / "killed").read_text()))
-    assert len(out) == 8
-    assert [v for i, v in enumerate(out) if i != 5] == [2 * x for x in range(8) if x != 5]
-    assert isinstance(out[5], WorkerLostError)
-    assert "KilledWorker" in str(out[5]) and "dask scheduler tcp://" in str(out[5])
-    assert "item 5 of task 0" in str(out[5])
+        out = semantics.killed_worker_run(client, tmp_path, 8, retries=0)
+    semantics.assert_only_item_5_lost(out, "KilledWorker", "dask scheduler tcp://")
 
 
 def test_an_unreachable_scheduler_fails_the_start_naming_it():
@@ -90,6 +66,8 @@ def test_a_string_that_names_no_engine_is_refused():
 def test_transports_between_pipers_on_dask_workers(dask_cluster, kind):
     _, client = dask_cluster
     semantics.transport_between_engine_workers(client, kind)
+    # an engine item is a published dataset until its load removes it
+    assert [n for n in client.list_datasets() if n.startswith("papyc-")] == []
 
 
 def dump_engine(n: int) -> tuple:
@@ -123,25 +101,6 @@ def test_the_engine_transport_keeps_items_in_the_dask_cluster(dask_cluster):
 
 def load_size(ticket: tuple) -> int:
     return len(workers.io.load_item([ticket]))
-
-
-def test_a_pipeline_moves_items_by_the_engine_transport(dask_cluster):
-    _, client = dask_cluster
-    up = Piper(Worker((semantics.megabytes, workers.io.dump_item), ((), ("engine",))),
-               parallel=NuMap(worker_remote=client, worker_num=2))
-    down = Piper(Worker((workers.io.load_item, semantics.size_of)),
-                 parallel=NuMap(worker_remote=client, worker_num=2))
-    dagger = Dagger()
-    dagger.add_pipe((up, down))
-    dagger.connect([range(1, 6)])
-    dagger.start()
-    try:
-        out = collect(iter(down))
-    finally:
-        dagger.stop()
-        dagger.disconnect(forced=True)
-    assert out == [i << 20 for i in range(1, 6)]
-    assert [n for n in client.list_datasets() if n.startswith("papyc-")] == []
 
 
 @pytest.mark.parametrize("requested, chosen", [("auto", "shm"), ("engine", "engine")])

@@ -6,11 +6,9 @@ import pickle
 
 import pytest
 
-from papycluster import NuMap, Piper, Worker, WorkerLostError, workers
-from papycluster.engine import Dagger
+from papycluster import NuMap, workers
 from papycluster.transport import ProducerLostError
 from tests.engines import semantics
-from tests.engines.conftest import hold_on_first_run, kill_when_running, pid_gone
 from tests.plugins.helpers import collect
 
 
@@ -26,33 +24,13 @@ def test_worker_num_is_the_tasks_in_flight_on_ray(ray_local, tmp_path):
 def test_a_killed_ray_worker_is_retried_by_ray(ray_local, tmp_path):
     """SIGKILL the Ray worker process running item 5: Ray runs the task again
     (max_retries from the NuMap's retries), and every item gives its result."""
-    killer = kill_when_running(tmp_path)
-    numap = NuMap(hold_on_first_run, range(12), args=(str(tmp_path),),
-                  worker_remote="ray", worker_num=2)
-    try:
-        out = collect(iter(numap))
-    finally:
-        numap.stop()
-    killer.join(5)
-    assert pid_gone(int((tmp_path / "killed").read_text()))
+    out = semantics.killed_worker_run("ray", tmp_path, 12)
     assert out == [2 * x for x in range(12)]
 
 
 def test_a_task_ray_gives_up_is_one_error_item_naming_it(ray_local, tmp_path):
-    killer = kill_when_running(tmp_path)
-    numap = NuMap(hold_on_first_run, range(8), args=(str(tmp_path),),
-                  worker_remote="ray", worker_num=2, retries=0)
-    try:
-        out = collect(iter(numap))
-    finally:
-        numap.stop()
-    killer.join(5)
-    assert pid_gone(int((tmp_path / "killed").read_text()))
-    assert len(out) == 8
-    assert [v for i, v in enumerate(out) if i != 5] == [2 * x for x in range(8) if x != 5]
-    assert isinstance(out[5], WorkerLostError)
-    assert "item 5 of task 0" in str(out[5]) and "ray local" in str(out[5])
-    assert "WorkerCrashedError" in str(out[5])
+    out = semantics.killed_worker_run("ray", tmp_path, 8, retries=0)
+    semantics.assert_only_item_5_lost(out, "ray local", "WorkerCrashedError")
 
 
 @semantics.TRANSPORTS
@@ -92,23 +70,6 @@ def test_the_engine_transport_keeps_items_in_rays_object_store(ray_local):
     finally:
         loaded.stop()
     assert isinstance(out[0], ProducerLostError)  # its pool stopped: freed
-
-
-def test_a_pipeline_moves_items_by_the_engine_transport_on_ray(ray_local):
-    up = Piper(Worker((semantics.megabytes, workers.io.dump_item), ((), ("engine",))),
-               parallel=NuMap(worker_remote="ray", worker_num=2))
-    down = Piper(Worker((workers.io.load_item, semantics.size_of)),
-                 parallel=NuMap(worker_remote="ray", worker_num=2))
-    dagger = Dagger()
-    dagger.add_pipe((up, down))
-    dagger.connect([range(1, 6)])
-    dagger.start()
-    try:
-        out = collect(iter(down))
-    finally:
-        dagger.stop()
-        dagger.disconnect(forced=True)
-    assert out == [i << 20 for i in range(1, 6)]
 
 
 @pytest.mark.parametrize("requested, chosen", [("auto", "shm"), ("engine", "engine")])
