@@ -64,15 +64,15 @@ def module_name(path: Path) -> str:
     return ".".join(parts)
 
 
-def imports_of(path: Path, name: str, modules: set[str]) -> set[str]:
-    """The package's modules that ``path`` imports (a name imported from a package
-    counts as its submodule when there is one)."""
-    tree = ast.parse(path.read_text(), str(path))
+def imported_names(path: Path, name: str) -> list[tuple[ast.AST, list[str]]]:
+    """Each import statement of ``path`` (module ``name``) with the dotted names it
+    imports, relative imports resolved: ``import a.b`` gives ``a.b``; ``from .x import
+    y`` in ``pkg.m`` gives ``pkg.x.y``."""
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-    found: set[str] = set()
-    for node in ast.walk(tree):
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.Import):
-            targets = [alias.name for alias in node.names]
+            found.append((node, [alias.name for alias in node.names]))
         elif isinstance(node, ast.ImportFrom):
             if node.level:
                 base = package.split(".")
@@ -80,9 +80,17 @@ def imports_of(path: Path, name: str, modules: set[str]) -> set[str]:
                 prefix = ".".join(base + ([node.module] if node.module else []))
             else:
                 prefix = node.module or ""
-            targets = [f"{prefix}.{alias.name}" for alias in node.names] + [prefix]
-        else:
-            continue
+            found.append((node, [f"{prefix}.{alias.name}" for alias in node.names]))
+    return found
+
+
+def imports_of(path: Path, name: str, modules: set[str]) -> set[str]:
+    """The package's modules that ``path`` imports (a name imported from a package
+    counts as its submodule when there is one, else as the package)."""
+    found: set[str] = set()
+    for node, targets in imported_names(path, name):
+        if isinstance(node, ast.ImportFrom):  # the module imported from runs too
+            targets = [*targets, targets[0].rpartition(".")[0]]
         for target in targets:
             if target in modules:
                 found.add(target)
@@ -101,24 +109,10 @@ def private_imports() -> list[str]:
     found = []
     for path in sorted((ROOT / PACKAGE).rglob("*.py")):
         name = module_name(path)
-        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
-            if isinstance(node, ast.Import):
-                wanted = [alias.name for alias in node.names]
-            elif isinstance(node, ast.ImportFrom):
-                if node.level:
-                    base = package.split(".")
-                    base = base[: len(base) - node.level + 1]
-                    prefix = ".".join(base + ([node.module] if node.module else []))
-                else:
-                    prefix = node.module or ""
-                wanted = [f"{prefix}.{alias.name}" for alias in node.names]
-            else:
-                continue
-            for target in wanted:
-                if target.split(".")[0] != PACKAGE:
-                    continue
-                if any(_is_private(part) for part in target.split(".")[1:]):
+        for _, targets in imported_names(path, name):
+            for target in targets:
+                parts = target.split(".")
+                if parts[0] == PACKAGE and any(_is_private(p) for p in parts[1:]):
                     found.append(f"private: {name} imports {target}")
     return found
 
