@@ -137,7 +137,7 @@ class _Visit:
         try:
             target = ssh.resolve_target(self.config, self.host)
             self.target_address = target.hostname
-            self.conn = ssh.Connection(target).__enter__()  # closed by close()
+            self.conn = ssh.Connection(target).open()  # closed by close()
             found = self.run({"mode": "host", "shares": self.host.shares,
                               "cluster": self.config.name, "name": self.host.name,
                               "check": {"agent_port": self.host.agent_port,

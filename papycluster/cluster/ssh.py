@@ -388,9 +388,14 @@ class Connection:
         self.name = target.name
         self.fabric: fabric.Connection | None = None
 
-    def __enter__(self) -> Connection:
+    def open(self) -> Connection:
+        """Connect and authenticate (HostError naming the cause); ``close`` ends it.
+        ``with Connection(target) as conn:`` does both."""
         self.fabric = open_connection(self.target)
         return self
+
+    def __enter__(self) -> Connection:
+        return self.open()
 
     def __exit__(self, *exc: object) -> None:
         self.close()
