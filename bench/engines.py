@@ -10,6 +10,9 @@ its length) run on, in one run and interleaved:
 * ``ray lane``    ``NuMap(worker_remote="ray")`` on a local Ray (``num_cpus=2``),
 * ``dask+store``, ``ray+store``  the lanes with the ``engine`` transport between the
                   stages (16 MB items only): only a ticket crosses the controller,
+* ``dask+auto``, ``ray+auto``  the lanes with ``dump_item(..., "auto")`` between the
+                  stages (16 MB items only), negotiated from the hosts the engine's
+                  workers report (here one machine: ``shm``),
 * ``dask map``    plain ``client.map(make)`` then ``client.map(measure)`` on the same
                   cluster, the baseline of the Dask lane,
 * ``ray tasks``   plain Ray tasks ``measure.remote(make.remote(x))``, the baseline of
@@ -40,6 +43,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from papycluster import NuMap, Piper, Worker, workers  # noqa: E402
+from papycluster.cluster.negotiate import negotiate_dagger  # noqa: E402
 from papycluster.engine import Dagger  # noqa: E402
 
 MB16 = 16 << 20
@@ -71,9 +75,10 @@ def timed(results, n: int, want: list[int], what: str) -> float:
     return n / elapsed
 
 
-def pipeline(make_pool, n: int, size: int, what: str, store: bool = False) -> float:
-    if store:  # the item stays in the engine: the stages exchange a ticket
-        up = Piper(Worker((make, workers.io.dump_item), ((size,), ("engine",))),
+def pipeline(make_pool, n: int, size: int, what: str, transport: str | None = None
+             ) -> float:
+    if transport:  # the stages exchange a ticket, by the transport negotiated for it
+        up = Piper(Worker((make, workers.io.dump_item), ((size,), (transport,))),
                    parallel=make_pool())
         down = Piper(Worker((workers.io.load_item, measure)), parallel=make_pool())
     else:
@@ -81,6 +86,8 @@ def pipeline(make_pool, n: int, size: int, what: str, store: bool = False) -> fl
         down = Piper(Worker(measure), parallel=make_pool())
     dagger = Dagger()
     dagger.add_pipe((up, down))
+    if transport:
+        negotiate_dagger(dagger)  # what Plumber.start does: 'auto' is shm here
     dagger.connect([range(n + 1)])
     dagger.start()
     try:
@@ -151,14 +158,18 @@ def main() -> None:
         "ray lane": lambda n, s: pipeline(lambda: NuMap(
             worker_remote="ray", worker_num=k), n, s, "ray lane"),
         "dask+store": lambda n, s: pipeline(lambda: NuMap(
-            worker_remote=client, worker_num=k), n, s, "dask+store", True),
+            worker_remote=client, worker_num=k), n, s, "dask+store", "engine"),
         "ray+store": lambda n, s: pipeline(lambda: NuMap(
-            worker_remote="ray", worker_num=k), n, s, "ray+store", True),
+            worker_remote="ray", worker_num=k), n, s, "ray+store", "engine"),
+        "dask+auto": lambda n, s: pipeline(lambda: NuMap(
+            worker_remote=client, worker_num=k), n, s, "dask+auto", "auto"),
+        "ray+auto": lambda n, s: pipeline(lambda: NuMap(
+            worker_remote="ray", worker_num=k), n, s, "ray+auto", "auto"),
         "dask map": lambda n, s: dask_map(client, n, s),
         "ray tasks": lambda n, s: ray_tasks(ray, n, s),
     }
     workloads = [("trivial", opts.trivial, 0), ("16 MB", opts.big, MB16)]
-    stored = ("dask+store", "ray+store")  # bytes items only
+    stored = ("dask+store", "ray+store", "dask+auto", "ray+auto")  # bytes items only
     rates: dict[tuple[str, str], list[float]] = {}
     try:
         for _, _, size in workloads:  # warm every pool up once
@@ -179,7 +190,7 @@ def main() -> None:
         ray.shutdown()
         controller.down()
     base = {"dask lane": "dask map", "ray lane": "ray tasks", "dask+store": "dask map",
-            "ray+store": "ray tasks"}
+            "ray+store": "ray tasks", "dask+auto": "dask map", "ray+auto": "ray tasks"}
     print(f"\ntwo-stage pipeline, median of {opts.reps} (items/s from the first result; "
           f"lanes with worker_num={k}; {os.cpu_count()} cores)")
     print(f"{'items':<9}{'path':<12}{'items/s':>10}{'x base':>9}")

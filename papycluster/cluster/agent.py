@@ -43,6 +43,7 @@ from papycluster.cluster.agent_protocol import (
 from papycluster.cluster.agent_service import Agent, make_service
 from papycluster.cluster.auth import SECRET_FILE_ENV, HmacAuthenticator, read_secret_file
 from papycluster.cluster.remote.procs import identity as process_identity
+from papycluster.wire.ports import PORTS_ENV
 
 log = logging.getLogger("papycluster.agent")
 
@@ -87,6 +88,8 @@ def main(argv: list | None = None) -> None:
     parser.add_argument("--profile", choices=("native", "windows"), default="native")
     parser.add_argument("--shares", default="{}", help="JSON: share name -> local path")
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--ports", default="",
+                        help='"first-last": the ports its workers\' listeners may use')
     args = parser.parse_args(argv)
 
     run_dir = args.run_dir or default_run_dir(args.cluster, args.name)
@@ -108,6 +111,10 @@ def main(argv: list | None = None) -> None:
     else:
         os.environ.pop("PAPYCLUSTER_BIND_HOST", None)
     os.environ["PAPYCLUSTER_SHARES"] = json.dumps(shares)
+    if args.ports:  # every listener of the agent's workers (papycluster.wire.ports)
+        os.environ[PORTS_ENV] = args.ports
+    else:
+        os.environ.pop(PORTS_ENV, None)
     os.environ["PAPYCLUSTER_HOST_NAME"] = args.name
     os.environ["PAPYCLUSTER_PROFILE"] = args.profile
     # Workers relay what they print to their controller (engine.output), and still

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from papycluster.cluster.errors import HostsFileError
+from papycluster.wire.ports import parse_ports
 
 DEFAULT_AGENT_PORT = 18871
 DEFAULT_CONNECT_TIMEOUT = 10.0
@@ -48,6 +49,8 @@ _HOST_KEYS: dict[str, tuple[tuple[type, ...], str]] = {
     "bind": ((str,), 'the address the agent listens on, default its address; "0.0.0.0" '
                      'for every interface'),
     "packages": ((list,), 'a list of requirements such as ["numpy==2.*"] (see README)'),
+    "ports": ((str,), 'the ports the agent and its item servers listen on, such as '
+                      '"20000-20100" (a range a firewall opens)'),
 }
 _DEFAULT_KEYS = {k: v for k, v in _HOST_KEYS.items() if k not in ("name", "address")}
 _CLUSTER_KEYS: dict[str, tuple[tuple[type, ...], str]] = {
@@ -58,6 +61,7 @@ _CLUSTER_KEYS: dict[str, tuple[tuple[type, ...], str]] = {
     "ssh_config": ((str,), 'an OpenSSH client config path, default "~/.ssh/config"'),
     "host_key_policy": ((str,), '"strict" (default) or "accept-new"'),
     "packages": _HOST_KEYS["packages"],
+    "ports": _HOST_KEYS["ports"],
 }
 _TOP_KEYS = ("cluster", "defaults", "host")
 
@@ -82,6 +86,9 @@ class HostConfig:
     bind: str | None = None  # None: listen on the address the agent advertises
     #: Requirements ``up`` installs there (the cluster's, then the host's own).
     packages: list[str] = field(default_factory=list)
+    #: Ports the agent (its first, unless agent_port says) and its workers' listeners
+    #: use, as "first-last"; None: the agent_port and any free port.
+    ports: str | None = None
     local: bool = False  # started as a subprocess on this machine, without SSH
 
 
@@ -97,6 +104,7 @@ class ClusterConfig:
     ssh_config: str = "~/.ssh/config"
     host_key_policy: str = "strict"
     packages: list[str] = field(default_factory=list)
+    ports: str | None = None  # every host's, unless its own says otherwise
     hosts: list[HostConfig] = field(default_factory=list)
 
     def host(self, name: str) -> HostConfig:
@@ -200,6 +208,12 @@ def _check_table(path: str, loc: _Locator, section: str, index: int, table: Any,
         if key == "bind" and not _BIND_RE.match(value):
             raise HostsFileError(path, loc.where(section, key, index),
                                  f"bad bind address {value!r}", f"use {desc}")
+        if key == "ports":
+            try:
+                parse_ports(value)
+            except ValueError as exc:
+                raise HostsFileError(path, loc.where(section, key, index), str(exc),
+                                     f"use {desc}") from None
         if key == "packages":
             for requirement in value:
                 if not isinstance(requirement, str) or not requirement.strip():
@@ -283,8 +297,28 @@ def parse_hosts(text: str, path: str = "<hosts>") -> ClusterConfig:
         if "os" in merged:
             merged["os"] = merged["os"].lower()
         merged["packages"] = [*config.packages, *merged.get("packages", [])]
+        merged.setdefault("ports", config.ports)
+        if merged["ports"]:
+            _agent_port_in(merged, path, loc, index, "agent_port" in table)
         config.hosts.append(HostConfig(**merged))
     return config
+
+
+def _agent_port_in(merged: dict[str, Any], path: str, loc: _Locator, index: int,
+                   own: bool) -> None:
+    """With ``ports``, the agent listens on the range's first port unless its
+    ``agent_port`` is given, and a given one must be in the range (a firewall that
+    opens the range would refuse it)."""
+    ports = parse_ports(merged["ports"])
+    if "agent_port" not in merged:
+        merged["agent_port"] = ports.start
+    elif merged["agent_port"] not in ports:
+        section = "host" if own else "defaults"
+        raise HostsFileError(path, loc.where(section, "agent_port", index if own else -1),
+                             f"agent_port {merged['agent_port']} is outside ports "
+                             f"{merged['ports']!r}",
+                             "use a port of the range, or leave agent_port out (the "
+                             "agent then takes the range's first port)")
 
 
 def load_hosts(path: str | Path) -> ClusterConfig:

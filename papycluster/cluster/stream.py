@@ -18,8 +18,9 @@ before it has proved the secret, and nothing but the token until the token match
 A zero-length frame from the agent says that the worker process ended.
 
 The listener uses an ephemeral port (hosts already reach each other's ephemeral ports
-for the tcp transport). A controller that cannot open a stream keeps RPyC for that
-worker, so a firewall costs speed, not function.
+for the tcp transport), or one of the hosts file's ``ports``
+(:mod:`papycluster.wire.ports`). A controller that cannot open a stream keeps RPyC for
+that worker, so a firewall costs speed, not function.
 
 This module runs on the agent too: Python 3.9, no ``match``, no runtime ``X | Y``.
 """
@@ -39,6 +40,7 @@ from papycluster.cluster.auth import (
     client_handshake,
     server_handshake,
 )
+from papycluster.wire import ports
 from papycluster.wire.frames import FRAME, SMALL, recv_exact, recv_frame, send_frame
 
 #: The frames are papycluster.wire's; named here for the agent and the client.
@@ -79,9 +81,8 @@ class StreamListener:
         family = socket.AF_INET6 if ":" in bind else socket.AF_INET
         self.sock = socket.socket(family, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind((bind, 0))
+        self.port = ports.bind_port(self.sock, bind, "the agent's worker-stream listener")
         self.sock.listen(64)
-        self.port = self.sock.getsockname()[1]
         self.closed = False
         threading.Thread(target=self._accept, name="papycluster-streams",
                          daemon=True).start()

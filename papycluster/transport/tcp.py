@@ -40,6 +40,7 @@ from papycluster.transport.base import (
     TransportError,
     log,
 )
+from papycluster.wire import ports
 from papycluster.wire.frames import recv_into_exact, send_parts
 
 ADVERTISE_ENV = "PAPYCLUSTER_ADVERTISE_HOST"
@@ -137,13 +138,12 @@ class TcpServer:
         bind = bind_host()
         self.sock = socket.socket(_family(bind), socket.SOCK_STREAM)
         try:
-            self.sock.bind((bind, 0))
+            self.port = ports.bind_port(self.sock, bind, "the tcp item server")
             self.sock.listen(128)
         except OSError as exc:
             self.sock.close()
-            raise TransportError(f"tcp: cannot listen on {bind!r} ({BIND_ENV}): {exc}") \
-                from None
-        self.port = self.sock.getsockname()[1]
+            raise TransportError(f"tcp: cannot listen on {bind!r} ({BIND_ENV}): "
+                                 f"{exc.strerror or exc}") from None
         self.sock.setblocking(False)
         self._wake_r, self._wake_w = socket.socketpair()
         self._closed = threading.Event()

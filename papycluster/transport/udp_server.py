@@ -53,6 +53,7 @@ from papycluster.transport.udp_wire import (
     poller,
     u32,
 )
+from papycluster.wire import ports
 
 
 class _Session:
@@ -78,10 +79,11 @@ class UdpServer:
         family = socket.AF_INET6 if ":" in bind else socket.AF_INET
         self.sock = socket.socket(family, socket.SOCK_DGRAM)
         try:
-            self.sock.bind((bind, 0))
+            self.port = ports.bind_port(self.sock, bind, "the udp item server")
         except OSError as exc:
             self.sock.close()
-            raise TransportError(f"udp: cannot bind {bind!r}: {exc}") from None
+            raise TransportError(f"udp: cannot bind {bind!r}: {exc.strerror or exc}") \
+                from None
         for option, size in ((socket.SO_SNDBUF, SNDBUF), (socket.SO_RCVBUF, SERVER_RCVBUF)):
             try:
                 self.sock.setsockopt(socket.SOL_SOCKET, option, size)
@@ -90,7 +92,6 @@ class UdpServer:
         # Non-blocking: reads go through the selector, sends wait in _sendmsg (bounded).
         self.sock.setblocking(False)
         self._out = poller(self.sock, write=True)
-        self.port = self.sock.getsockname()[1]
         self._challenges: dict[bytes, tuple[Any, bytes, float]] = {}
         self._sessions: dict[bytes, _Session] = {}
         self._greetings: dict[Any, list[float]] = {}  # addr -> [tokens, last refill]

@@ -144,3 +144,41 @@ def test_bind_key_and_share_names_that_are_fine():
     a, b = c.hosts
     assert a.bind == "0.0.0.0" and b.bind is None and b.port == 65535
     assert a.shares == {"my-data_1.v2": "/d"}
+
+
+# -- ports: the range a firewall opens ------------------------------------------------
+
+
+def test_ports_of_the_cluster_apply_to_every_host_and_a_hosts_own_win():
+    config = parse_hosts('[cluster]\nports = "20000-20100"\n'
+                         '[[host]]\nname = "a"\naddress = "x"\n'
+                         '[[host]]\nname = "b"\naddress = "y"\nports = "30000-30010"\n'
+                         '[[host]]\nname = "c"\naddress = "z"\nagent_port = 20050\n')
+    a, b, c = config.hosts
+    assert (a.ports, a.agent_port) == ("20000-20100", 20000)  # the range's first port
+    assert (b.ports, b.agent_port) == ("30000-30010", 30000)
+    assert (c.ports, c.agent_port) == ("20000-20100", 20050)
+    assert parse_hosts('[[host]]\nname = "a"\naddress = "x"\n').hosts[0].ports is None
+
+
+@pytest.mark.parametrize("text, where, words", [
+    ('[cluster]\nports = "20100-20000"\n[[host]]\nname = "a"\naddress = "x"\n',
+     "line 2, [cluster] key 'ports'", ["first <= last", "20000-20100"]),
+    ('[[host]]\nname = "a"\naddress = "x"\nports = "many"\n',
+     "line 4, [[host]] #1 key 'ports'", ["not a range"]),
+    ('[defaults]\nports = 20000\n[[host]]\nname = "a"\naddress = "x"\n',
+     "line 2", ["must be a string"]),
+    ('[[host]]\nname = "a"\naddress = "x"\nports = "20000-20100"\nagent_port = 18871\n',
+     "line 5, [[host]] #1 key 'agent_port'", ["18871 is outside ports '20000-20100'",
+                                             "leave agent_port out"]),
+    ('[defaults]\nagent_port = 18871\n[cluster]\nports = "20000-20100"\n'
+     '[[host]]\nname = "a"\naddress = "x"\n', "line 2, [defaults] key 'agent_port'",
+     ["outside ports"]),
+])
+def test_a_bad_port_range_is_named_with_its_line(text, where, words):
+    with pytest.raises(HostsFileError) as info:
+        parse_hosts(text, "lab.toml")
+    msg = str(info.value)
+    assert where in msg and "fix:" in msg, msg
+    for w in words:
+        assert w in msg, msg

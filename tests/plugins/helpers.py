@@ -34,6 +34,27 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def free_range(n: int) -> range:
+    """``n`` consecutive ports that are free now (each bound once and let go)."""
+    for _ in range(50):
+        start = free_port()
+        if start + n > 65535:
+            continue
+        socks = []
+        try:
+            for port in range(start, start + n):
+                s = socket.socket()
+                socks.append(s)
+                s.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+        return range(start, start + n)
+    raise RuntimeError("no free range of ports")
+
+
 def wait_port(port: int, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -9,8 +9,9 @@ import pytest
 from papycluster import NuMap, Piper, PiperError, Plumber, Worker, workers
 from papycluster.cluster import controller
 from papycluster.cluster.hosts import parse_hosts
+from papycluster.cluster.state import load_state
 from papycluster.errors import WorkerLostError
-from tests.plugins.helpers import agent_pids, hosts_toml, run_dirs
+from tests.plugins.helpers import agent_pids, free_range, hosts_toml, run_dirs
 
 
 def _pipeline(up_host: str, down_host: str, transport: str, n: int = 30):
@@ -78,6 +79,38 @@ def test_pipeline_over_ssh_hosts_with_tcp(sshd, cluster_name, remote_cache):
     finally:
         assert all(d.ok for d in controller.down())
     assert agent_pids(cluster_name) == [] and run_dirs(cluster_name) == []
+
+
+def item_server_ports(_: int) -> tuple[int, int]:
+    """On a worker: the ports its tcp and udp item servers listen on (from tickets)."""
+    tcp = workers.io.dump_item([b"x" * 100], "tcp")
+    udp = workers.io.dump_item([b"y" * 100], "udp")
+    return tcp[5], udp[5]  # (magic, version, transport, flags, host, port, ...)
+
+
+def test_every_listener_of_an_agent_is_in_its_ports(sshd, cluster_name, remote_cache):
+    """``ports`` per host: the agent takes the range's first port, its workers' item
+    servers ports of the range, and a tcp pipeline runs between the two hosts."""
+    ranges = {"alpha": free_range(12), "beta": free_range(12)}
+    hosts = [{"name": n, "ports": f"{r.start}-{r.stop - 1}", "agent_port": r.start}
+             for n, r in ranges.items()]
+    config = parse_hosts(hosts_toml(sshd, cluster_name, hosts, remote_cache), "h.toml")
+    result = controller.up(config)
+    assert sorted(result.up) == ["alpha", "beta"], result.failed
+    try:
+        for name, entry in load_state().hosts.items():
+            assert entry.agent_port == ranges[name].start
+        good, errors, _, up = _pipeline("alpha", "beta", "tcp", n=20)
+        assert good == sorted(i * i + 1 for i in range(20) if i != 13) and errors == 1
+        for name, r in ranges.items():
+            numap = NuMap(item_server_ports, [0], worker_num=0, worker_remote=[(name, 1)])
+            try:
+                tcp_port, udp_port = numap.next(timeout=60)
+            finally:
+                numap.stop()
+            assert tcp_port in r and udp_port in r, (name, r, tcp_port, udp_port)
+    finally:
+        assert all(d.ok for d in controller.down())
 
 
 def test_unknown_remote_host_is_an_error_not_a_hang(cluster_name, caplog):

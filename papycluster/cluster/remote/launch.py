@@ -192,7 +192,8 @@ def launch(run_dir, pythonpath):
             "--secret-file", secret_path, "--run-dir", run_dir,
             "--profile", CONFIG.get("profile", "native"),
             "--shares", json.dumps(CONFIG.get("shares", {})),
-            "--workers", str(CONFIG.get("workers", 2))]
+            "--workers", str(CONFIG.get("workers", 2)),
+            "--ports", CONFIG.get("ports") or ""]
     log = open(os.path.join(run_dir, "agent.log"), "ab")
     kw = dict(stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=run_dir,
               env=env, close_fds=True)
