@@ -37,7 +37,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from timing import items_for, items_per_second  # noqa: E402
+from timing import StepClock, items_for, items_per_second  # noqa: E402
 
 from papycluster import NuMap, Piper, Worker, workers  # noqa: E402
 from papycluster.cluster import controller  # noqa: E402
@@ -262,38 +262,6 @@ def _run(h: Harness, args: argparse.Namespace, began: float) -> None:
     print(f"total {time.perf_counter() - began:.0f} s")
 
 
-#: ``up``'s progress messages (their beginnings) -> the step that starts with them.
-#: (The first match counts; the list holds the messages of earlier versions too.)
-STEPS = [("connecting", "ssh connect"), ("checking Python, OS, temp dir, port;", "check+start"),
-         ("checking", "check/probe"), ("shipping", "ship"), ("papycluster already", "ship"),
-         ("starting agent", "start agent"), ("waiting for the agent", "agent answers"),
-         ("up:", None)]
-
-
-class _StepClock:
-    """A progress callback that times each host's steps (from one message to the next)."""
-
-    def __init__(self) -> None:
-        self.start = time.perf_counter()
-        self.marks: dict[str, list[tuple[float, str]]] = {}
-        self.lock = threading.Lock()
-
-    def __call__(self, host: str, message: str) -> None:
-        with self.lock:
-            self.marks.setdefault(host, []).append((time.perf_counter(), message))
-
-    def steps(self) -> dict[str, float]:
-        """Per step, its longest duration over the hosts (seconds)."""
-        out: dict[str, float] = {}
-        for marks in self.marks.values():
-            for (t0, msg), (t1, _) in zip(marks, marks[1:], strict=False):
-                step = next((name for prefix, name in STEPS if msg.startswith(prefix)),
-                            msg.split(" ")[0])
-                if step is not None:
-                    out[step] = max(out.get(step, 0.0), t1 - t0)
-        return out
-
-
 def _time_up(h: Harness, workdir: Path, reps: int) -> None:
     """Wall time of ``papycluster up`` on one bare node and on four (median, ratio).
 
@@ -306,7 +274,7 @@ def _time_up(h: Harness, workdir: Path, reps: int) -> None:
         for label, nodes in groups.items():
             text = h.hosts_toml(nodes, cluster_name=f"up{rep}" + secrets.token_hex(3))
             config = parse_hosts(text, str(workdir / "hosts.toml"))
-            clock = _StepClock()
+            clock = StepClock()
             start = time.perf_counter()
             result = controller.up(config, clock)
             elapsed = time.perf_counter() - start

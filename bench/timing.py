@@ -1,4 +1,5 @@
-"""What the benchmarks share: timing a two-piper pipeline between its first and last result.
+"""What the benchmarks share: timing a two-piper pipeline between its first and last result,
+and timing each host's steps of ``papycluster up``/``down`` from their progress messages.
 
 Imported by ``bench/transports.py`` and ``bench/cluster.py`` (run as scripts, so this folder
 is on ``sys.path``).
@@ -6,6 +7,7 @@ is on ``sys.path``).
 
 from __future__ import annotations
 
+import threading
 import time
 
 from papycluster import Piper
@@ -44,3 +46,37 @@ def items_for(size: int, quick: bool, budget: int, most: int, least: int = 8) ->
     between ``least`` and ``most`` items; a quarter of that with ``quick``."""
     n = max(least, min(most, budget // size))
     return max(least, n // 4) if quick else n
+
+
+#: ``up``'s progress messages (their beginnings) -> the step that starts with them.
+#: (The first match counts; the list holds the messages of earlier versions too.)
+UP_STEPS = [("connecting", "ssh connect"),
+            ("checking Python, OS, temp dir, port;", "check+start"),
+            ("checking", "check/probe"), ("shipping", "ship"), ("papycluster already", "ship"),
+            ("starting agent", "start agent"), ("waiting for the agent", "agent answers"),
+            ("up:", None)]
+
+
+class StepClock:
+    """A progress callback of ``up`` or ``down`` that times each host's steps (from one
+    message to the next), to show where the wall time of a visit goes."""
+
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+        self.marks: dict[str, list[tuple[float, str]]] = {}
+        self.lock = threading.Lock()
+
+    def __call__(self, host: str, message: str) -> None:
+        with self.lock:
+            self.marks.setdefault(host, []).append((time.perf_counter(), message))
+
+    def steps(self) -> dict[str, float]:
+        """Per step, its longest duration over the hosts (seconds)."""
+        out: dict[str, float] = {}
+        for marks in self.marks.values():
+            for (t0, msg), (t1, _) in zip(marks, marks[1:], strict=False):
+                step = next((name for prefix, name in UP_STEPS if msg.startswith(prefix)),
+                            msg.split(" ")[0])
+                if step is not None:
+                    out[step] = max(out.get(step, 0.0), t1 - t0)
+        return out
