@@ -15,6 +15,10 @@ a deeper buffer a worker holds its next tasklet and ``load_item`` reads its item
 (see ``papycluster.transport.read_ahead``), while the manager path does not gain from it
 on two cores. "x manager" compares with the manager path at its best buffer.
 
+``tcp`` items are served by ZeroMQ with CURVE (authenticated and encrypted, the
+default); the ``tcp-clear`` rows run the same pipelines with encryption off in the
+dumping worker (``PAPYCLUSTER_ENCRYPT=0``: the HMAC handshake, then the plain socket).
+
 ``file`` and ``sqlite`` items carry a MAC under the cluster secret (see
 ``papycluster.transport.integrity``); their rows ``file -MAC`` and ``sqlite -MAC`` run the
 same pipelines with it switched off in both worker processes (a bench-only switch), and
@@ -56,8 +60,8 @@ from papycluster import NuMap, Piper, Worker, workers
 
 SIZES = [("100 B", 100), ("10 KB", 10_000), ("1 MB", 1 << 20), ("16 MB", 16 << 20)]
 STREAM = ["tcp", "udp", "fifo", "shm", "file"]
-RAW_FOR = {"tcp": "socket", "udp": "socket", "fifo": "shm copy", "shm": "shm copy",
-           "file": "shm copy", "sqlite": "shm copy", "file-MAC": "shm copy",
+RAW_FOR = {"tcp": "socket", "tcp-clear": "socket", "udp": "socket", "fifo": "shm copy",
+           "shm": "shm copy", "file": "shm copy", "sqlite": "shm copy", "file-MAC": "shm copy",
            "sqlite-MAC": "shm copy"}
 #: The share of the ``file`` rows: a directory of this run, not the temp directory.
 BENCH_SHARE = "bench"
@@ -105,6 +109,15 @@ def mac_switch(inbox: Any, off: bool) -> Any:
     return inbox[0]
 
 
+def encrypt_switch(inbox: Any, on: bool) -> Any:
+    """First thing in the dumping worker of a tcp pipe: its items served by CURVE (the
+    default) or by the HMAC socket in clear (``tcp-clear``, ``PAPYCLUSTER_ENCRYPT=0``)."""
+    from papycluster.transport import curve
+
+    os.environ[curve.ENCRYPT_ENV] = "1" if on else "0"
+    return inbox[0]
+
+
 def dump_to_bench_share(inbox: Any) -> tuple:
     return workers.io.dump_item(inbox, "file", share=BENCH_SHARE)
 
@@ -132,6 +145,10 @@ def run_pipeline(kind: str, size: int, n: int, array: bool = False, buffer: int 
         up_args.append((off,))
         down_funcs.append(mac_switch)
         down_args.append((off,))
+    if kind in ("tcp", "tcp-clear"):
+        up_funcs.append(encrypt_switch)
+        up_args.append((kind == "tcp",))
+        kind = "tcp"
     if array and kind != "manager":
         up_funcs.append(workers.io.pickle_dumps)
         up_args.append(())
@@ -330,7 +347,7 @@ def main() -> None:
 
 
 def _run(args: argparse.Namespace) -> None:
-    kinds = ["manager", *STREAM, "file-MAC", "sqlite", "sqlite-MAC"]
+    kinds = ["manager", "tcp", "tcp-clear", *STREAM[1:], "file-MAC", "sqlite", "sqlite-MAC"]
     if args.only:
         kinds = ["manager"] + [k for k in args.only.split(",") if k != "manager"]
     buffers = [int(b) for b in args.buffers.split(",")]

@@ -45,7 +45,7 @@ def _sample(name: str, annotation: object) -> object:
     if text.startswith("int") or annotation is int:
         return 7
     if "tuple" in text:
-        return ("papyc", 1, "tcp", 0)
+        return ("papyc", 2, "tcp", 0)
     return f"sample-{name}"
 
 

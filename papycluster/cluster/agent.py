@@ -43,6 +43,7 @@ from papycluster.cluster.agent_protocol import (
 from papycluster.cluster.agent_service import Agent, make_service
 from papycluster.cluster.auth import SECRET_FILE_ENV, HmacAuthenticator, read_secret_file
 from papycluster.cluster.remote.procs import identity as process_identity
+from papycluster.transport.curve import ENCRYPT_ENV
 from papycluster.wire.ports import PORTS_ENV
 
 log = logging.getLogger("papycluster.agent")
@@ -88,6 +89,8 @@ def main(argv: list | None = None) -> None:
     parser.add_argument("--profile", choices=("native", "windows"), default="native")
     parser.add_argument("--shares", default="{}", help="JSON: share name -> local path")
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--encrypt", choices=("0", "1"), default="1",
+                        help="1: tcp items encrypted with CURVE; 0: the HMAC socket")
     parser.add_argument("--ports", default="",
                         help='"first-last": the ports its workers\' listeners may use')
     args = parser.parse_args(argv)
@@ -111,6 +114,7 @@ def main(argv: list | None = None) -> None:
     else:
         os.environ.pop("PAPYCLUSTER_BIND_HOST", None)
     os.environ["PAPYCLUSTER_SHARES"] = json.dumps(shares)
+    os.environ[ENCRYPT_ENV] = args.encrypt  # how its workers serve tcp items
     if args.ports:  # every listener of the agent's workers (papycluster.wire.ports)
         os.environ[PORTS_ENV] = args.ports
     else:

@@ -19,6 +19,8 @@ import sys
 import tempfile
 from typing import Any
 
+from papycluster.transport import curve
+
 #: Seconds any single RPyC request may take before it fails (never wait forever).
 #: ``PAPYCLUSTER_RPC_TIMEOUT`` in a process's environment changes it for that process
 #: (each side bounds its own waits).
@@ -61,6 +63,7 @@ def capabilities(profile: str, shares: dict[str, str]) -> dict[str, Any]:
         has_shm = True
     except ImportError:
         has_shm = False
+    tcp = curve.usable()  # encrypted tcp needs pyzmq here
     share_info = {}
     for name, path in shares.items():
         share_info[name] = {"path": path, "exists": os.path.isdir(path),
@@ -73,7 +76,7 @@ def capabilities(profile: str, shares: dict[str, str]) -> dict[str, Any]:
         "shares": share_info,
         "transports": [t for t, ok in (
             ("shm", has_shm and not windows), ("fifo", hasattr(os, "mkfifo") and not windows),
-            ("tcp", True), ("udp", True), ("file", True), ("manager", True)) if ok],
+            ("tcp", tcp), ("udp", True), ("file", True), ("manager", True)) if ok],
     }
 
 

@@ -201,7 +201,7 @@ def _start(config: ClusterConfig, launcher: Launcher, state: ClusterState,
 
 
 _SSH_OPTIONS = ("connect_timeout", "start_timeout", "known_hosts", "ssh_config",
-                "host_key_policy")
+                "host_key_policy", "encrypt")
 
 
 @dataclass

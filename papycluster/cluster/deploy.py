@@ -142,15 +142,51 @@ def _ship(conn: ssh.Connection, host: HostConfig, bundle: Path, path: str,
     return True
 
 
+#: What encrypted tcp needs on a host (its CURVE); shipped to UNIX hosts with ``encrypt``.
+ZMQ_REQUIREMENT = "pyzmq>=25"
+
+
 def _ship_packages(conn: ssh.Connection, host: HostConfig, shell: str, cache_dir: str,
-                   timeout: float, progress: Any) -> dict[str, Any]:
-    """The hosts file's ``packages`` for ``host``: wheels downloaded here for its
-    platform and Python, shipped by SFTP unless cached there (see cluster.packages)."""
+                   timeout: float, progress: Any, encrypt: bool = False
+                   ) -> dict[str, Any] | None:
+    """The hosts file's ``packages`` for ``host`` (and pyzmq on a UNIX host when tcp is
+    encrypted): wheels downloaded here for its platform and Python, shipped by SFTP
+    unless cached there (see cluster.packages). None when it needs none.
+
+    pyzmq is what encrypted tcp needs, not what the user asked for: when it cannot be
+    had (a controller without a package index, no wheel for the host, a Python the
+    launch check will refuse anyway), the host comes up without it, with a warning, and
+    reports no tcp to the negotiation (see ``agent_protocol.capabilities``)."""
+    try:
+        return _fetch_and_ship(conn, host, shell, cache_dir, timeout, progress,
+                               with_zmq=encrypt)
+    except HostError as exc:
+        if not encrypt or any(_is_zmq(r) for r in host.packages):
+            raise
+        progress(host.name, f"no pyzmq for this host ({exc.cause}: {exc.detail}); its "
+                            "tcp items need it when encrypted")
+        if not host.packages:
+            return None
+        return _fetch_and_ship(conn, host, shell, cache_dir, timeout, progress,
+                               with_zmq=False)
+
+
+def _is_zmq(requirement: str) -> bool:
+    return requirement.replace("_", "-").lower().startswith("pyzmq")
+
+
+def _fetch_and_ship(conn: ssh.Connection, host: HostConfig, shell: str, cache_dir: str,
+                    timeout: float, progress: Any, with_zmq: bool) -> dict[str, Any] | None:
     from papycluster.cluster import packages
 
     info = _run_script(conn, host, shell, "platform_tags", {}, timeout, "check failed")
-    progress(host.name, f"packages {', '.join(host.packages)} for {packages.describe(info)}")
-    wheels = packages.download(host.name, host.packages, info)
+    wanted = list(host.packages)
+    if with_zmq and info["os"] != "windows" and not any(_is_zmq(r) for r in wanted):
+        wanted.append(ZMQ_REQUIREMENT)  # Windows hosts use file, never tcp
+    if not wanted:
+        return None
+    progress(host.name, f"packages {', '.join(wanted)} for {packages.describe(info)}")
+    wheels = packages.download(host.name, wanted, info)
     site = packages.plan(cache_dir, wheels)
     wait = max(timeout, 60.0)
     try:
@@ -196,14 +232,16 @@ def start_host(config: ClusterConfig, host: HostConfig, secret: str,
         bundle_path = f"{cache_dir}/{papycluster.__version__}-{digest}.zip"
         _ship(conn, host, bundle, bundle_path, max(timeout, 60.0), progress)
         site = None
-        if host.packages:
-            site = _ship_packages(conn, host, shell, cache_dir, timeout, progress)
+        if host.packages or config.encrypt:
+            site = _ship_packages(conn, host, shell, cache_dir, timeout, progress,
+                                  config.encrypt)
         script = {
             "name": host.name, "cluster": config.name, "run_dir": "",
             "secret": secret, "bind": host.bind or target.hostname,
             "advertise": target.hostname,
             "port": host.agent_port, "profile": host.profile, "shares": host.shares,
             "workers": host.workers, "timeout": config.start_timeout, "ports": host.ports,
+            "encrypt": config.encrypt,
             "pythonpath": [bundle_path] + ([site["dir"]] if site else []),
             "site": site and {"dir": site["dir"], "wheels": list(site["wheels"]),
                               "names": site["names"]},

@@ -62,6 +62,8 @@ _CLUSTER_KEYS: dict[str, tuple[tuple[type, ...], str]] = {
     "host_key_policy": ((str,), '"strict" (default) or "accept-new"'),
     "packages": _HOST_KEYS["packages"],
     "ports": _HOST_KEYS["ports"],
+    "encrypt": ((bool,), "true (the default: tcp items between hosts are encrypted "
+                         "with CURVE) or false (a trusted network: authenticated, in clear)"),
 }
 _TOP_KEYS = ("cluster", "defaults", "host")
 
@@ -105,6 +107,8 @@ class ClusterConfig:
     host_key_policy: str = "strict"
     packages: list[str] = field(default_factory=list)
     ports: str | None = None  # every host's, unless its own says otherwise
+    #: tcp items encrypted (CURVE, pyzmq shipped to UNIX hosts) or by the HMAC socket
+    encrypt: bool = True
     hosts: list[HostConfig] = field(default_factory=list)
 
     def host(self, name: str) -> HostConfig:
@@ -166,7 +170,7 @@ class _Locator:
 
 def _type_name(types: tuple[type, ...]) -> str:
     names = {int: "an integer", float: "a number", str: "a string", dict: "a table",
-             list: "a list"}
+             list: "a list", bool: "true or false"}
     return " or ".join(names.get(t, t.__name__) for t in types)
 
 
@@ -182,7 +186,7 @@ def _check_table(path: str, loc: _Locator, section: str, index: int, table: Any,
             raise HostsFileError(path, loc.where(section, key, index), "unknown key",
                                  f"{hint}known keys are: {', '.join(schema)}")
         types, desc = schema[key]
-        if isinstance(value, bool) or not isinstance(value, types):
+        if (isinstance(value, bool) and bool not in types) or not isinstance(value, types):
             raise HostsFileError(
                 path, loc.where(section, key, index),
                 f"must be {_type_name(types)}, not {type(value).__name__} {value!r}",

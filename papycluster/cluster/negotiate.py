@@ -277,6 +277,8 @@ def prepare_controller_env(state: Any = None) -> None:
                 break
     if "PAPYCLUSTER_HOST_NAME" not in os.environ:
         put("PAPYCLUSTER_HOST_NAME", "controller")
+    if state.options.get("encrypt") is False and "PAPYCLUSTER_ENCRYPT" not in os.environ:
+        put("PAPYCLUSTER_ENCRYPT", "0")  # the hosts file's encrypt = false
 
 
 #: What :func:`prepare_controller_env` set (and the user had not): undone at ``down``.

@@ -32,9 +32,10 @@ import threading
 import time
 from typing import Any
 
-from papycluster.transport import auth, base, buffers, ticket
+from papycluster.transport import auth, base, buffers, curve, tcp_curve, ticket
 from papycluster.transport.base import (
     ProducerLostError,
+    SecretError,
     StaleTicketError,
     TicketError,
     TransportError,
@@ -332,7 +333,9 @@ class ConnectionPool:
 class _State:
     def __init__(self) -> None:
         self.server: TcpServer | None = None
+        self.curve_server: tcp_curve.CurveServer | None = None
         self.pool = ConnectionPool()
+        self.curve_pool = tcp_curve.CurvePool()
         self.lock = threading.Lock()
 
     def get_server(self) -> TcpServer:
@@ -340,6 +343,13 @@ class _State:
             if self.server is None:
                 self.server = TcpServer()
             return self.server
+
+    def get_curve_server(self) -> tcp_curve.CurveServer:
+        with self.lock:
+            if self.curve_server is None:
+                self.curve_server = tcp_curve.CurveServer(
+                    auth.get_secret(), ItemStore(), advertise_host(), bind_host())
+            return self.curve_server
 
     def forget_after_fork(self) -> None:
         if self.server is not None:
@@ -349,16 +359,27 @@ class _State:
         for socks in self.pool._idle.values():
             for sock in socks:
                 sock.close()
+        if self.curve_server is not None:
+            self.curve_server.forget_after_fork()
+        self.curve_pool.forget_after_fork()
 
     def close(self) -> None:
         if self.server is not None:
             self.server.close()
+        if self.curve_server is not None:
+            self.curve_server.close()
         self.pool.close()
+        self.curve_pool.close()
+
+
+#: The ``wire`` field of a tcp ticket: how its server is reached.
+WIRE_CURVE = "curve"  # ZeroMQ with CURVE: authenticated and encrypted (the default)
+WIRE_HMAC = "hmac"    # a plain socket after the HMAC handshake (PAPYCLUSTER_ENCRYPT=0)
 
 
 class TcpTransport(base.Transport):
     name = "tcp"
-    fields = ("host", "port", "key", "size")
+    fields = ("host", "port", "key", "size", "wire")
 
     def __init__(self) -> None:
         self.state = base.ProcessState(_State)
@@ -366,23 +387,32 @@ class TcpTransport(base.Transport):
     def dump(self, data: memoryview, **options: Any) -> tuple:
         if options:
             raise TypeError(f"tcp dump_item takes no options {sorted(options)}")
-        server = self.state.get().get_server()
+        if curve.enabled():
+            server: Any = self.state.get().get_curve_server()
+            wire = WIRE_CURVE
+        else:
+            server, wire = self.state.get().get_server(), WIRE_HMAC
         key = server.store.put(data)
-        return (server.host, server.port, key, data.nbytes)
+        return (server.host, server.port, key, data.nbytes, wire)
 
     def validate(self, fields: tuple, tk: tuple) -> None:
-        host, port, key, size = fields
+        host, port, key, size, wire = fields
         ticket.check(tk, self.name, host, str, "host")
         if not host or len(host) > 255:
             raise TicketError(tk, f"field host {host!r} is not a host name", self.name)
         ticket.check_int(tk, self.name, port, "port", 1, 65535)
         ticket.check_token(tk, self.name, key)
         ticket.check_int(tk, self.name, size, "size", 0, 2**48)
+        if wire not in (WIRE_CURVE, WIRE_HMAC):
+            raise TicketError(tk, f"field wire {wire!r} is neither {WIRE_CURVE!r} nor "
+                              f"{WIRE_HMAC!r}", self.name)
 
     def load(self, fields: tuple, tk: tuple, remove: bool = True,
              timeout: float | None = None) -> Any:
-        host, port, key, size = fields
+        host, port, key, size, wire = fields
         timeout = DEFAULT_TIMEOUT if timeout is None else timeout
+        if wire == WIRE_CURVE:
+            return self._load_curve(host, port, key, size, tk, remove, timeout)
         pool = self.state.get().pool
         where = f"{host}:{port}"
         for attempt in (0, 1):
@@ -431,13 +461,57 @@ class TcpTransport(base.Transport):
             return out
         raise AssertionError("unreachable")
 
+    def _load_curve(self, host: str, port: int, key: str, size: int, tk: tuple,
+                    remove: bool, timeout: float) -> bytearray:
+        """The item from a CURVE server (see :mod:`.tcp_curve` for what each failure
+        means); the same errors as the plain path."""
+        pool = self.state.get().curve_pool
+        secret = auth.get_secret()
+        where = f"{host}:{port}"
+        for attempt in (0, 1):
+            try:
+                client, reused = pool.get(host, port, secret, min(timeout, SILENCE))
+            except tcp_curve.Refused:
+                raise StaleTicketError(tk, f"no tcp server at {where} any more (the process "
+                                       "that dumped the item has ended)", self.name) from None
+            except tcp_curve.Silent as exc:
+                raise ProducerLostError(tk, str(exc), self.name) from None
+            except SecretError as exc:
+                raise SecretError(f"{exc} {auth.secret_hint()} (ticket {tk!r:.120})") \
+                    from None
+            try:
+                status, length, frame = client.get(key, remove, size, min(timeout, SILENCE))
+            except tcp_curve.Lost as exc:
+                client.close()
+                if attempt == 0:
+                    continue  # a new connection tells an ended producer from a lost one
+                raise ProducerLostError(tk, str(exc), self.name) from None
+            except tcp_curve.Silent as exc:
+                client.close()
+                raise ProducerLostError(tk, str(exc), self.name) from None
+            pool.put(host, port, secret, client)
+            if status == ST_SIZE:
+                raise TicketError(tk, f"tcp server {where} holds {length} bytes under key "
+                                  f"{key}, the ticket says {size}", self.name)
+            if status != ST_OK:
+                raise StaleTicketError(tk, f"tcp server {where} has no item {key} (already "
+                                       "loaded, or never dumped there)", self.name)
+            if length != size or len(frame) != size:
+                raise TicketError(tk, f"tcp server {where} offers {len(frame)} bytes, the "
+                                  f"ticket says {size}", self.name)
+            return bytearray(frame.buffer)
+        raise AssertionError("unreachable")
+
     def cleanup(self) -> None:
         self.state.close()
 
     def pending(self) -> int:
         """How many items this process still holds for loaders (for tests and status)."""
         state = self.state.peek()
-        return len(state.server.store) if state is not None and state.server else 0
+        if state is None:
+            return 0
+        return sum(len(server.store) for server in (state.server, state.curve_server)
+                   if server is not None)
 
 
 TRANSPORT = TcpTransport()

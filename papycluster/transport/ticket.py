@@ -23,7 +23,8 @@ from typing import Any
 from papycluster.transport import base, registry
 
 MAGIC = "papyc"
-VERSION = 1
+#: 2: tcp tickets say how their server is reached (``wire``: CURVE or the HMAC socket).
+VERSION = 2
 
 FLAG_STR = 1
 FLAG_KEEP = 2
@@ -57,8 +58,10 @@ def parse(ticket: Any, family: tuple[str, ...] | None = None) -> tuple[base.Tran
     if type(version) is not int:
         raise base.TicketError(ticket, f"version {version!r} is not an int")
     if version != VERSION:
+        older = (" (made by an older papycluster: dump the item again with this one)"
+                 if type(version) is int and version < VERSION else "")
         raise base.TicketError(ticket, f"ticket version {version} is not supported "
-                               f"(this papycluster reads version {VERSION})")
+                               f"(this papycluster reads version {VERSION}){older}")
     if not isinstance(name, str):
         raise base.TicketError(ticket, f"transport name {name!r} is not a str")
     try:

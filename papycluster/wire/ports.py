@@ -42,17 +42,34 @@ def configured() -> range | None:
     return parse_ports(spec) if spec.strip() else None
 
 
+def candidates() -> list[int] | None:
+    """The ports of the configured range in the order to try them (from a random
+    one on); None when no range is configured (any free port will do)."""
+    ports = configured()
+    if ports is None:
+        return None
+    start = random.randrange(len(ports))
+    return [ports[(start + i) % len(ports)] for i in range(len(ports))]
+
+
+def exhausted(what: str, host: str) -> OSError:
+    """The error of a listener that found every port of the range taken."""
+    ports = configured() or range(0)
+    return OSError(errno.EADDRINUSE,
+                   f"{what}: every port of {PORTS_ENV}={os.environ.get(PORTS_ENV)} is "
+                   f"taken on {host or 'this host'} ({len(ports)} ports); widen 'ports' "
+                   "in the hosts file, or free some")
+
+
 def bind_port(sock: socket.socket, host: str, what: str) -> int:
     """Bind ``sock`` to ``host`` on a port of the configured range (any port when
     none is); the port. OSError (EADDRINUSE) naming ``what`` and the range when every
     port of it is taken."""
-    ports = configured()
-    if ports is None:
+    order = candidates()
+    if order is None:
         sock.bind((host, 0))
         return sock.getsockname()[1]
-    start = random.randrange(len(ports))
-    for i in range(len(ports)):
-        port = ports[(start + i) % len(ports)]
+    for port in order:
         try:
             sock.bind((host, port))
         except OSError as exc:
@@ -60,7 +77,4 @@ def bind_port(sock: socket.socket, host: str, what: str) -> int:
                 continue
             raise
         return port
-    raise OSError(errno.EADDRINUSE,
-                  f"{what}: every port of {PORTS_ENV}={os.environ[PORTS_ENV]} is taken "
-                  f"on {host or 'this host'} ({len(ports)} ports); widen 'ports' in the "
-                  "hosts file, or free some")
+    raise exhausted(what, host)

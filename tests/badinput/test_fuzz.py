@@ -27,7 +27,7 @@ from papycluster import transport
 from papycluster.cluster.errors import HostsFileError
 from papycluster.cluster.hosts import ClusterConfig, parse_hosts
 from papycluster.transport import auth as tauth
-from papycluster.transport import tcp, ticket, udp
+from papycluster.transport import curve, tcp, ticket, udp
 from papycluster.workers import io
 
 from .conftest import PEER_SECRET, Peer, bounded
@@ -69,7 +69,7 @@ def test_ticket_parser_gives_a_ticket_or_a_ticket_error(value: Any) -> None:
     except transport.TicketError as exc:
         assert "ticket" in str(exc)
         return
-    assert isinstance(value, tuple) and value[:2] == ("papyc", 1)
+    assert isinstance(value, tuple) and value[:2] == ("papyc", 2)
     assert tr.name == value[2] and len(fields) == len(tr.fields)
     assert not flags & ~(ticket.FLAG_STR | ticket.FLAG_KEEP)
 
@@ -111,7 +111,7 @@ def fuzz_peer(fuzz_share: str) -> Iterator[Peer]:
 def test_file_tickets_with_any_name_never_escape_the_share(fuzz_env: None, name: str,
                                                            size: int) -> None:
     """A file ticket with any name and size: TransportError, never a read elsewhere."""
-    tk = ("papyc", 1, "file", 0, "default", name, size)
+    tk = ("papyc", 2, "file", 0, "default", name, size)
     with pytest.raises(transport.TransportError, match="ticket"):
         io.load_item([tk], timeout=1)
 
@@ -127,7 +127,11 @@ _REQ = tcp._REQ
 def test_tcp_server_after_handshake_serves_only_a_real_key(fuzz_env: None, fuzz_peer: Peer,
                                                           junk: bytes) -> None:
     """Authenticated junk requests: no crash, no item served for a key it does not hold."""
-    tk = fuzz_peer.call("dump_value", "tcp", PAYLOAD, {})
+    fuzz_peer.call("setenv", curve.ENCRYPT_ENV, "0")  # the plain server and its handshake
+    try:
+        tk = fuzz_peer.call("dump_value", "tcp", PAYLOAD, {})
+    finally:
+        fuzz_peer.call("setenv", curve.ENCRYPT_ENV, None)
     host, port = tk[4], tk[5]
     with socket.create_connection((host, port), timeout=10) as sock:
         tauth.client_handshake(sock, PEER_SECRET.encode(), "fuzz")
@@ -207,7 +211,7 @@ def test_tcp_loader_decodes_any_reply_safely(fuzz_env: None, rogue_tcp: RogueTcp
     """Any reply: the loader returns exactly ``size`` bytes the server sent, or a
     TransportError naming the tcp ticket, in bounded time (never a huge allocation)."""
     rogue_tcp.reply = reply
-    tk = ("papyc", 1, "tcp", 0, "127.0.0.1", rogue_tcp.port, "ab" * 16, size)
+    tk = ("papyc", 2, "tcp", 0, "127.0.0.1", rogue_tcp.port, "ab" * 16, size, "hmac")
     try:
         data = bounded(lambda: io.load_item([tk], timeout=2), 30, "tcp load")
     except transport.TransportError as exc:
@@ -257,7 +261,7 @@ def test_udp_loader_decodes_any_datagram_safely(fuzz_env: None, rogue_udp: dict,
     """Forged datagrams (no valid proof): TransportError naming the udp server, bounded."""
     rogue_udp["replies"] = replies
     port = rogue_udp["port"]
-    tk = ("papyc", 1, "udp", 0, "127.0.0.1", port, "ab" * 16, 100, udp.DEFAULT_CHUNK)
+    tk = ("papyc", 2, "udp", 0, "127.0.0.1", port, "ab" * 16, 100, udp.DEFAULT_CHUNK)
     with pytest.raises(transport.TransportError, match=f"udp server 127.0.0.1:{port}"):
         bounded(lambda: io.load_item([tk], timeout=0.5), 30, "udp load")
 

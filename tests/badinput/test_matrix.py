@@ -445,7 +445,7 @@ def _(request: pytest.FixtureRequest) -> None:
 
     t = threading.Thread(target=impostor, daemon=True)
     t.start()
-    tk = ("papyc", 1, "tcp", 0, "127.0.0.1", port, "ab" * 16, 10)
+    tk = ("papyc", 2, "tcp", 0, "127.0.0.1", port, "ab" * 16, 10, "hmac")
     try:
         expect_error(lambda: io.load_item([tk], timeout=5), transport.TransportError,
                      f"tcp server 127.0.0.1:{port}", "does not know the cluster secret",
@@ -511,10 +511,10 @@ def _(request: pytest.FixtureRequest) -> None:
 
 
 @case("ticket-missing-field", "ticket",
-      "a tcp ticket without its size: the transport and the expected fields named")
+      "a tcp ticket without its wire: the transport and the expected fields named")
 def _(request: pytest.FixtureRequest) -> None:
     _ticket_case(request, "tcp", lambda tk: tk[:-1], transport.TicketError,
-                 "tcp ticket", "expected 4 fields (host, port, key, size), got 3")
+                 "tcp ticket", "expected 5 fields (host, port, key, size, wire), got 4")
 
 
 @case("ticket-forged-key", "ticket",
@@ -522,7 +522,7 @@ def _(request: pytest.FixtureRequest) -> None:
       "real item is still served")
 def _(request: pytest.FixtureRequest) -> None:
     key = secrets.token_hex(16)
-    _ticket_case(request, "tcp", lambda tk: (*tk[:6], key, tk[7]),
+    _ticket_case(request, "tcp", lambda tk: (*tk[:6], key, *tk[7:]),
                  transport.StaleTicketError, "tcp ticket", f"has no item {key}")
 
 
@@ -540,7 +540,7 @@ def _(request: pytest.FixtureRequest) -> None:
       "the item for the real ticket")
 def _(request: pytest.FixtureRequest) -> None:
     n = len(PAYLOAD)
-    _ticket_case(request, "tcp", lambda tk: (*tk[:7], n - 1), transport.TicketError,
+    _ticket_case(request, "tcp", lambda tk: (*tk[:7], n - 1, tk[8]), transport.TicketError,
                  "tcp ticket", f"holds {n} bytes", f"the ticket says {n - 1}")
 
 
@@ -550,10 +550,17 @@ def _(request: pytest.FixtureRequest) -> None:
                  "foreign ticket", "'file'", timeout=10)
 
 
-@case("ticket-future-version", "ticket", "ticket version 2: both versions named")
+@case("ticket-future-version", "ticket", "ticket version 3: both versions named")
 def _(request: pytest.FixtureRequest) -> None:
-    _ticket_case(request, "shm", lambda tk: ("papyc", 2, *tk[2:]), transport.TicketError,
-                 "version 2 is not supported", "version 1")
+    _ticket_case(request, "shm", lambda tk: ("papyc", 3, *tk[2:]), transport.TicketError,
+                 "version 3 is not supported", "version 2")
+
+
+@case("ticket-old-version", "ticket",
+      "a version-1 tcp ticket (before tcp tickets said their wire): 'dump the item again'")
+def _(request: pytest.FixtureRequest) -> None:
+    _ticket_case(request, "tcp", lambda tk: ("papyc", 1, *tk[2:-1]), transport.TicketError,
+                 "version 1 is not supported", "older papycluster", "dump the item again")
 
 
 @case("ticket-path-traversal", "ticket",
@@ -567,7 +574,7 @@ def _(request: pytest.FixtureRequest) -> None:
 @case("ticket-unknown-transport", "ticket", "a ticket of transport 'zmq': the name and "
       "the known transports named")
 def _(request: pytest.FixtureRequest) -> None:
-    expect_error(lambda: io.load_item([("papyc", 1, "zmq", 0, "x")]), transport.TicketError,
+    expect_error(lambda: io.load_item([("papyc", 2, "zmq", 0, "x")]), transport.TicketError,
                  "unknown transport 'zmq'", "tcp", timeout=10)
 
 
@@ -611,7 +618,7 @@ def _frame_case(request: pytest.FixtureRequest, reply: Callable[[socket.socket],
                 size: int, *needles: str) -> None:
     fx(request, "transport_env")
     srv, port, t = _rogue_tcp(reply)
-    tk = ("papyc", 1, "tcp", 0, "127.0.0.1", port, "cd" * 16, size)
+    tk = ("papyc", 2, "tcp", 0, "127.0.0.1", port, "cd" * 16, size, "hmac")
     try:
         expect_error(lambda: io.load_item([tk], timeout=3), transport.TransportError,
                      "tcp ticket", f"127.0.0.1:{port}", *needles, timeout=60)
@@ -673,7 +680,7 @@ def _(request: pytest.FixtureRequest) -> None:
 
     t = threading.Thread(target=forge, daemon=True)
     t.start()
-    tk = ("papyc", 1, "udp", 0, "127.0.0.1", port, "ef" * 16, 10, udp.DEFAULT_CHUNK)
+    tk = ("papyc", 2, "udp", 0, "127.0.0.1", port, "ef" * 16, 10, udp.DEFAULT_CHUNK)
     try:
         expect_error(lambda: io.load_item([tk], timeout=3), transport.TransportError,
                      "udp ticket", f"udp server 127.0.0.1:{port}",
@@ -704,7 +711,7 @@ def _(request: pytest.FixtureRequest) -> None:
       "a udp ticket claiming 2**39 bytes: refused with size and limit before allocating")
 def _(request: pytest.FixtureRequest) -> None:
     fx(request, "transport_env")
-    tk = ("papyc", 1, "udp", 0, "127.0.0.1", free_port(), "0a" * 16, 2**39, 65000)
+    tk = ("papyc", 2, "udp", 0, "127.0.0.1", free_port(), "0a" * 16, 2**39, 65000)
     expect_error(lambda: io.load_item([tk], timeout=3), transport.TicketError,
                  "udp ticket", f"{2**39} bytes", f"{udp.max_item()} bytes", timeout=10)
 

@@ -182,3 +182,13 @@ def test_a_bad_port_range_is_named_with_its_line(text, where, words):
     assert where in msg and "fix:" in msg, msg
     for w in words:
         assert w in msg, msg
+
+
+def test_encrypt_is_a_cluster_boolean_true_by_default():
+    host = '[[host]]\nname = "a"\naddress = "x"\n'
+    assert parse_hosts(host).encrypt is True
+    assert parse_hosts("[cluster]\nencrypt = false\n" + host).encrypt is False
+    with pytest.raises(HostsFileError) as info:
+        parse_hosts('[cluster]\nencrypt = "no"\n' + host, "lab.toml")
+    assert "line 2, [cluster] key 'encrypt'" in str(info.value)
+    assert "must be true or false, not str 'no'" in str(info.value)

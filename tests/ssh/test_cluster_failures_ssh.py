@@ -183,8 +183,11 @@ def test_bundle_by_sftp_or_inside_the_launch_script(sshd, cluster_name, tmp_path
     assert result.up == ["a"], result.failed
     inside = any("inside the launch script" in m for m in messages)
     assert inside == (sftp != "works"), messages
-    [zipped] = cache.iterdir()  # the zip alone: no temporary file left beside it
+    # the zip alone (no temporary file left beside it), and pyzmq's wheel and site
+    [zipped] = [p for p in cache.iterdir() if p.is_file()]
     assert zipped.suffix == ".zip"
+    assert {p.name.split("-")[0] for p in cache.iterdir() if p.is_dir()} <= {"wheels",
+                                                                            "site"}
     assert oct(cache.stat().st_mode & 0o777) == "0o700"
     rows = {r["name"]: r for r in controller.status()}
     assert Path(rows["a"]["package"]).is_relative_to(zipped)

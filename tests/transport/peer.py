@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import multiprocessing
+import os
 import random
 import traceback
 from typing import Any
@@ -59,6 +60,13 @@ def _serve(conn: Any) -> None:
                 result = io.find_db_item(kind, key, **options)
             elif command == "pending":
                 result = tcp.TRANSPORT.pending()
+            elif command == "setenv":  # e.g. PAPYCLUSTER_ENCRYPT=0 for the next dumps
+                name, value = args
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
+                result = None
             else:
                 raise ValueError(f"unknown command {command!r}")
         except Exception as exc:

@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from papycluster import transport
-from papycluster.transport import auth, fifo
+from papycluster.transport import auth, curve, fifo, ticket
 from papycluster.workers import io
 
 from .peer import Peer
@@ -40,6 +40,13 @@ def tickets(module_peer: Peer, tmp_path_factory: pytest.TempPathFactory) -> dict
     """One live, reusable ticket per transport, dumped by another process."""
     out = {kind: module_peer.call("dump_value", kind, PAYLOAD, {})
            for kind in ("tcp", "udp", "fifo", "shm", "file")}
+    # tcp without encryption: the HMAC-authenticated plain socket
+    module_peer.call("setenv", curve.ENCRYPT_ENV, "0")
+    try:
+        out["tcp-hmac"] = module_peer.call("dump_value", "tcp", PAYLOAD, {})
+    finally:
+        module_peer.call("setenv", curve.ENCRYPT_ENV, None)
+    assert (out["tcp"][-1], out["tcp-hmac"][-1]) == ("curve", "hmac")
     db = str(tmp_path_factory.mktemp("db") / "h.sqlite")
     out["sqlite"] = module_peer.call("dump_db", "sqlite", PAYLOAD, {"db": db, "keep": True})
     return out
@@ -52,7 +59,8 @@ ODD = st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70),
                                  65536, -1, 2**64]),
                 st.tuples(st.integers()), st.lists(st.integers(), max_size=3))
 
-MUTATION = st.tuples(st.sampled_from(["tcp", "udp", "fifo", "shm", "file", "sqlite"]),
+MUTATION = st.tuples(st.sampled_from(["tcp", "tcp-hmac", "udp", "fifo", "shm", "file",
+                                      "sqlite"]),
                      st.sampled_from(["replace", "truncate", "extend", "list"]),
                      st.integers(0, 12), ODD)
 
@@ -93,7 +101,7 @@ def test_mutated_tickets_fail_cleanly(tickets: dict[str, tuple], mutation: tuple
             data = io.load_item([bad], remove=False, timeout=2)
     except transport.TransportError as exc:
         assert "ticket" in str(exc)
-        if isinstance(bad, tuple) and len(bad) > 3 and bad[:2] == ("papyc", 1) \
+        if isinstance(bad, tuple) and len(bad) > 3 and bad[:2] == ("papyc", ticket.VERSION) \
                 and isinstance(exc, transport.TicketError) and exc.transport:
             assert exc.transport in str(exc)
     else:
@@ -114,8 +122,12 @@ def test_arbitrary_values_are_not_tickets(value: object) -> None:
 def test_stale_and_foreign_tickets_are_named(tickets: dict[str, tuple]) -> None:
     with pytest.raises(transport.TicketError, match="foreign ticket"):
         io.load_item([("file", "/tmp/x", 0)])  # a PaPy ticket
-    with pytest.raises(transport.TicketError, match="version 2 is not supported"):
-        io.load_item([("papyc", 2, *tickets["tcp"][2:])])
+    with pytest.raises(transport.TicketError, match="version 3 is not supported"):
+        io.load_item([("papyc", 3, *tickets["tcp"][2:])])
+    # a version-1 tcp ticket (before tcp tickets said their wire)
+    with pytest.raises(transport.TicketError, match=r"version 1 is not supported .*"
+                       "made by an older papycluster: dump the item again"):
+        io.load_item([("papyc", 1, *tickets["tcp"][2:-1])])
     with pytest.raises(transport.TicketError, match=r"file ticket .*not one papycluster makes"):
         io.load_item([(*tickets["file"][:5], "../../../etc/passwd", 10, tickets["file"][7])])
     with pytest.raises(transport.TicketError, match="sqlite ticket .*not an SQLite database"):
@@ -126,7 +138,7 @@ def test_stale_and_foreign_tickets_are_named(tickets: dict[str, tuple]) -> None:
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.binary(min_size=0, max_size=200))
 def test_tcp_server_refuses_hostile_frames(tickets: dict[str, tuple], junk: bytes) -> None:
-    host, port = tickets["tcp"][4:6]
+    host, port = tickets["tcp-hmac"][4:6]
     with socket.create_connection((host, port), timeout=5) as sock:
         hello = auth.recv_exact(sock, len(auth.HELLO) + auth.NONCE)
         assert hello.startswith(auth.HELLO)
@@ -161,7 +173,7 @@ def test_fifo_server_ignores_hostile_requests(tickets: dict[str, tuple], junk: b
 
 
 def test_servers_survived_the_hostile_tests(tickets: dict[str, tuple]) -> None:
-    for kind in ("tcp", "udp", "fifo", "shm", "file"):
+    for kind in ("tcp", "tcp-hmac", "udp", "fifo", "shm", "file"):
         assert bytes(io.load_item([tickets[kind]], remove=False, timeout=10)) == PAYLOAD, kind
     assert bytes(io.load_db_item([tickets["sqlite"]])) == PAYLOAD
 

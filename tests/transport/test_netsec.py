@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from papycluster.transport import auth, tcp, udp
+from papycluster.transport import auth, curve, tcp, udp
 from papycluster.transport import udp_wire as wire
 from papycluster.workers import io
 
@@ -54,6 +54,7 @@ def _drip(host: str, port: int, period: float, out: dict) -> None:
 
 def test_tcp_drip_client_is_cut_at_the_handshake_deadline(peer: Peer) -> None:
     """Before: 64 bytes x 10 s per recv, so a dripper held its connection ~10 min."""
+    peer.call("setenv", curve.ENCRYPT_ENV, "0")  # the HMAC handshake of the plain server
     tk = peer.call("dump", "tcp", 100_000, 1, {})
     host, port = tk[4], tk[5]
     result: dict = {}
@@ -86,7 +87,7 @@ def test_tcp_caps_unauthenticated_connections(own_server: tcp.TcpServer,
     server holds no more than ``MAX_UNAUTHENTICATED`` threads for them, and a real
     loader that was turned away backs off and gets its item once they time out."""
     key = own_server.store.put(memoryview(make_data(5000, 3)))
-    tk = ("papyc", 1, "tcp", 0, own_server.host, own_server.port, key, 5000)
+    tk = ("papyc", 2, "tcp", 0, own_server.host, own_server.port, key, 5000, "hmac")
     silent = []
     try:
         for _ in range(tcp.MAX_UNAUTHENTICATED + 20):

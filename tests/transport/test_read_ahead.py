@@ -73,7 +73,7 @@ def test_a_stuck_fetch_does_not_hold_up_the_exit_of_its_process() -> None:
     code = textwrap.dedent(f"""
         from papycluster import transport
         from papycluster.transport import ticket
-        tk = ticket.make("tcp", 0, "127.0.0.1", {port}, "ab" * 16, 10)
+        tk = ticket.make("tcp", 0, "127.0.0.1", {port}, "ab" * 16, 10, "hmac")
         assert transport.prefetch(tk, remove=True, timeout=30)
         print("started", flush=True)
     """)

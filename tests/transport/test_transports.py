@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from papycluster import transport
-from papycluster.transport import auth, tcp, ticket
+from papycluster.transport import auth, curve, tcp, ticket
 from papycluster.workers import io
 
 from .peer import SECRET, Peer, PeerError, digest, make_data
@@ -224,8 +224,10 @@ def test_wrong_secret_is_refused_and_logged(module_peer: Peer, monkeypatch: pyte
     monkeypatch.undo()
     # The server gave nothing away: the item is still there.
     assert digest(io.load_item([tk])) == digest(make_data(10, 1))
-    # And in-process, the server logs the refusal.
+    # And in-process, the plain (unencrypted) server logs the refusal.
+    monkeypatch.setenv(curve.ENCRYPT_ENV, "0")
     mine = io.dump_item([b"abc"], "tcp")
+    assert mine[-1] == "hmac"
     with socket.create_connection(("127.0.0.1", mine[5]), timeout=5) as sock, \
             caplog.at_level("WARNING", logger="papycluster.transport"):
         hello = auth.recv_exact(sock, len(auth.HELLO) + auth.NONCE)
@@ -259,7 +261,7 @@ def test_client_refuses_a_server_without_the_secret() -> None:
 
     thread = threading.Thread(target=fake, daemon=True)
     thread.start()
-    tk = ticket.make("tcp", 0, "127.0.0.1", port, "0" * 32, 5)
+    tk = ticket.make("tcp", 0, "127.0.0.1", port, "0" * 32, 5, "hmac")
     with pytest.raises(transport.TransportError, match="does not know the cluster secret"):
         io.load_item([tk], timeout=5)
     thread.join(5)

@@ -193,7 +193,8 @@ def launch(run_dir, pythonpath):
             "--profile", CONFIG.get("profile", "native"),
             "--shares", json.dumps(CONFIG.get("shares", {})),
             "--workers", str(CONFIG.get("workers", 2)),
-            "--ports", CONFIG.get("ports") or ""]
+            "--ports", CONFIG.get("ports") or "",
+            "--encrypt", "1" if CONFIG.get("encrypt", True) else "0"]
     log = open(os.path.join(run_dir, "agent.log"), "ab")
     kw = dict(stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=run_dir,
               env=env, close_fds=True)

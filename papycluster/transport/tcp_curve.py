@@ -1,0 +1,359 @@
+"""Encrypted ``tcp``: the item server and its loaders over ZeroMQ with CURVE.
+
+The same service as the plain server of :mod:`papycluster.transport.tcp` (a loader
+asks for an item by key and size, the dumping process answers from memory), carried by
+ZeroMQ: a ROUTER socket in the dumping process, a DEALER socket per loader thread and
+server, reused across items. Both ends are CURVE peers with the cluster's keys
+(:mod:`.curve`), so every frame is encrypted and a peer without the secret never gets
+past libzmq's handshake.
+
+Messages::
+
+    loader: one frame  op:u8 key:32 ascii remove:u8 size:u64 request:u64
+    server: two frames status:u8 size:u64 request:u64, then the item (empty if none)
+
+The request number lets a loader drop a late answer to a request it gave up on. The
+item frame is sent without a copy (``copy=False`` from the stored memoryview) and
+received without one (``copy=False``, its buffer handed to the caller).
+
+ZeroMQ reconnects by itself and says nothing of a peer that is gone, which a loader
+must know at once (a lost producer means recomputing the item): each loader socket
+keeps a monitor, and its events decide. Before the handshake, a refused connection is
+a producer that has ended (stale ticket), a failed handshake a peer without our secret
+(SecretError), silence past the timeout a lost or frozen producer; after it, a
+disconnect is a lost producer, unless a new connection is refused (it ended).
+"""
+
+from __future__ import annotations
+
+import errno
+import struct
+import threading
+import time
+from typing import Any
+
+from papycluster.transport import curve
+from papycluster.transport.base import SecretError, TransportError, log
+from papycluster.wire import ports
+
+_REQ = struct.Struct("!B32sBQQ")
+_REP = struct.Struct("!BQQ")
+OP_GET = 1
+ST_OK = 0
+ST_MISSING = 1
+ST_SIZE = 2
+#: Messages a server queues for one loader before it blocks that loader's replies
+#: (each loader has at most one request out, so this is never reached in practice).
+SNDHWM = 64
+#: Seconds a connection may take to complete its CURVE handshake (as the plain server's).
+HANDSHAKE_TIMEOUT = 10.0
+#: Failed CURVE handshakes in a row that make a server one without our secret.
+FAILED_HANDSHAKES = 3
+#: The largest frame a server accepts: a request is 50 bytes.
+MAX_REQUEST = 1024
+
+
+class Refused(TransportError):
+    """The loader's connection was refused before its handshake: nobody listens."""
+
+
+class Silent(TransportError):
+    """No handshake, or no answer, within the time allowed."""
+
+
+class Lost(TransportError):
+    """The server dropped an established connection."""
+
+
+def _url(host: str, port: int) -> str:
+    return f"tcp://[{host}]:{port}" if ":" in host else f"tcp://{host}:{port}"
+
+
+class CurveServer:
+    """One ROUTER socket and its thread, serving ``store``'s items to CURVE clients."""
+
+    def __init__(self, secret: bytes, store: Any, host: str, bind: str) -> None:
+        z = curve.zmq()
+        self.store = store
+        self.host = host
+        self.context = z.Context()
+        self.gate = curve.Gate(self.context)
+        keys = curve.Keys(secret)
+        self.gate.allow(keys)
+        self.sock = self.context.socket(z.ROUTER)
+        keys.as_server(self.sock)
+        self.sock.setsockopt(z.LINGER, 0)
+        self.sock.setsockopt(z.SNDHWM, SNDHWM)
+        self.sock.setsockopt(z.ROUTER_MANDATORY, 1)
+        # a peer that drips its handshake is cut at the deadline; one that sends a frame
+        # bigger than any request is dropped before it is buffered
+        self.sock.setsockopt(z.HANDSHAKE_IVL, int(HANDSHAKE_TIMEOUT * 1000))
+        self.sock.setsockopt(z.MAXMSGSIZE, MAX_REQUEST)
+        try:
+            self.port = self._bind(z, bind)
+        except (OSError, z.ZMQError) as exc:
+            self._close_all()
+            raise TransportError(f"tcp: cannot listen on {bind!r}: {exc}") from None
+        self._closed = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True,
+                                        name=f"papycluster-tcp-curve-{self.port}")
+        self._thread.start()
+
+    def _bind(self, z: Any, bind: str) -> int:
+        order = ports.candidates()
+        if order is None:  # any free port, as the system picks them
+            self.sock.bind(_url(bind, 0).rpartition(":")[0] + ":*")
+            endpoint = self.sock.getsockopt_string(z.LAST_ENDPOINT)
+            return int(endpoint.rpartition(":")[2])
+        for port in order:
+            try:
+                self.sock.bind(_url(bind, port))
+                return port
+            except z.ZMQError as exc:
+                if exc.errno not in (errno.EADDRINUSE, errno.EACCES):
+                    raise
+        raise ports.exhausted("the tcp item server", bind)
+
+    def _loop(self) -> None:
+        z = curve.zmq()
+        poller = z.Poller()
+        poller.register(self.sock, z.POLLIN)
+        try:
+            while not self._closed.is_set():
+                if not poller.poll(250):
+                    continue
+                frames = self.sock.recv_multipart(copy=True)
+                if len(frames) != 2 or len(frames[1]) != _REQ.size:
+                    log.warning("tcp: a CURVE peer sent a malformed request; ignored")
+                    continue
+                peer, request = frames
+                op, key, remove, size, rid = _REQ.unpack(request)
+                if op != OP_GET:
+                    continue
+                item = self.store.take(key.decode("ascii", "replace"), bool(remove), size)
+                if item is None:
+                    reply = [peer, _REP.pack(ST_MISSING, 0, rid), b""]
+                elif item.nbytes != size:  # a wrong ticket: say so, keep the item
+                    reply = [peer, _REP.pack(ST_SIZE, item.nbytes, rid), b""]
+                else:
+                    reply = [peer, _REP.pack(ST_OK, item.nbytes, rid), item]
+                try:
+                    self.sock.send_multipart(reply, copy=False)
+                except z.ZMQError as exc:  # the loader is gone (ROUTER_MANDATORY)
+                    log.info("tcp: could not answer a loader (%s)", exc)
+        except z.ZMQError:
+            if not self._closed.is_set():
+                raise
+        finally:
+            self.sock.close(linger=0)
+
+    def refused(self) -> int:
+        """How many CURVE handshakes the gate refused (for tests and status)."""
+        return self.gate.refused
+
+    def close(self) -> None:
+        self._closed.set()
+        self._thread.join(2.0)
+        self._close_all()
+
+    def _close_all(self) -> None:
+        try:
+            self.sock.close(linger=0)
+        finally:
+            self.gate.stop()
+            self.context.term()
+
+    def forget_after_fork(self) -> None:
+        """In a forked child: close its copy of our listening socket (else the port
+        stays open after we end, and loaders wait instead of being refused), and let go
+        of the rest without touching the parent's zmq state."""
+        close_inherited_listener(self.port)
+        self.sock = self.context = self.gate = None  # type: ignore[assignment]
+
+
+def close_inherited_listener(port: int) -> None:
+    """Close this process's descriptors of sockets that listen on ``port`` (libzmq
+    does not give its listener's descriptor; the process's open descriptors do)."""
+    import os
+    import socket
+    import stat
+
+    fd_dir = "/proc/self/fd" if os.path.isdir("/proc/self/fd") else "/dev/fd"
+    try:
+        names = os.listdir(fd_dir)
+    except OSError:
+        return
+    for name in names:
+        try:
+            fd = int(name)
+            if not stat.S_ISSOCK(os.fstat(fd).st_mode):
+                continue
+            sock = socket.socket(fileno=fd)
+        except (OSError, ValueError):
+            continue
+        try:
+            address = sock.getsockname()
+            mine = (isinstance(address, tuple) and address[1] == port and
+                    sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN))
+        except OSError:
+            mine = False
+        if mine:
+            sock.close()
+        else:
+            sock.detach()
+
+
+class CurveClient:
+    """A DEALER socket connected to one server, and the monitor that tells its fate."""
+
+    def __init__(self, context: Any, keys: curve.Keys, host: str, port: int,
+                 timeout: float) -> None:
+        z = curve.zmq()
+        self.where = f"{host}:{port}"
+        self.sock = context.socket(z.DEALER)
+        keys.as_client(self.sock)
+        self.sock.setsockopt(z.LINGER, 0)
+        self.sock.setsockopt(z.IMMEDIATE, 1)  # queue nothing to a connection not made
+        self.monitor = self.sock.get_monitor_socket(
+            z.EVENT_CONNECTED | z.EVENT_HANDSHAKE_SUCCEEDED | z.EVENT_HANDSHAKE_FAILED_AUTH |
+            z.EVENT_HANDSHAKE_FAILED_PROTOCOL | z.EVENT_HANDSHAKE_FAILED_NO_DETAIL |
+            z.EVENT_CONNECT_RETRIED | z.EVENT_DISCONNECTED)
+        self.rid = 0
+        self.broken = False
+        try:
+            self.sock.connect(_url(host, port))
+            self._handshake(timeout)
+        except BaseException:
+            self.close()
+            raise
+
+    def _event(self, timeout: float) -> int | None:
+        z = curve.zmq()
+        from zmq.utils.monitor import recv_monitor_message
+
+        if not self.monitor.poll(max(0, int(timeout * 1000))):
+            return None
+        return recv_monitor_message(self.monitor, z.NOBLOCK)["event"]
+
+    def _handshake(self, timeout: float) -> None:
+        """Wait for the first handshake. libzmq tries again by itself after each
+        failure (CONNECT_RETRIED follows every attempt); what the attempts say decides:
+        a refusal with no connection is a producer that has ended; a key the server's
+        ZAP gate denied, or handshakes that keep failing (a server with other keys:
+        each attempt fails the same way, where a dying server refuses the next), is a
+        peer without our secret."""
+        z = curve.zmq()
+        deadline = time.monotonic() + timeout
+        connected = False
+        failures = 0
+        while True:
+            event = self._event(deadline - time.monotonic())
+            if event is None:
+                raise Silent(f"no CURVE handshake with {self.where} within {timeout:g}s")
+            if event == z.EVENT_HANDSHAKE_SUCCEEDED:
+                return
+            if event == z.EVENT_CONNECTED:
+                connected = True
+            elif event == z.EVENT_CONNECT_RETRIED:
+                if not connected:
+                    raise Refused(f"nothing listens on {self.where}")
+                connected = False  # the next attempt
+            elif event == z.EVENT_HANDSHAKE_FAILED_AUTH or (
+                    event in (z.EVENT_HANDSHAKE_FAILED_PROTOCOL,
+                              z.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
+                    and (failures := failures + 1) >= FAILED_HANDSHAKES):
+                raise SecretError(f"tcp server {self.where} does not know the cluster "
+                                  "secret, or refused ours (the CURVE handshake failed)")
+
+    def healthy(self) -> bool:
+        """False once the server dropped the connection (a pending monitor event)."""
+        z = curve.zmq()
+        while not self.broken and self.monitor.poll(0):
+            event = self._event(0)
+            if event in (z.EVENT_DISCONNECTED, z.EVENT_CONNECT_RETRIED):
+                self.broken = True
+        return not self.broken
+
+    def get(self, key: str, remove: bool, size: int, silence: float
+            ) -> tuple[int, int, Any]:
+        """``(status, length, frame)`` of one request: Lost when the server dropped the
+        connection, Silent when it said nothing for ``silence`` seconds."""
+        z = curve.zmq()
+        self.rid += 1
+        self.sock.send(_REQ.pack(OP_GET, key.encode("ascii"), 1 if remove else 0, size,
+                                 self.rid))
+        poller = z.Poller()
+        poller.register(self.sock, z.POLLIN)
+        poller.register(self.monitor, z.POLLIN)
+        deadline = time.monotonic() + silence
+        while True:
+            left = deadline - time.monotonic()
+            ready = dict(poller.poll(max(0, int(left * 1000)))) if left > 0 else {}
+            if not ready:
+                self.broken = True
+                raise Silent(f"{self.where} said nothing for {silence:g}s")
+            if self.sock in ready:
+                header, frame = self.sock.recv_multipart(copy=False)
+                status, length, rid = _REP.unpack(header.bytes)
+                if rid != self.rid:
+                    continue  # the late answer to a request given up on
+                return status, length, frame
+            if not self.healthy():
+                raise Lost(f"{self.where} dropped the connection")
+
+    def close(self) -> None:
+        try:
+            self.sock.disable_monitor()
+        except Exception:
+            pass
+        self.monitor.close(linger=0)
+        self.sock.close(linger=0)
+
+
+class CurvePool:
+    """The CURVE loader sockets of this process, one per concurrent loader and server,
+    reused across items; one zmq context for them all."""
+
+    def __init__(self) -> None:
+        self._context: Any = None
+        self._keys: dict[bytes, curve.Keys] = {}
+        self._idle: dict[tuple[str, int, bytes], list[CurveClient]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, host: str, port: int, secret: bytes, timeout: float
+            ) -> tuple[CurveClient, bool]:
+        """A connected client (reused: True) or Refused, Silent, SecretError."""
+        with self._lock:
+            idle = self._idle.get((host, port, secret), [])
+            while idle:
+                client = idle.pop()
+                if client.healthy():
+                    return client, True
+                client.close()
+            if self._context is None:
+                self._context = curve.zmq().Context()
+            keys = self._keys.get(secret)
+            if keys is None:
+                keys = self._keys[secret] = curve.Keys(secret)
+            context = self._context
+        return CurveClient(context, keys, host, port, timeout), False
+
+    def put(self, host: str, port: int, secret: bytes, client: CurveClient) -> None:
+        if client.broken:
+            client.close()
+            return
+        with self._lock:
+            self._idle.setdefault((host, port, secret), []).append(client)
+
+    def close(self) -> None:
+        with self._lock:
+            idle, self._idle = self._idle, {}
+            context, self._context = self._context, None
+        for clients in idle.values():
+            for client in clients:
+                client.close()
+        if context is not None:
+            context.term()
+
+    def forget_after_fork(self) -> None:
+        self._idle, self._context = {}, None
