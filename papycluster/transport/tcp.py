@@ -64,6 +64,8 @@ BACKOFF_MAX = 2.0
 #: its answer) for lost: the server answers from memory at once, and a frozen host's
 #: kernel keeps the connection open while nothing comes, so only silence tells.
 SILENCE = 10.0
+#: Seconds a CURVE loader waits for the handshake of its retry after a dropped connection.
+RETRY_HANDSHAKE = 3.0
 
 _REQ = struct.Struct("!B32sBQ")
 _REP = struct.Struct("!BQ")
@@ -120,6 +122,11 @@ class ItemStore:
             if item is not None and remove and (size is None or item.nbytes == size):
                 del self._items[key]
             return item
+
+    def put_back(self, key: str, view: memoryview) -> None:
+        """Keep an item that was taken but could not be sent, for its loader's retry."""
+        with self._lock:
+            self._items.setdefault(key, view)
 
     def __len__(self) -> int:
         return len(self._items)
@@ -470,7 +477,10 @@ class TcpTransport(base.Transport):
         where = f"{host}:{port}"
         for attempt in (0, 1):
             try:
-                client, reused = pool.get(host, port, secret, min(timeout, SILENCE))
+                # a retry after a dropped connection only tells an ended producer
+                # (refused at once) from a lost one: a live server answers in ms
+                wait = min(timeout, SILENCE if attempt == 0 else RETRY_HANDSHAKE)
+                client, reused = pool.get(host, port, secret, wait, SILENCE)
             except tcp_curve.Refused:
                 raise StaleTicketError(tk, f"no tcp server at {where} any more (the process "
                                        "that dumped the item has ended)", self.name) from None
@@ -480,7 +490,7 @@ class TcpTransport(base.Transport):
                 raise SecretError(f"{exc} {auth.secret_hint()} (ticket {tk!r:.120})") \
                     from None
             try:
-                status, length, frame = client.get(key, remove, size, min(timeout, SILENCE))
+                status, length, frame = client.get(key, remove, size, timeout)
             except tcp_curve.Lost as exc:
                 client.close()
                 if attempt == 0:

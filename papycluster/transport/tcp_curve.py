@@ -47,6 +47,8 @@ ST_SIZE = 2
 SNDHWM = 64
 #: Seconds a connection may take to complete its CURVE handshake (as the plain server's).
 HANDSHAKE_TIMEOUT = 10.0
+#: Seconds between the pings of a loader socket to its server.
+HEARTBEAT = 2.0
 #: Failed CURVE handshakes in a row that make a server one without our secret.
 FAILED_HANDSHAKES = 3
 #: The largest frame a server accepts: a request is 50 bytes.
@@ -138,9 +140,11 @@ class CurveServer:
                 else:
                     reply = [peer, _REP.pack(ST_OK, item.nbytes, rid), item]
                 try:
-                    self.sock.send_multipart(reply, copy=False)
-                except z.ZMQError as exc:  # the loader is gone (ROUTER_MANDATORY)
-                    log.info("tcp: could not answer a loader (%s)", exc)
+                    self.sock.send_multipart(reply, copy=False, flags=z.NOBLOCK)
+                except z.ZMQError as exc:  # the loader is gone (ROUTER_MANDATORY), or
+                    log.info("tcp: could not answer a loader (%s)", exc)  # not reading
+                    if item is not None and remove and item.nbytes == size:
+                        self.store.put_back(key.decode("ascii"), item)  # not lost
         except z.ZMQError:
             if not self._closed.is_set():
                 raise
@@ -207,13 +211,18 @@ class CurveClient:
     """A DEALER socket connected to one server, and the monitor that tells its fate."""
 
     def __init__(self, context: Any, keys: curve.Keys, host: str, port: int,
-                 timeout: float) -> None:
+                 timeout: float, silence: float = 10.0) -> None:
         z = curve.zmq()
         self.where = f"{host}:{port}"
         self.sock = context.socket(z.DEALER)
         keys.as_client(self.sock)
         self.sock.setsockopt(z.LINGER, 0)
         self.sock.setsockopt(z.IMMEDIATE, 1)  # queue nothing to a connection not made
+        # ZMTP pings: a server whose process is frozen (its kernel keeps the connection
+        # open) stops answering them, and the connection drops after SILENCE, while a
+        # long item keeps it alive by its own traffic
+        self.sock.setsockopt(z.HEARTBEAT_IVL, int(HEARTBEAT * 1000))
+        self.sock.setsockopt(z.HEARTBEAT_TIMEOUT, int(silence * 1000))
         self.monitor = self.sock.get_monitor_socket(
             z.EVENT_CONNECTED | z.EVENT_HANDSHAKE_SUCCEEDED | z.EVENT_HANDSHAKE_FAILED_AUTH |
             z.EVENT_HANDSHAKE_FAILED_PROTOCOL | z.EVENT_HANDSHAKE_FAILED_NO_DETAIL |
@@ -274,10 +283,11 @@ class CurveClient:
                 self.broken = True
         return not self.broken
 
-    def get(self, key: str, remove: bool, size: int, silence: float
+    def get(self, key: str, remove: bool, size: int, timeout: float
             ) -> tuple[int, int, Any]:
         """``(status, length, frame)`` of one request: Lost when the server dropped the
-        connection, Silent when it said nothing for ``silence`` seconds."""
+        connection (or stopped answering pings), Silent when the whole answer took
+        longer than ``timeout``."""
         z = curve.zmq()
         self.rid += 1
         self.sock.send(_REQ.pack(OP_GET, key.encode("ascii"), 1 if remove else 0, size,
@@ -285,13 +295,13 @@ class CurveClient:
         poller = z.Poller()
         poller.register(self.sock, z.POLLIN)
         poller.register(self.monitor, z.POLLIN)
-        deadline = time.monotonic() + silence
+        deadline = time.monotonic() + timeout
         while True:
             left = deadline - time.monotonic()
             ready = dict(poller.poll(max(0, int(left * 1000)))) if left > 0 else {}
             if not ready:
                 self.broken = True
-                raise Silent(f"{self.where} said nothing for {silence:g}s")
+                raise Silent(f"{self.where} gave no answer within {timeout:g}s")
             if self.sock in ready:
                 header, frame = self.sock.recv_multipart(copy=False)
                 status, length, rid = _REP.unpack(header.bytes)
@@ -320,8 +330,8 @@ class CurvePool:
         self._idle: dict[tuple[str, int, bytes], list[CurveClient]] = {}
         self._lock = threading.Lock()
 
-    def get(self, host: str, port: int, secret: bytes, timeout: float
-            ) -> tuple[CurveClient, bool]:
+    def get(self, host: str, port: int, secret: bytes, timeout: float,
+            silence: float = 10.0) -> tuple[CurveClient, bool]:
         """A connected client (reused: True) or Refused, Silent, SecretError."""
         with self._lock:
             idle = self._idle.get((host, port, secret), [])
@@ -336,7 +346,7 @@ class CurvePool:
             if keys is None:
                 keys = self._keys[secret] = curve.Keys(secret)
             context = self._context
-        return CurveClient(context, keys, host, port, timeout), False
+        return CurveClient(context, keys, host, port, timeout, silence), False
 
     def put(self, host: str, port: int, secret: bytes, client: CurveClient) -> None:
         if client.broken:

@@ -199,3 +199,20 @@ def test_encryption_off_serves_by_the_hmac_socket(monkeypatch: pytest.MonkeyPatc
     tk = peer.call("dump", "tcp", 5000, 3, {})
     assert tk[-1] == "hmac"
     assert digest(io.load_item([tk], timeout=20)) == digest(make_data(5000, 3))
+
+
+def test_a_frozen_producer_is_lost_not_waited_for(peer: Peer) -> None:
+    """SIGSTOP the producer: its kernel keeps the connections open, so only silence
+    tells. A pooled connection stops getting answers to its pings, a new one gets no
+    handshake; both loads end with ProducerLostError (a recompute, not a hang)."""
+    import signal
+
+    tks = [peer.call("dump", "tcp", 1000, i, {}) for i in range(3)]
+    assert digest(io.load_item([tks[0]])) == digest(make_data(1000, 0))  # now pooled
+    os.kill(peer.process.pid, signal.SIGSTOP)
+    try:
+        for tk in tks[1:]:  # the pooled connection, then a new one
+            with pytest.raises(transport.ProducerLostError, match=f"127.0.0.1:{tk[5]}"):
+                io.load_item([tk], timeout=60)
+    finally:
+        os.kill(peer.process.pid, signal.SIGCONT)
