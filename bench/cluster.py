@@ -4,7 +4,9 @@ Starts the docker harness (``tests/cluster/harness.py``: bare nodes reached over
 a shared folder, MariaDB), brings papycluster up on ``node1`` and ``node2`` with
 ``controller.up`` as a user would, and runs a two-piper pipeline: the first piper's
 worker on node1 makes items of 100 B, 10 KB, 1 MB and 16 MB, the second's on node2
-loads them and returns their length. Each transport is compared with:
+loads them and returns their length (``tcp``: encrypted by CURVE, the default;
+``tcp-clear``: the same with ``PAPYCLUSTER_ENCRYPT=0`` in the dumping worker, the HMAC
+socket in clear). Each transport is compared with:
 
 * the *manager* path (no transport: the item goes node1 -> this machine -> node2),
 * a *raw* baseline measured in the same run: a plain TCP socket from node1 to node2,
@@ -45,7 +47,7 @@ from papycluster.cluster.hosts import parse_hosts  # noqa: E402
 from tests.cluster.harness import Harness, started  # noqa: E402
 
 SIZES = [("100 B", 100), ("10 KB", 10_000), ("1 MB", 1 << 20), ("16 MB", 16 << 20)]
-KINDS = ["manager", "tcp", "udp", "file", "mysql"]
+KINDS = ["manager", "tcp", "tcp-clear", "udp", "file", "mysql"]
 #: Roughly how many bytes (and at most how many items) one measurement moves.
 BUDGET = 96 << 20
 MAX_ITEMS = 1000
@@ -78,6 +80,15 @@ def nbytes(inbox: Any) -> int:
     return len(inbox[0])
 
 
+def encrypt_switch(inbox: Any, on: bool) -> Any:
+    """In the dumping worker of a tcp pipe: items served by CURVE (the default) or by
+    the HMAC socket in clear (``tcp-clear``: ``PAPYCLUSTER_ENCRYPT=0``)."""
+    import os
+
+    os.environ["PAPYCLUSTER_ENCRYPT"] = "1" if on else "0"
+    return inbox[0]
+
+
 # -- pipelines -------------------------------------------------------------------------
 
 def run_pipeline(h: Harness, kind: str, size: int, n: int, pair: tuple[str, str]) -> float:
@@ -98,6 +109,11 @@ def run_pipeline(h: Harness, kind: str, size: int, n: int, pair: tuple[str, str]
         down_args.append(())
         down_kwargs.append({"password": db.password})
     elif kind != "manager":
+        if kind in ("tcp", "tcp-clear"):
+            up_funcs.append(encrypt_switch)
+            up_args.append((kind == "tcp",))
+            up_kwargs.append({})
+            kind = "tcp"
         up_funcs.append(workers.io.dump_item)
         up_args.append((kind,))
         up_kwargs.append({"share": "data"} if kind == "file" else {})

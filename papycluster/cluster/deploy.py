@@ -142,15 +142,15 @@ def _ship(conn: ssh.Connection, host: HostConfig, bundle: Path, path: str,
     return True
 
 
-#: What encrypted tcp needs on a host (its CURVE); shipped to UNIX hosts with ``encrypt``.
+#: What encrypted tcp needs on a host (its CURVE); shipped to every host with ``encrypt``.
 ZMQ_REQUIREMENT = "pyzmq>=25"
 
 
 def _ship_packages(conn: ssh.Connection, host: HostConfig, shell: str, cache_dir: str,
                    timeout: float, progress: Any, encrypt: bool = False
                    ) -> dict[str, Any] | None:
-    """The hosts file's ``packages`` for ``host`` (and pyzmq on a UNIX host when tcp is
-    encrypted): wheels downloaded here for its platform and Python, shipped by SFTP
+    """The hosts file's ``packages`` for ``host`` (and pyzmq when tcp is encrypted):
+    wheels downloaded here for its platform and Python, shipped by SFTP
     unless cached there (see cluster.packages). None when it needs none.
 
     pyzmq is what encrypted tcp needs, not what the user asked for: when it cannot be
@@ -181,8 +181,8 @@ def _fetch_and_ship(conn: ssh.Connection, host: HostConfig, shell: str, cache_di
 
     info = _run_script(conn, host, shell, "platform_tags", {}, timeout, "check failed")
     wanted = list(host.packages)
-    if with_zmq and info["os"] != "windows" and not any(_is_zmq(r) for r in wanted):
-        wanted.append(ZMQ_REQUIREMENT)  # Windows hosts use file, never tcp
+    if with_zmq and not any(_is_zmq(r) for r in wanted):
+        wanted.append(ZMQ_REQUIREMENT)
     if not wanted:
         return None
     progress(host.name, f"packages {', '.join(wanted)} for {packages.describe(info)}")

@@ -107,7 +107,7 @@ class ClusterConfig:
     host_key_policy: str = "strict"
     packages: list[str] = field(default_factory=list)
     ports: str | None = None  # every host's, unless its own says otherwise
-    #: tcp items encrypted (CURVE, pyzmq shipped to UNIX hosts) or by the HMAC socket
+    #: tcp items encrypted (CURVE, pyzmq shipped to the hosts) or by the HMAC socket
     encrypt: bool = True
     hosts: list[HostConfig] = field(default_factory=list)
 

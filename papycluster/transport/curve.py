@@ -63,7 +63,7 @@ def zmq() -> Any:
     except ImportError:
         raise TransportError(
             "tcp: encrypted items need pyzmq on this host, which it lacks (papycluster "
-            "ships it with `up` to UNIX hosts; elsewhere pip install pyzmq), or set "
+            "ships it with `up` to the hosts; elsewhere pip install pyzmq), or set "
             f"{ENCRYPT_ENV}=0 (encrypt = false in the hosts file) on a trusted network"
         ) from None
     if not module.has("curve"):
@@ -105,27 +105,53 @@ def _derive(secret: bytes, role: bytes) -> bytes:
 
 
 class Gate:
-    """The ZAP handler of one zmq context: admits a CURVE client whose proven public
-    key is the client key of a secret this process knows (the cluster's; after a
-    change of secret, the new one), refuses every other, and counts the refusals."""
+    """The ZAP handler (ZeroMQ RFC 27) of one zmq context: admits a CURVE client whose
+    proven public key is the cluster's client key, refuses every other, and counts the
+    refusals. Its own small thread and REP socket, rather than pyzmq's authenticator,
+    which runs an asyncio loop that Windows' default (proactor) loop cannot drive."""
+
+    ENDPOINT = "inproc://zeromq.zap.01"
 
     def __init__(self, context: Any) -> None:
-        from zmq.auth.thread import ThreadAuthenticator
-
+        z = zmq()
         self._allowed: set[bytes] = set()
         self._lock = threading.Lock()
         self.refused = 0
-        self.authenticator = ThreadAuthenticator(context, log=_quiet_log())
-        self.authenticator.start()
-        self.authenticator.configure_curve_callback(ZAP_DOMAIN.decode(),
-                                                    credentials_provider=self)
+        self._stop = threading.Event()
+        self._sock = context.socket(z.REP)
+        self._sock.setsockopt(z.LINGER, 0)
+        self._sock.bind(self.ENDPOINT)
+        self._thread = threading.Thread(target=self._serve, daemon=True,
+                                        name="papycluster-zap")
+        self._thread.start()
 
     def allow(self, keys: Keys) -> None:
-        with self._lock:
-            self._allowed.add(keys.client_public)
+        from zmq.utils import z85
 
-    def callback(self, domain: str, key: bytes) -> bool:
-        """Called by pyzmq's authenticator for each CURVE handshake."""
+        with self._lock:
+            self._allowed.add(z85.decode(keys.client_public))
+
+    def _serve(self) -> None:
+        z = zmq()
+        try:
+            while not self._stop.is_set():
+                if not self._sock.poll(250):
+                    continue
+                request = self._sock.recv_multipart()
+                # version, request id, domain, address, identity, mechanism, credentials
+                ok = (len(request) == 7 and request[0] == b"1.0"
+                      and request[2] == ZAP_DOMAIN and request[5] == b"CURVE"
+                      and self._admits(request[6]))
+                rid = request[1] if len(request) > 1 else b""
+                self._sock.send_multipart([b"1.0", rid, b"200" if ok else b"400",
+                                           b"OK" if ok else b"unknown key", b"", b""])
+        except z.ZMQError:
+            if not self._stop.is_set():
+                raise
+        finally:
+            self._sock.close(linger=0)
+
+    def _admits(self, key: bytes) -> bool:
         with self._lock:
             ok = key in self._allowed
             if not ok:
@@ -133,11 +159,5 @@ class Gate:
         return ok
 
     def stop(self) -> None:
-        self.authenticator.stop()
-
-
-def _quiet_log() -> Any:
-    """pyzmq's authenticator logs every refusal at DEBUG; ours counts them instead."""
-    import logging
-
-    return logging.getLogger("papycluster.transport.curve.zap")
+        self._stop.set()
+        self._thread.join(2.0)
