@@ -227,6 +227,9 @@ class CurveClient:
             z.EVENT_CONNECTED | z.EVENT_HANDSHAKE_SUCCEEDED | z.EVENT_HANDSHAKE_FAILED_AUTH |
             z.EVENT_HANDSHAKE_FAILED_PROTOCOL | z.EVENT_HANDSHAKE_FAILED_NO_DETAIL |
             z.EVENT_CONNECT_RETRIED | z.EVENT_DISCONNECTED)
+        self.poller = z.Poller()  # the answer, or news of the connection
+        self.poller.register(self.sock, z.POLLIN)
+        self.poller.register(self.monitor, z.POLLIN)
         self.rid = 0
         self.broken = False
         try:
@@ -288,17 +291,13 @@ class CurveClient:
         """``(status, length, frame)`` of one request: Lost when the server dropped the
         connection (or stopped answering pings), Silent when the whole answer took
         longer than ``timeout``."""
-        z = curve.zmq()
         self.rid += 1
         self.sock.send(_REQ.pack(OP_GET, key.encode("ascii"), 1 if remove else 0, size,
                                  self.rid))
-        poller = z.Poller()
-        poller.register(self.sock, z.POLLIN)
-        poller.register(self.monitor, z.POLLIN)
         deadline = time.monotonic() + timeout
         while True:
             left = deadline - time.monotonic()
-            ready = dict(poller.poll(max(0, int(left * 1000)))) if left > 0 else {}
+            ready = dict(self.poller.poll(max(0, int(left * 1000)))) if left > 0 else {}
             if not ready:
                 self.broken = True
                 raise Silent(f"{self.where} gave no answer within {timeout:g}s")
