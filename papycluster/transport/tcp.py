@@ -1,5 +1,11 @@
 """``tcp``: the dumping process serves its items from one long-lived server thread.
 
+Two wires, named in each ticket (``wire``): by default the items are served by
+ZeroMQ with CURVE, authenticated and encrypted (:mod:`.tcp_curve`); with encryption off
+(``PAPYCLUSTER_ENCRYPT=0``, the hosts file's ``encrypt = false``) by the plain socket
+this module implements, after the HMAC handshake, at the speed of a raw socket. A
+loader follows its ticket, whatever its own setting.
+
 PaPy forked a process per item that accepted one connection. Here the first
 ``dump_item(..., 'tcp')`` in a process starts a listening socket and an accept
 thread; items wait in memory (the very object the previous worker function returned,
@@ -8,7 +14,7 @@ connections in a per-process pool, so a stream of items costs one request and on
 reply each, no handshake and no fork. Nothing forks, so it works under ``spawn``
 and ``forkserver`` too.
 
-Wire protocol, after :mod:`~papycluster.transport.auth`'s handshake::
+The plain wire, after :mod:`~papycluster.transport.auth`'s handshake::
 
     client: op:u8 key:32 ascii remove:u8 size:u64  (op 1 = get; size from the ticket)
     server: status:u8 size:u64 then size bytes       (status 0 ok, 1 no such item,
