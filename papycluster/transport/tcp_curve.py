@@ -27,6 +27,7 @@ disconnect is a lost producer, unless a new connection is refused (it ended).
 from __future__ import annotations
 
 import errno
+import secrets
 import struct
 import threading
 import time
@@ -47,8 +48,12 @@ ST_SIZE = 2
 SNDHWM = 64
 #: Seconds a connection may take to complete its CURVE handshake (as the plain server's).
 HANDSHAKE_TIMEOUT = 10.0
+#: The longest pause (ms) between libzmq's attempts to reconnect a loader socket.
+RECONNECT_MAX_MS = 5000
 #: Seconds between the pings of a loader socket to its server.
 HEARTBEAT = 2.0
+#: Seconds a loader waits, once connected, for the verdict on its handshake.
+HANDSHAKE_GRACE = 1.0
 #: Failed CURVE handshakes in a row that make a server one without our secret.
 FAILED_HANDSHAKES = 3
 #: The largest frame a server accepts: a request is 50 bytes.
@@ -217,16 +222,28 @@ class CurveClient:
         self.sock = context.socket(z.DEALER)
         keys.as_client(self.sock)
         self.sock.setsockopt(z.LINGER, 0)
-        self.sock.setsockopt(z.IMMEDIATE, 1)  # queue nothing to a connection not made
+        # a handshake that does not end within SILENCE drops the connection (a frozen
+        # server's kernel accepts it, then nothing comes)
+        self.sock.setsockopt(z.HANDSHAKE_IVL, int(silence * 1000))
         # ZMTP pings: a server whose process is frozen (its kernel keeps the connection
         # open) stops answering them, and the connection drops after SILENCE, while a
         # long item keeps it alive by its own traffic
         self.sock.setsockopt(z.HEARTBEAT_IVL, int(HEARTBEAT * 1000))
         self.sock.setsockopt(z.HEARTBEAT_TIMEOUT, int(silence * 1000))
-        self.monitor = self.sock.get_monitor_socket(
-            z.EVENT_CONNECTED | z.EVENT_HANDSHAKE_SUCCEEDED | z.EVENT_HANDSHAKE_FAILED_AUTH |
-            z.EVENT_HANDSHAKE_FAILED_PROTOCOL | z.EVENT_HANDSHAKE_FAILED_NO_DETAIL |
-            z.EVENT_CONNECT_RETRIED | z.EVENT_DISCONNECTED)
+        # an idle pooled socket whose server ended retries ever more seldom (libzmq
+        # reconnects by itself), until the pool drops it
+        self.sock.setsockopt(z.RECONNECT_IVL_MAX, RECONNECT_MAX_MS)
+        # a name of its own: pyzmq's get_monitor_socket() names it after the socket's
+        # descriptor, which a new socket may get again before the old monitor is gone
+        address = f"inproc://papycluster.monitor.{secrets.token_hex(8)}"
+        self.sock.monitor(address,
+                          z.EVENT_CONNECTED | z.EVENT_HANDSHAKE_SUCCEEDED |
+                          z.EVENT_HANDSHAKE_FAILED_AUTH | z.EVENT_HANDSHAKE_FAILED_PROTOCOL |
+                          z.EVENT_HANDSHAKE_FAILED_NO_DETAIL | z.EVENT_CONNECT_RETRIED |
+                          z.EVENT_DISCONNECTED)
+        self.monitor = context.socket(z.PAIR)
+        self.monitor.setsockopt(z.LINGER, 0)
+        self.monitor.connect(address)
         self.poller = z.Poller()  # the answer, or news of the connection
         self.poller.register(self.sock, z.POLLIN)
         self.poller.register(self.monitor, z.POLLIN)
@@ -259,8 +276,14 @@ class CurveClient:
         connected = False
         failures = 0
         while True:
-            event = self._event(deadline - time.monotonic())
+            # once connected, a verdict comes in milliseconds; when none comes (libzmq
+            # may not report a success), go on: the request waits for the handshake, and
+            # a failure of it still shows on the monitor (see get)
+            left = deadline - time.monotonic()
+            event = self._event(min(left, HANDSHAKE_GRACE))
             if event is None:
+                if time.monotonic() < deadline:
+                    return
                 raise Silent(f"no CURVE handshake with {self.where} within {timeout:g}s")
             if event == z.EVENT_HANDSHAKE_SUCCEEDED:
                 return
@@ -311,12 +334,10 @@ class CurveClient:
                 raise Lost(f"{self.where} dropped the connection")
 
     def close(self) -> None:
-        try:
-            self.sock.disable_monitor()
-        except Exception:
-            pass
-        self.monitor.close(linger=0)
+        # the socket first: closing it ends its monitor. (disable_monitor() can block
+        # for good when the monitor's queue is full of unread events.)
         self.sock.close(linger=0)
+        self.monitor.close(linger=0)
 
 
 class CurvePool:
@@ -348,11 +369,23 @@ class CurvePool:
         return CurveClient(context, keys, host, port, timeout, silence), False
 
     def put(self, host: str, port: int, secret: bytes, client: CurveClient) -> None:
-        if client.broken:
-            client.close()
-            return
+        """Keep ``client`` for the next item of its server; drop the idle clients whose
+        server went away meanwhile (their sockets would reconnect for ever)."""
+        gone: list[CurveClient] = []
         with self._lock:
-            self._idle.setdefault((host, port, secret), []).append(client)
+            if not client.broken:
+                self._idle.setdefault((host, port, secret), []).append(client)
+            else:
+                gone.append(client)
+            for key, clients in list(self._idle.items()):
+                keep = [c for c in clients if c.healthy()]
+                gone += [c for c in clients if c not in keep]
+                if keep:
+                    self._idle[key] = keep
+                else:
+                    del self._idle[key]
+        for c in gone:
+            c.close()
 
     def close(self) -> None:
         with self._lock:
