@@ -216,7 +216,8 @@ class CurveClient:
     """A DEALER socket connected to one server, and the monitor that tells its fate."""
 
     def __init__(self, context: Any, keys: curve.Keys, host: str, port: int,
-                 timeout: float, silence: float = 10.0) -> None:
+                 timeout: float, silence: float = 10.0, own_context: bool = False) -> None:
+        self.context = context if own_context else None
         z = curve.zmq()
         self.where = f"{host}:{port}"
         self.sock = context.socket(z.DEALER)
@@ -279,11 +280,8 @@ class CurveClient:
             # once connected, a verdict comes in milliseconds; when none comes (libzmq
             # may not report a success), go on: the request waits for the handshake, and
             # a failure of it still shows on the monitor (see get)
-            left = deadline - time.monotonic()
-            event = self._event(min(left, HANDSHAKE_GRACE))
+            event = self._event(deadline - time.monotonic())
             if event is None:
-                if time.monotonic() < deadline:
-                    return
                 raise Silent(f"no CURVE handshake with {self.where} within {timeout:g}s")
             if event == z.EVENT_HANDSHAKE_SUCCEEDED:
                 return
@@ -338,6 +336,8 @@ class CurveClient:
         # for good when the monitor's queue is full of unread events.)
         self.sock.close(linger=0)
         self.monitor.close(linger=0)
+        if self.context is not None:
+            self.context.term()
 
 
 class CurvePool:
@@ -360,13 +360,13 @@ class CurvePool:
                 if client.healthy():
                     return client, True
                 client.close()
-            if self._context is None:
-                self._context = curve.zmq().Context()
             keys = self._keys.get(secret)
             if keys is None:
                 keys = self._keys[secret] = curve.Keys(secret)
-            context = self._context
-        return CurveClient(context, keys, host, port, timeout, silence), False
+        # a context per socket: in a shared one, the monitor of a new socket was seen to
+        # report nothing after a refused socket was closed
+        return CurveClient(curve.zmq().Context(), keys, host, port, timeout, silence,
+                           own_context=True), False
 
     def put(self, host: str, port: int, secret: bytes, client: CurveClient) -> None:
         """Keep ``client`` for the next item of its server; drop the idle clients whose
