@@ -84,6 +84,7 @@ from tests.cluster.harness import (  # noqa: E402
     require_docker,
     run,
     sshd_answers,
+    write_known_hosts,
 )
 
 SHARE_PATH = "/mnt/data"
@@ -166,14 +167,7 @@ def started_nodes(workdir: Path, count: int, cpus: float | None = None
                                        f"within {SSH_WAIT}s; its log:\n{logs.stdout}"
                                        f"{logs.stderr}")
                 time.sleep(0.3)
-        known_hosts = workdir / "known_hosts"
-        lines = []
-        for node in nodes.values():
-            pub = run(["docker", "exec", node.container, "cat",
-                       "/etc/ssh/ssh_host_ed25519_key.pub"], timeout=60).stdout.split()
-            lines.append(f"{node.ip} {pub[0]} {pub[1]}")
-        known_hosts.write_text("\n".join(lines) + "\n")
-        known_hosts.chmod(0o600)
+        known_hosts = write_known_hosts(nodes.values(), workdir)
         # Harness wants a database; these nodes have none (hosts_toml does not use it)
         yield Harness(project=project, compose_command="", subnet=str(subnet), nodes=nodes,
                       db=None, share_dir=share_dir, key_path=key_path,  # type: ignore[arg-type]

@@ -56,8 +56,13 @@ def usable() -> bool:
     return True
 
 
+_zmq: list[Any] = []  # the module, once found usable (zmq() runs on every request)
+
+
 def zmq() -> Any:
     """The pyzmq module, or a TransportError saying how to get it on this host."""
+    if _zmq:
+        return _zmq[0]
     try:
         import zmq as module
     except ImportError:
@@ -69,6 +74,7 @@ def zmq() -> Any:
     if not module.has("curve"):
         raise TransportError("tcp: this host's libzmq was built without CURVE; install "
                              f"a pyzmq wheel, or set {ENCRYPT_ENV}=0")
+    _zmq.append(module)
     return module
 
 

@@ -506,10 +506,10 @@ class TcpTransport(base.Transport):
                 client.close()
                 raise ProducerLostError(tk, str(exc), self.name) from None
             pool.put(host, port, secret, client)
-            if status == ST_SIZE:
+            if status == tcp_curve.ST_SIZE:
                 raise TicketError(tk, f"tcp server {where} holds {length} bytes under key "
                                   f"{key}, the ticket says {size}", self.name)
-            if status != ST_OK:
+            if status != tcp_curve.ST_OK:
                 raise StaleTicketError(tk, f"tcp server {where} has no item {key} (already "
                                        "loaded, or never dumped there)", self.name)
             if length != size or len(frame) != size:

@@ -342,10 +342,9 @@ class CurveClient:
 
 class CurvePool:
     """The CURVE loader sockets of this process, one per concurrent loader and server,
-    reused across items; one zmq context for them all."""
+    reused across items (each with its zmq context, see get)."""
 
     def __init__(self) -> None:
-        self._context: Any = None
         self._keys: dict[bytes, curve.Keys] = {}
         self._idle: dict[tuple[str, int, bytes], list[CurveClient]] = {}
         self._lock = threading.Lock()
@@ -390,12 +389,9 @@ class CurvePool:
     def close(self) -> None:
         with self._lock:
             idle, self._idle = self._idle, {}
-            context, self._context = self._context, None
         for clients in idle.values():
             for client in clients:
                 client.close()
-        if context is not None:
-            context.term()
 
     def forget_after_fork(self) -> None:
-        self._idle, self._context = {}, None
+        self._idle = {}

@@ -28,7 +28,7 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -418,6 +418,20 @@ def build_images(wine: bool = False) -> str:
     return run(["bash", str(BUILD_SCRIPT), "--print-tag"], timeout=60).stdout.strip()
 
 
+def write_known_hosts(nodes: Iterable[Node], workdir: Path) -> Path:
+    """``workdir/known_hosts`` with the host keys the nodes made at start, checked by
+    every SSH connection (0600)."""
+    known_hosts = workdir / "known_hosts"
+    lines = []
+    for node in nodes:
+        pub = run(["docker", "exec", node.container, "cat",
+                   "/etc/ssh/ssh_host_ed25519_key.pub"], timeout=60).stdout.split()
+        lines.append(f"{node.ip} {pub[0]} {pub[1]}")
+    known_hosts.write_text("\n".join(lines) + "\n")
+    known_hosts.chmod(0o600)
+    return known_hosts
+
+
 def sshd_answers(ip: str) -> bool:
     try:
         with socket.create_connection((ip, 22), timeout=2) as sock:
@@ -521,15 +535,7 @@ def attach(project: str, compose: str, env: dict[str, str],
                   container=container_of(DB_SERVICE))
     wait_for(f"MariaDB ({db.host})", db.container, lambda: mariadb_answers(db), DB_WAIT)
 
-    # The host keys the nodes made at start, checked by every SSH connection.
-    known_hosts = workdir / "known_hosts"
-    lines = []
-    for node in nodes.values():
-        pub = run(["docker", "exec", node.container, "cat",
-                   "/etc/ssh/ssh_host_ed25519_key.pub"], timeout=60).stdout.split()
-        lines.append(f"{node.ip} {pub[0]} {pub[1]}")
-    known_hosts.write_text("\n".join(lines) + "\n")
-    known_hosts.chmod(0o600)
+    known_hosts = write_known_hosts(nodes.values(), workdir)
 
     return Harness(project=project, compose_command=compose, subnet=env["PAPY_SUBNET"],
                    nodes=nodes, db=db, share_dir=Path(env["PAPY_SHARE_DIR"]),
