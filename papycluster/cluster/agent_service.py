@@ -123,22 +123,31 @@ class Agent:
         log.info("worker %s started (pid %s)", wid, worker.pid)
         return wid
 
-    def open_stream(self, wid: int) -> tuple[int, str]:
-        """The port of the stream listener and a one-time token for worker ``wid``."""
-        from papycluster.cluster.stream import StreamListener
+    def open_stream(self, wid: int) -> tuple[int, str, str]:
+        """The port of the stream listener, a one-time token for worker ``wid``, and
+        the listener's wire ("curve": encrypted, or "hmac", see cluster.stream)."""
+        from papycluster.cluster import stream
 
         with self.lock:
             if self.streams is None:
-                self.streams = StreamListener(self.bind, self.secret, self._attach)
+                self.streams = stream.listener(self.bind, self.secret, self._attach)
             listener = self.streams
-        return listener.port, listener.issue(wid)
+        return listener.port, listener.issue(wid), listener.wire
 
-    def _attach(self, wid: int, sock: socket.socket) -> bool:
+    def encrypted_streams(self) -> bool:
+        """Whether workers' bytes travel only encrypted here (then never by RPyC)."""
+        from papycluster.cluster import stream
+
+        if self.streams is not None:
+            return self.streams.wire == "curve"
+        return stream.encrypted_here()
+
+    def _attach(self, wid: int, channel: Any) -> bool:
         """Give a stream to worker ``wid``; False if it is gone or has one already."""
         proc = self.procs.get(wid)
         if proc is None or proc.closed or proc.stream is not None:
             return False
-        proc.attach(sock, lambda data: self.send(wid, data))
+        proc.attach(channel, lambda data: self.send(wid, data))
         return True
 
     def send(self, wid: int, data: bytes) -> None:
@@ -244,7 +253,7 @@ def make_service(agent: Agent) -> type:
             self._wids.add(wid)
             return wid
 
-        def exposed_open_stream(self, wid: int) -> tuple[int, str]:
+        def exposed_open_stream(self, wid: int) -> tuple[int, str, str]:
             if wid not in self._wids:
                 raise KeyError(f"worker {wid} does not belong to this connection")
             return agent.open_stream(wid)
@@ -252,6 +261,11 @@ def make_service(agent: Agent) -> type:
         def exposed_send(self, wid: int, data: bytes) -> None:
             if wid not in self._wids:
                 raise KeyError(f"worker {wid} does not belong to this connection")
+            if agent.encrypted_streams():
+                # RPyC's bytes cross the network in clear, and they would be unpickled
+                # by the worker: with encryption on they come only on its stream
+                raise PermissionError(f"agent {agent.name} takes a worker's bytes only "
+                                      "on its encrypted stream (encrypt = true)")
             agent.send(wid, bytes(data))
 
         def exposed_worker_alive(self, wid: int) -> bool:

@@ -165,31 +165,51 @@ class RemoteWorker:
         self._send = rpyc.async_(root.send)
         self._alive = rpyc.async_(root.worker_alive)
         self._close_worker = root.close_worker
-        self._stream: socket.socket | None = None
-        self._stream_lock = threading.Lock()
+        self._stream: Any = None  # a cluster.stream Channel
         self._open_stream(root)
 
     def _open_stream(self, root: Any) -> None:
-        """Carry this worker's bytes on a direct socket (see :mod:`.stream`); if that
-        fails, they keep going through RPyC, slower but the same."""
+        """Carry this worker's bytes on a direct stream (see :mod:`.stream`). If a
+        plain stream cannot be had, they keep going through RPyC, slower but the same;
+        an encrypted one must open (the agent takes no bytes in clear then)."""
+        wire = "hmac"
         try:
-            port, token = root.open_stream(self.wid)
-            sock = stream.connect(self._conn.address, int(port), token, self._conn._secret,
-                                  timeout=10.0)
+            port, token, *rest = root.open_stream(self.wid)
+            wire = rest[0] if rest else "hmac"
+            channel = stream.open_channel(self._conn.address, int(port), token,
+                                          self._conn._secret, wire, timeout=10.0)
         except Exception as exc:
+            if wire == "curve":
+                self._close_quietly()
+                raise WorkerLostError(
+                    f"worker on {self.name}: cannot open its encrypted stream to "
+                    f"{self._conn.address} ({exc}); is the agent's port open to this "
+                    "host (see the hosts file's ports)?") from None
             log.info("worker on %s: no stream (%s); its bytes go through RPyC", self.name,
                      exc)
             return
-        self._stream = sock
-        threading.Thread(target=self._read_stream, args=(sock,), daemon=True,
+        self._stream = channel
+        threading.Thread(target=self._read_stream, args=(channel,), daemon=True,
                          name=f"papycluster-stream-{self.name}").start()
 
-    def _read_stream(self, sock: socket.socket) -> None:
+    def _close_quietly(self) -> None:
+        try:
+            self._close_worker(self.wid, True)
+        except Exception:
+            pass
+
+    @property
+    def wire(self) -> str:
+        """What carries this worker's bytes: "curve" (an encrypted stream), "hmac" (a
+        plain stream) or "rpyc"."""
+        return getattr(self._stream, "wire", "rpyc")
+
+    def _read_stream(self, channel: Any) -> None:
         reason = "the stream to the agent closed"
         while True:
             try:
-                data = stream.recv_frame(sock)
-            except (OSError, ValueError) as exc:  # ValueError: closed under us
+                data = channel.recv()
+            except OSError as exc:
                 reason = f"the stream to the agent failed: {exc}"
                 break
             if not data:  # None: closed; empty frame: the agent says the process ended
@@ -244,10 +264,10 @@ class RemoteWorker:
         """
         if self._conn.closed:
             raise WorkerLostError(f"worker on {self.name}: {self._lost_reason or 'closed'}")
-        sock = self._stream  # close() may drop it meanwhile
-        if sock is not None:
+        channel = self._stream  # close() may drop it meanwhile
+        if channel is not None:
             try:
-                stream.send_frame(sock, data, self._stream_lock)
+                channel.send(data)
             except OSError as exc:
                 raise WorkerLostError(f"worker on {self.name}: sending on its stream: "
                                       f"{exc}")
@@ -316,9 +336,9 @@ class RemoteWorker:
         except Exception:
             pass
         finally:
-            sock, self._stream = self._stream, None
-            if sock is not None:
-                stream.close(sock)
+            channel, self._stream = self._stream, None
+            if channel is not None:
+                channel.close()
             if getattr(self, "_owns_conn", False):
                 self._conn.close()
 

@@ -28,6 +28,7 @@ from papycluster.cluster.errors import HostError
 from papycluster.cluster.hosts import ClusterConfig, HostConfig
 from papycluster.cluster.remote import parse_result, render
 from papycluster.cluster.state import HostEntry
+from papycluster.transport import curve
 
 Progress = Callable[[str, str], None]  # (host, message)
 
@@ -86,7 +87,9 @@ class LocalLauncher:
             "run_dir": default_run_dir(self.cluster, name), "secret": secret,
             "bind": "127.0.0.1", "advertise": "127.0.0.1", "port": 0,
             "profile": host.profile, "shares": {}, "workers": host.workers,
-            "pythonpath": [local_pythonpath()], "timeout": timeout}, timeout + 10)
+            "pythonpath": [local_pythonpath()], "timeout": timeout,
+            # no hosts file here: this process's PAPYCLUSTER_ENCRYPT decides
+            "encrypt": curve.enabled()}, timeout + 10)
         if not res.get("ok"):
             raise HostError(name, res.get("cause", "agent failed"), res.get("detail", ""))
         try:

@@ -15,7 +15,6 @@ Like the agent, it must run on the oldest Python a host may have (3.9).
 from __future__ import annotations
 
 import logging
-import socket
 import threading
 import time
 from collections import deque
@@ -44,29 +43,26 @@ class RemoteProc:
         self._unacked: deque = deque()
         self._acks = threading.Condition()
         self._ack_error = ""
-        # The worker's stream to its controller, once attached (see cluster.stream):
-        # replies go there instead of through the RPyC callback.
-        self.stream: socket.socket | None = None
-        self._stream_lock = threading.Lock()
+        # The worker's stream to its controller, once attached (a cluster.stream
+        # Channel): replies go there instead of through the RPyC callback.
+        self.stream: Any = None
         self.thread = threading.Thread(target=self._relay, name=f"relay-{wid}", daemon=True)
         self.thread.start()
 
-    def attach(self, sock: socket.socket, deliver: Callable[[Any], None]) -> None:
-        """Take the controller's stream: its frames go to the worker (``deliver``), the
-        worker's replies go back on it."""
-        self.stream = sock  # with stream.TIMEOUT on sends: a stuck controller is dropped
-        threading.Thread(target=self._read_stream, args=(sock, deliver), daemon=True,
+    def attach(self, channel: Any, deliver: Callable[[Any], None]) -> None:
+        """Take the controller's stream (a ``cluster.stream.Channel``): its frames go
+        to the worker (``deliver``), the worker's replies go back on it."""
+        self.stream = channel  # sends are bounded: a stuck controller is dropped
+        threading.Thread(target=self._read_stream, args=(channel, deliver), daemon=True,
                          name=f"stream-{self.wid}").start()
 
-    def _read_stream(self, sock: socket.socket, deliver: Callable[[Any], None]) -> None:
+    def _read_stream(self, channel: Any, deliver: Callable[[Any], None]) -> None:
         """Frames from the controller to the worker, until the stream ends."""
-        from papycluster.cluster.stream import recv_frame
-
         reason = "the controller closed the stream"
         while not self.closed:
             try:
-                data = recv_frame(sock)
-            except (OSError, ValueError) as exc:  # ValueError: closed under us
+                data = channel.recv()
+            except OSError as exc:
                 reason = f"the stream failed: {exc}"
                 break
             if data is None:
@@ -150,8 +146,7 @@ class RemoteProc:
                         self.on_result(data)
                     stream = self.stream  # stop() may drop it meanwhile
                     if stream is not None:
-                        from papycluster.cluster.stream import send_frame
-                        send_frame(stream, data, self._stream_lock)
+                        stream.send(data)
                     else:
                         self._hand_over(data)
                 elif self.worker.sentinel in ready:
@@ -171,8 +166,7 @@ class RemoteProc:
             try:
                 stream = self.stream
                 if stream is not None:  # an empty frame: the process is gone
-                    from papycluster.cluster.stream import send_frame
-                    send_frame(stream, b"", self._stream_lock)
+                    stream.send(b"")
                 else:
                     self.callback(None)  # tell the controller the process is gone
             except Exception:
@@ -181,11 +175,9 @@ class RemoteProc:
         self._close_stream()
 
     def _close_stream(self) -> None:
-        from papycluster.cluster import stream as streams
-
         stream, self.stream = self.stream, None
         if stream is not None:
-            streams.close(stream)
+            stream.close()
 
     def stop(self, sweep: bool = True) -> None:
         """End the process, and with ``sweep`` remove what it left (nothing, normally).

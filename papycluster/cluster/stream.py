@@ -17,10 +17,19 @@ the token, which binds the connection to that worker. Nothing is read from a pee
 before it has proved the secret, and nothing but the token until the token matched.
 A zero-length frame from the agent says that the worker process ended.
 
+Two wires carry these frames. With encryption on (the default, as for ``tcp`` items)
+and pyzmq on the agent, the stream is a CurveZMQ connection
+(:mod:`papycluster.cluster.stream_curve`); with ``encrypt = false``, or on an agent
+without pyzmq, it is the plain socket below. Either way the agent and the controller
+see a :class:`Channel`: ``send`` a frame, ``recv`` the next (None at the end),
+``close``.
+
 The listener uses an ephemeral port (hosts already reach each other's ephemeral ports
 for the tcp transport), or one of the hosts file's ``ports``
-(:mod:`papycluster.wire.ports`). A controller that cannot open a stream keeps RPyC for
-that worker, so a firewall costs speed, not function.
+(:mod:`papycluster.wire.ports`). A controller that cannot open a plain stream keeps
+RPyC for that worker, so a firewall costs speed, not function; an encrypted stream
+has no such fallback (RPyC's bytes are in clear), and the agent refuses a worker's
+bytes over RPyC when it offers encrypted streams.
 
 This module runs on the agent too: Python 3.9, no ``match``, no runtime ``X | Y``.
 """
@@ -32,7 +41,7 @@ import os
 import socket
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from papycluster.cluster.auth import (
     HANDSHAKE_TIMEOUT,
@@ -44,8 +53,9 @@ from papycluster.wire import ports
 from papycluster.wire.frames import FRAME, SMALL, recv_exact, recv_frame, send_frame
 
 #: The frames are papycluster.wire's; named here for the agent and the client.
-__all__ = ["FRAME", "HANDSHAKE_TIMEOUT", "SMALL", "TIMEOUT", "TOKEN", "StreamListener",
-           "close", "connect", "recv_frame", "send_frame"]
+__all__ = ["FRAME", "HANDSHAKE_TIMEOUT", "SMALL", "TIMEOUT", "TOKEN", "Channel",
+           "SocketChannel", "StreamListener", "close", "connect", "encrypted_here",
+           "listener", "open_channel", "recv_frame", "send_frame"]
 
 log = logging.getLogger("papycluster.stream")
 
@@ -63,17 +73,83 @@ def close(sock: socket.socket) -> None:
     sock.close()
 
 
+class Channel(Protocol):
+    """One worker's stream, as the agent and the controller use it (either wire)."""
+
+    def send(self, data: Any) -> None:
+        """Send one frame; OSError when the stream is gone."""
+
+    def recv(self) -> Any:
+        """The next frame (bytes-like), None at the end; OSError when it broke."""
+
+    def close(self) -> None:
+        """End the stream, waking a reader that waits on it."""
+
+
+class SocketChannel:
+    """The plain wire's :class:`Channel`: frames on an authenticated TCP socket."""
+
+    wire = "hmac"
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.lock = threading.Lock()
+
+    def send(self, data: Any) -> None:
+        send_frame(self.sock, data, self.lock)
+
+    def recv(self) -> Any:
+        try:
+            return recv_frame(self.sock)
+        except ValueError as exc:  # closed under us
+            raise ConnectionError(str(exc)) from None
+
+    def close(self) -> None:
+        close(self.sock)
+
+
+def encrypted_here() -> bool:
+    """Whether this agent's streams are encrypted: encryption is on (``--encrypt``,
+    ``PAPYCLUSTER_ENCRYPT``) and pyzmq with CURVE can be had here."""
+    from papycluster.transport import curve
+
+    return curve.enabled() and curve.usable()
+
+
+def listener(bind: str, secret: str | bytes, attach: Callable[[int, Any], bool]) -> Any:
+    """The agent's stream listener: encrypted where :func:`encrypted_here`, else plain.
+    ``attach(wid, channel)`` takes a new worker's :class:`Channel`."""
+    if encrypted_here():
+        from papycluster.cluster.stream_curve import CurveStreamListener
+
+        return CurveStreamListener(bind, secret, attach)
+    return StreamListener(bind, secret, lambda wid, sock: attach(wid, SocketChannel(sock)))
+
+
+def open_channel(address: str, port: int, token: str, secret: str | bytes, wire: str,
+                 timeout: float) -> Any:
+    """The controller's end of a worker's stream, on the wire the agent named."""
+    if wire == "curve":
+        from papycluster.cluster.stream_curve import ControllerChannel
+
+        return ControllerChannel(address, port, token, secret, timeout)
+    if wire != "hmac":
+        raise ValueError(f"a worker stream on an unknown wire {wire!r}")
+    return SocketChannel(connect(address, port, token, secret, timeout))
+
+
 def _tune(sock: socket.socket) -> None:
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
 
 
 class StreamListener:
-    """The agent's side: accepts streams, admits those that prove the secret and
+    """The plain wire's agent side: accepts streams, admits those that prove the secret and
     present a token that :meth:`issue` handed out, and gives them to ``attach``."""
 
     def __init__(self, bind: str, secret: str | bytes,
                  attach: Callable[[int, socket.socket], bool]) -> None:
+        self.wire = "hmac"
         self.secret = secret
         self.attach = attach
         self.tokens: dict = {}

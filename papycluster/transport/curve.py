@@ -30,7 +30,7 @@ import os
 import threading
 from typing import Any
 
-from papycluster.transport.base import TransportError
+from papycluster.transport.base import TransportError, log
 
 ENCRYPT_ENV = "PAPYCLUSTER_ENCRYPT"
 #: The ZAP domain of papycluster's CURVE servers (what the Gate answers for).
@@ -162,6 +162,8 @@ class Gate:
             ok = key in self._allowed
             if not ok:
                 self.refused += 1
+        if not ok:
+            log.warning("CURVE: refused a peer whose key is not this cluster's")
         return ok
 
     def stop(self) -> None:

@@ -1,11 +1,13 @@
-"""On the wire between two docker nodes: tcp items are encrypted (CURVE) by default.
+"""On the wire of a docker node: tcp items and worker streams are encrypted by default.
 
 node1's worker dumps pickled items that carry a marker, node2's worker loads them by
-tcp; meanwhile a packet capture runs in node2's network namespace (an ``AF_PACKET``
-socket of a root process there: every frame in and out of the node). With encryption
-on, the marker is in no captured byte. The control run, with ``encrypt = false`` in the
-hosts file, finds it there: the capture sees the items, so its silence above means
-something. The marker never crosses the controller: it is made on node1, and only
+tcp; then the controller sends node2's worker tasklets whose arguments carry another
+marker, and gets it back in the results (the worker streams). Meanwhile a packet
+capture runs in node2's network namespace (an ``AF_PACKET`` socket of a root process
+there: every frame in and out of the node). With encryption on, neither marker is in a
+captured byte. The control run, with ``encrypt = false`` in the hosts file, finds both
+there: the capture sees the items and the tasklets, so its silence above means
+something. The item marker never crosses the controller: it is made on node1, and only
 tickets and lengths come back.
 """
 
@@ -55,8 +57,14 @@ def size(inbox: list) -> int:
     return len(inbox[0])
 
 
-def run_and_capture(cluster: Harness, name: str, tmp_path, encrypt: bool) -> bytes:
-    """``up`` on node1 and node2, a tcp pipe node1 -> node2, the capture of node2."""
+def echo(text: str) -> str:
+    return text
+
+
+def run_and_capture(cluster: Harness, name: str, tmp_path, encrypt: bool
+                    ) -> tuple[int, int]:
+    """``up`` on node1 and node2, a tcp pipe node1 -> node2 and tasklets to node2; how
+    often node2's capture holds the item marker and the tasklet marker."""
     node1, node2 = cluster.nodes["node1"], cluster.nodes["node2"]
     text = cluster.hosts_toml([node1, node2], cluster_name=name)
     text = text.replace("[cluster]\n", f"[cluster]\nencrypt = {str(encrypt).lower()}\n")
@@ -85,19 +93,29 @@ def run_and_capture(cluster: Harness, name: str, tmp_path, encrypt: bool) -> byt
         finally:
             pipes.stop()
         assert up.worker.args[1] == ("tcp",) and len(out) == 20 and all(out), out
+        tasks = ["-".join(["PAPY", "TASK", "MARK", str(i)]) * 40 for i in range(20)]
+        numap = NuMap(worker_num=0, worker_remote=[("node2", 1)])
+        numap.add_task(echo, tasks)
+        numap.start()
+        try:
+            assert list(numap) == tasks
+        finally:
+            numap.stop()
     finally:
         cluster.docker_exec(node2, "pkill -f /tmp/sniff.py", check=False)
         assert all(d.ok for d in controller.down())
     found = cluster.docker_exec(node2, "python3 -c \"import sys; data = open(sys.argv[1], "
                                 "'rb').read(); print(len(data), data.count(b'PAPY-WIRE-"
-                                "MARK-'))\" " + CAPTURE, check=True)
-    captured, hits = map(int, found.stdout.split())
-    assert captured > 20 * 1000, captured  # it saw the items go by
-    return hits
+                                "MARK-'), data.count(b'PAPY-TASK-MARK-'))\" " + CAPTURE,
+                                check=True)
+    captured, items, tasklets = map(int, found.stdout.split())
+    assert captured > 40 * 1000, captured  # it saw the items and tasklets go by
+    return items, tasklets
 
 
-def test_tcp_items_between_two_nodes_are_not_in_clear_on_the_wire(cluster: Harness, papy,
-                                                                 tmp_path):
-    assert run_and_capture(cluster, papy, tmp_path, encrypt=True) == 0
-    # control: the same run in clear shows the marker, so the capture would see it
-    assert run_and_capture(cluster, papy, tmp_path, encrypt=False) > 0
+def test_items_and_tasklets_are_not_in_clear_on_the_wire(cluster: Harness, papy,
+                                                         tmp_path):
+    assert run_and_capture(cluster, papy, tmp_path, encrypt=True) == (0, 0)
+    # control: the same run in clear shows both markers, so the capture would see them
+    items, tasklets = run_and_capture(cluster, papy, tmp_path, encrypt=False)
+    assert items > 0 and tasklets > 0, (items, tasklets)
