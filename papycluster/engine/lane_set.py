@@ -103,6 +103,12 @@ class LaneSet:
         return [w for lane in self.lanes if lane.kind == "remote"
                 for w in getattr(lane, "workers", ())]
 
+    def may_adapt(self) -> bool:
+        """Whether an adaptive buffer may grow here: every lane runs its tasklets in
+        other processes (local or remote), each batch of them carried as one message."""
+        lanes = self.lanes
+        return bool(lanes) and all(lane.kind in ("process", "remote") for lane in lanes)
+
     def processes_only(self) -> ProcessLane | None:
         """The lane of local processes when it is the only one, else None."""
         lanes = self.lanes

@@ -297,8 +297,9 @@ class NuMap(NuMapResults):
 
     @property
     def _adaptive(self) -> bool:
-        """No ``buffer=`` given and only local processes: the buffer may grow."""
-        return self.buffer is None and self._lanes.processes_only() is not None
+        """No ``buffer=`` given, and only worker processes (local or remote): the
+        buffer may grow."""
+        return self.buffer is None and self._lanes.may_adapt()
 
     def stop(self, ends: Iterable[int] | None = None, forced: bool = False) -> None:
         """Stop feeding, end the workers and make the NuMap reusable.
