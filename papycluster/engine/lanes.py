@@ -106,6 +106,21 @@ class Lane(Protocol):
     def close(self, deadline: float) -> None: ...
 
 
+class TaskletQueue(queue.Queue):
+    """A lane's queue of tasklets, where a rerun goes first.
+
+    A rerun (negative index, see ``NuMap.rerun``) recomputes an item whose data was
+    lost with its host, and the whole pipeline downstream waits for it: behind an
+    adaptive buffer's thousands of queued tasklets it would wait for all of them.
+    """
+
+    def put_first(self, tasklet: Any) -> None:
+        with self.not_full:
+            self.queue.appendleft(tasklet)
+            self.unfinished_tasks += 1
+            self.not_empty.notify()
+
+
 class QueueLane:
     """The part of a lane that is the same for threads and remote workers: ``size``
     serving threads take tasklets from one queue; a None in it ends one of them.
@@ -118,7 +133,7 @@ class QueueLane:
 
     def __init__(self, hub: Hub, size: int, names: list[str] | None = None) -> None:
         self.hub = hub
-        self.queue: queue.Queue = queue.Queue()
+        self.queue: TaskletQueue = TaskletQueue()
         self.alive = size
         self.inflight = 0
         self.lost = ""  # why the last worker of this lane was lost (for error messages)
@@ -145,7 +160,11 @@ class QueueLane:
             if not self.alive:
                 return False
             self.inflight += 1
-            self.queue.put((task, index, item, attempts))
+            tasklet = (task, index, item, attempts)
+            if index < 0:  # a rerun: ahead of the queued tasklets
+                self.queue.put_first(tasklet)
+            else:
+                self.queue.put(tasklet)
         return True
 
     def busy(self) -> bool:

@@ -27,6 +27,7 @@ import re
 import secrets
 import stat
 import threading
+import time
 from collections.abc import Callable
 from multiprocessing import util as mp_util
 from typing import Any, ClassVar
@@ -76,6 +77,45 @@ class ProducerLostError(TicketProblem):
     ``ticket`` is the ticket that could not be loaded.
     """
 
+
+
+class GoneServers:
+    """Item servers that a loader of this process found gone, for ``ttl`` seconds.
+
+    A producer that refused (ended), did not answer (lost, frozen) or broke off is
+    remembered by address; the next tickets of that server fail at once with the same
+    error (a ``ProducerLostError`` or ``StaleTicketError``, which the engine
+    recomputes) instead of each waiting out its own timeout in turn: a deep buffer
+    holds hundreds of tickets of a host when it is lost. After ``ttl`` seconds a
+    server is tried again (a frozen host may have thawed; a new process may listen on
+    the port).
+    """
+
+    def __init__(self, ttl: float = 30.0) -> None:
+        self.ttl = ttl
+        self._gone: dict[str, tuple[float, type, str]] = {}
+        self._lock = threading.Lock()
+
+    def check(self, where: str, tk: Any, transport: str) -> None:
+        """Raise the remembered error when ``where`` was found gone lately."""
+        with self._lock:
+            entry = self._gone.get(where)
+        if entry is None:
+            return
+        since = time.monotonic() - entry[0]
+        if since >= self.ttl:
+            with self._lock:
+                self._gone.pop(where, None)
+            return
+        raise entry[1](tk, f"{entry[2]} (found {since:.1f} s ago, by an earlier item)",
+                       transport)
+
+    def found(self, where: str, cls: type, tk: Any, reason: str, transport: str
+              ) -> TicketProblem:
+        """Remember ``where`` as gone; the error to raise for ``tk``."""
+        with self._lock:
+            self._gone[where] = (time.monotonic(), cls, reason)
+        return cls(tk, reason, transport)
 
 
 def recoverable(exc: BaseException | None) -> bool:

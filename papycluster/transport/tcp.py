@@ -70,6 +70,8 @@ BACKOFF_MAX = 2.0
 #: its answer) for lost: the server answers from memory at once, and a frozen host's
 #: kernel keeps the connection open while nothing comes, so only silence tells.
 SILENCE = 10.0
+#: Servers this process found gone: their next tickets fail at once (see GoneServers).
+GONE = base.GoneServers()
 #: Seconds a CURVE loader waits for the handshake of its retry after a dropped connection.
 RETRY_HANDSHAKE = 3.0
 
@@ -424,22 +426,24 @@ class TcpTransport(base.Transport):
              timeout: float | None = None) -> Any:
         host, port, key, size, wire = fields
         timeout = DEFAULT_TIMEOUT if timeout is None else timeout
+        where = f"{host}:{port}"
+        GONE.check(where, tk, self.name)  # its host was lost a moment ago: no wait
         if wire == WIRE_CURVE:
             return self._load_curve(host, port, key, size, tk, remove, timeout)
         pool = self.state.get().pool
-        where = f"{host}:{port}"
         for attempt in (0, 1):
             try:
                 sock, reused = pool.get(host, port, timeout)
             except ConnectionRefusedError:
-                raise StaleTicketError(tk, f"no tcp server at {where} any more (the process "
-                                       "that dumped the item has ended)", self.name) from None
+                raise self._gone(where, StaleTicketError, tk, f"no tcp server at {where} "
+                                 "any more (the process that dumped the item has ended)"
+                                 ) from None
             except TimeoutError:
-                raise ProducerLostError(tk, f"connecting to {where} timed out after "
-                                        f"{timeout}s", self.name) from None
+                raise self._gone(where, ProducerLostError, tk, f"connecting to {where} "
+                                 f"timed out after {timeout}s") from None
             except OSError as exc:
-                raise ProducerLostError(tk, f"cannot connect to {where}: {exc}",
-                                        self.name) from None
+                raise self._gone(where, ProducerLostError, tk,
+                                 f"cannot connect to {where}: {exc}") from None
             try:
                 sock.sendall(_REQ.pack(OP_GET, key.encode("ascii"), 1 if remove else 0,
                                        size))
@@ -449,7 +453,8 @@ class TcpTransport(base.Transport):
                 sock.close()
                 if reused and attempt == 0 and not isinstance(exc, TimeoutError):
                     continue  # a pooled connection the server had dropped: once more
-                raise ProducerLostError(tk, f"{where} failed: {exc}", self.name) from None
+                raise self._gone(where, ProducerLostError, tk, f"{where} failed: {exc}"
+                                 ) from None
             status, length = _REP.unpack(header)
             if status == ST_SIZE:  # the server kept the item: the ticket is wrong
                 pool.put(host, port, sock)
@@ -468,11 +473,15 @@ class TcpTransport(base.Transport):
                     s, view, None, "the item"))
             except (ConnectionError, OSError) as exc:
                 sock.close()
-                raise ProducerLostError(tk, f"{where} failed mid-item: {exc}",
-                                        self.name) from None
+                raise self._gone(where, ProducerLostError, tk,
+                                 f"{where} failed mid-item: {exc}") from None
             pool.put(host, port, sock)
             return out
         raise AssertionError("unreachable")
+
+    def _gone(self, where: str, cls: type, tk: tuple, reason: str) -> Exception:
+        """The error for a server found gone, remembered for its next tickets."""
+        return GONE.found(where, cls, tk, reason, self.name)
 
     def _load_curve(self, host: str, port: int, key: str, size: int, tk: tuple,
                     remove: bool, timeout: float) -> bytearray:
@@ -488,10 +497,11 @@ class TcpTransport(base.Transport):
                 wait = min(timeout, SILENCE if attempt == 0 else RETRY_HANDSHAKE)
                 client, reused = pool.get(host, port, secret, wait, SILENCE)
             except tcp_curve.Refused:
-                raise StaleTicketError(tk, f"no tcp server at {where} any more (the process "
-                                       "that dumped the item has ended)", self.name) from None
+                raise self._gone(where, StaleTicketError, tk, f"no tcp server at {where} "
+                                 "any more (the process that dumped the item has ended)"
+                                 ) from None
             except tcp_curve.Silent as exc:
-                raise ProducerLostError(tk, str(exc), self.name) from None
+                raise self._gone(where, ProducerLostError, tk, str(exc)) from None
             except SecretError as exc:
                 raise SecretError(f"{exc} {auth.secret_hint()} (ticket {tk!r:.120})") \
                     from None
@@ -501,10 +511,10 @@ class TcpTransport(base.Transport):
                 client.close()
                 if attempt == 0:
                     continue  # a new connection tells an ended producer from a lost one
-                raise ProducerLostError(tk, str(exc), self.name) from None
+                raise self._gone(where, ProducerLostError, tk, str(exc)) from None
             except tcp_curve.Silent as exc:
                 client.close()
-                raise ProducerLostError(tk, str(exc), self.name) from None
+                raise self._gone(where, ProducerLostError, tk, str(exc)) from None
             pool.put(host, port, secret, client)
             if status == tcp_curve.ST_SIZE:
                 raise TicketError(tk, f"tcp server {where} holds {length} bytes under key "

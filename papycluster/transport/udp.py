@@ -88,6 +88,9 @@ from papycluster.transport.udp_wire import (
     u32,
 )
 
+#: Servers this process found gone: their next tickets fail at once (see GoneServers).
+GONE = base.GoneServers()
+
 #: The largest item udp carries (bytes), unless ``PAPYCLUSTER_UDP_MAX_ITEM`` says
 #: otherwise. An item is held in the dumping process until it is fetched and the loader
 #: allocates its whole size up front, from the ticket, so both ends refuse sizes past
@@ -194,11 +197,12 @@ class UdpTransport(base.Transport):
         deadline = time.monotonic() + timeout
         secret = auth.get_secret()
         where = f"udp server {host}:{port}"
+        GONE.check(where, tk, self.name)  # its host was lost a moment ago: no wait
         try:
             sock, rcvbuf = _client_socket(host, port)
         except OSError as exc:
-            raise ProducerLostError(tk, f"cannot reach {host}:{port}: {exc}", self.name) \
-                from None
+            raise GONE.found(where, ProducerLostError, tk, f"cannot reach {host}:{port}: "
+                             f"{exc}", self.name) from None
         try:
             return buffers.receive(size, lambda view: self._load(
                 sock, rcvbuf, secret, tk, where, key.encode("ascii"), size, chunk, remove,
@@ -230,8 +234,9 @@ class UdpTransport(base.Transport):
                     pass
                 except (ConnectionRefusedError, ConnectionResetError):
                     # Linux says refused, Windows reset, for the ICMP "port unreachable"
-                    raise StaleTicketError(tk, f"no {where} any more (the process that "
-                                           "dumped the item has ended)", self.name) from None
+                    raise GONE.found(where, StaleTicketError, tk, f"no {where} any more "
+                                     "(the process that dumped the item has ended)",
+                                     self.name) from None
                 now = time.monotonic()
                 if now >= deadline:
                     raise ProducerLostError(tk, f"{where} timed out", self.name)
@@ -250,8 +255,8 @@ class UdpTransport(base.Transport):
         tries = 0
         while not snonce:
             if time.monotonic() >= give_up:
-                raise ProducerLostError(tk, f"{where} did not answer {tries} greetings in "
-                                        f"{SILENCE:g}s", self.name)
+                raise GONE.found(where, ProducerLostError, tk, f"{where} did not answer "
+                                 f"{tries} greetings in {SILENCE:g}s", self.name)
             send_datagram(sock, hello)
             tries += 1
             until = time.monotonic() + pause
