@@ -6,8 +6,9 @@ is installed). Each transport is compared with:
 
 * the default *manager* path (the item goes back to the manager and out again),
 * a *raw* baseline measured in the same run between two plain processes: a plain TCP
-  socket (for tcp and udp) or a plain shared-memory copy into a reused segment (for
-  shm, fifo and file).
+  socket (for tcp and udp), a plain shared-memory copy into a reused segment (for
+  shm, fifo and file), or a plain sqlite3 insert, then select and delete, of the same
+  bytes in a WAL database (for sqlite).
 
 Every path runs with each NuMap ``buffer`` of ``--buffers`` (default 1 and 4): 1 is
 PaPy's default here (stride x tasks), where each item waits for the previous one; with
@@ -39,6 +40,7 @@ goes through all configurations in a rotated order), and the median is printed.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import multiprocessing
 import os
@@ -61,8 +63,10 @@ from papycluster import NuMap, Piper, Worker, workers
 SIZES = [("100 B", 100), ("10 KB", 10_000), ("1 MB", 1 << 20), ("16 MB", 16 << 20)]
 STREAM = ["tcp", "udp", "fifo", "shm", "file"]
 RAW_FOR = {"tcp": "socket", "tcp-clear": "socket", "udp": "socket", "fifo": "shm copy",
-           "shm": "shm copy", "file": "shm copy", "sqlite": "shm copy", "file-MAC": "shm copy",
-           "sqlite-MAC": "shm copy"}
+           "shm": "shm copy", "file": "shm copy", "sqlite": "sqlite raw",
+           "file-MAC": "shm copy", "sqlite-MAC": "sqlite raw"}
+#: The raw baselines, each measured between two plain processes.
+RAWS = ("socket", "shm copy", "sqlite raw")
 #: The share of the ``file`` rows: a directory of this run, not the temp directory.
 BENCH_SHARE = "bench"
 #: Paths run a second time without the MAC, to show its cost ("x -MAC").
@@ -265,6 +269,57 @@ def raw_shm_copy(size: int, n: int) -> float:
     return n / elapsed
 
 
+def _sqlite_open(path: str) -> Any:
+    import sqlite3
+
+    conn = sqlite3.connect(path, timeout=60, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    return conn
+
+
+def _sqlite_writer(path: str, size: int, n: int, conn: Any) -> None:
+    db = _sqlite_open(path)
+    data = make_item(None, size)
+    for i in range(n + 1):
+        db.execute("INSERT INTO items (id, value) VALUES (?, ?)", (i, data))
+        conn.send_bytes(str(i).encode())
+        conn.recv_bytes()
+    db.close()
+
+
+def raw_sqlite(size: int, n: int) -> float:
+    """A plain sqlite3 write and read of the same bytes between two processes: the
+    writer inserts a row (its own commit), the reader selects it and deletes it (a
+    commit), in WAL with synchronous=NORMAL like the transport; what sqlite itself
+    costs, without tickets, MACs or a pipeline."""
+    path = os.path.join(os.path.dirname(SQLITE_DB), f"raw-{secrets.token_hex(4)}.sqlite")
+    db = _sqlite_open(path)
+    db.execute("PRAGMA page_size=65536")
+    db.execute("CREATE TABLE items (id INTEGER PRIMARY KEY, value BLOB)")
+    ctx = multiprocessing.get_context("spawn")
+    here, there = ctx.Pipe()
+    writer = ctx.Process(target=_sqlite_writer, args=(path, size, n, there))
+    writer.start()
+    t0 = 0.0
+    try:
+        for i in range(n + 1):
+            rowid = int(here.recv_bytes())
+            (value,) = db.execute("SELECT value FROM items WHERE id = ?", (rowid,)).fetchone()
+            db.execute("DELETE FROM items WHERE id = ?", (rowid,))
+            here.send_bytes(b"r")
+            if i == 0:
+                t0 = time.perf_counter()
+        elapsed = time.perf_counter() - t0
+        writer.join(30)
+    finally:
+        db.close()
+        for suffix in ("", "-wal", "-shm"):
+            with contextlib.suppress(OSError):
+                os.unlink(path + suffix)
+    return n / elapsed
+
+
 # -- the MAC's cost, in one process -------------------------------------------------
 
 def _dump_load_us(kind: str, size: int, n: int) -> float:
@@ -355,7 +410,7 @@ def _run(args: argparse.Namespace) -> None:
     cases: list[tuple[str, str, int, bool, int]] = [
         (label, kind, size, False, buffer)
         for label, size in sizes for kind in kinds for buffer in buffers]
-    raws = [(label, raw, size) for label, size in sizes for raw in ("socket", "shm copy")]
+    raws = [(label, raw, size) for label, size in sizes for raw in RAWS]
     try:
         import numpy  # noqa: F401
 
@@ -373,7 +428,8 @@ def _run(args: argparse.Namespace) -> None:
                 run_pipeline(kind, size, n, array, buffer))
         for label, raw, size in raws:
             n = count_for(size, args.quick)
-            fn = raw_socket if raw == "socket" else raw_shm_copy
+            fn = {"socket": raw_socket, "shm copy": raw_shm_copy,
+                  "sqlite raw": raw_sqlite}[raw]
             rates.setdefault((label, raw, 0), []).append(fn(size, n))
         print(f"  repetition {rep + 1}/{args.reps} done at "
               f"{time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
@@ -396,7 +452,7 @@ def _run(args: argparse.Namespace) -> None:
                     if (label, "manager", b) in med), default=None)
         rows = [(kind, b, med.get((label, kind, b))) for kind in kinds for b in buffers]
         if label != "16 MB numpy":
-            rows += [(raw, 0, med.get((raw_label, raw, 0))) for raw in ("socket", "shm copy")]
+            rows += [(raw, 0, med.get((raw_label, raw, 0))) for raw in RAWS]
         for kind, buffer, rate in rows:
             if rate is None:
                 continue
