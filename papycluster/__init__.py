@@ -72,6 +72,13 @@ def _ray_hosts(*args: Any, **kwargs: Any) -> Any:
     return ray_hosts(*args, **kwargs)
 
 
+def _group_hosts(*args: Any, **kwargs: Any) -> Any:
+    """The hosts of a host group of the running cluster (``NuMap(worker_remote="all")``)."""
+    from papycluster.cluster.lane import group_members
+
+    return [(host, n) for host, n, _ in group_members(*args, **kwargs)]
+
+
 def _plan(plumber: Any) -> None:
     """The cluster layer's transport negotiation, imported when a Plumber needs it."""
     from papycluster.cluster.negotiate import negotiate_dagger
@@ -86,6 +93,7 @@ hooks.register_lane("dask", _dask_lane)
 hooks.register_lane("ray", _ray_lane)
 hooks.register_hosts("dask", _dask_hosts)
 hooks.register_hosts("ray", _ray_hosts)
+hooks.register_hosts("group", _group_hosts)
 hooks.register_planner(_plan)
 
 

@@ -299,7 +299,8 @@ def start_host(config: ClusterConfig, host: HostConfig, secret: str,
         shares=host.shares, python=agent_info["python"], python_cmd=host.python,
         ssh=SshSettings(user=host.user, port=host.port, key=host.key, shell=host.shell,
                         cache_dir=host.cache_dir),
-        caps=readiness.agent_caps(agent_info), controller_address=controller_address)
+        caps=readiness.agent_caps(agent_info), controller_address=controller_address,
+        groups=list(host.groups))
     return entry, agent_info
 
 

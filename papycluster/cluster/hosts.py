@@ -51,6 +51,8 @@ _HOST_KEYS: dict[str, tuple[tuple[type, ...], str]] = {
     "packages": ((list,), 'a list of requirements such as ["numpy==2.*"] (see README)'),
     "ports": ((str,), 'the ports the agent and its item servers listen on, such as '
                       '"20000-20100" (a range a firewall opens)'),
+    "groups": ((list,), 'a list of host group names such as ["gpu"], for '
+                        'NuMap(worker_remote="gpu")'),
 }
 _DEFAULT_KEYS = {k: v for k, v in _HOST_KEYS.items() if k not in ("name", "address")}
 _CLUSTER_KEYS: dict[str, tuple[tuple[type, ...], str]] = {
@@ -91,6 +93,8 @@ class HostConfig:
     #: Ports the agent (its first, unless agent_port says) and its workers' listeners
     #: use, as "first-last"; None: the agent_port and any free port.
     ports: str | None = None
+    #: Host groups it belongs to, besides "all" (``NuMap(worker_remote="gpu")``).
+    groups: list[str] = field(default_factory=list)
     local: bool = False  # started as a subprocess on this machine, without SSH
 
 
@@ -218,6 +222,14 @@ def _check_table(path: str, loc: _Locator, section: str, index: int, table: Any,
             except ValueError as exc:
                 raise HostsFileError(path, loc.where(section, key, index), str(exc),
                                      f"use {desc}") from None
+        if key == "groups":
+            for group in value:
+                if not isinstance(group, str) or not group.isidentifier() or group in (
+                        "all", "ray"):
+                    raise HostsFileError(
+                        path, loc.where(section, key, index),
+                        f"bad group name {group!r}", "a group is a name such as \"gpu\" "
+                        "(letters, digits, _; not all or ray)")
         if key == "packages":
             for requirement in value:
                 if not isinstance(requirement, str) or not requirement.strip():

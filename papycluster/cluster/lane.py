@@ -9,6 +9,11 @@ batch grows while the messages stay small and more tasklets wait than idle worke
 need, and shrinks for big items (:class:`_BatchSize`); the worker process runs them one
 by one and answers as they finish (fast results coalesced, a slow one at once).
 
+A lane given a host group (``NuMap(worker_remote="all")``) looks at the cluster state
+every ``JOIN_EVERY`` seconds and takes on the group's hosts that are new, or that were
+lost and have a new agent (``papycluster up`` started it again), with their
+``workers`` each; lost hosts are dropped as always.
+
 Remote items are never lost silently: a remote worker whose host dies, or shows no sign
 of life for ``heartbeat`` seconds, gives its tasklets back to the queue, and a
 surviving worker runs them again (at most ``retries`` times); only when no worker of
@@ -25,6 +30,7 @@ from collections import deque
 from typing import Any
 
 from papycluster.cluster.client import open_remote_worker
+from papycluster.cluster.state import load_state
 from papycluster.engine import process as proto
 from papycluster.engine.lanes import HEARTBEAT_EVERY, Hub, QueueLane, join_all
 from papycluster.errors import WorkerLostError
@@ -39,19 +45,44 @@ REMOTE_DEPTH = 2
 MAX_BATCH = 256
 BATCH_BYTES = 1 << 20
 
+#: Seconds between two looks of a host group's lane at the cluster state.
+JOIN_EVERY = 1.0
+
 #: How long a stop waits for the agents of remote workers lost mid-run to remove what
 #: those left (a cut-off host cannot answer; its agent removes it when it ends).
 SWEEP_TIMEOUT = 2.0
 
 
+def group_members(group: str, timeout: float = 0.0) -> list[tuple[str, int, tuple]]:
+    """``(host, workers, agent)`` of each host of ``group`` in the cluster state:
+    ``'all'`` is every host, another name the hosts that list it in ``groups``.
+    ``agent`` tells one start of its agent from the next. ValueError when the group
+    has no host up."""
+    state = load_state(missing_ok=True)
+    hosts = state.hosts if state is not None else {}
+    members = [(name, max(1, entry.workers), (entry.connect, entry.agent_port, entry.pid))
+               for name, entry in sorted(hosts.items())
+               if group == "all" or group in entry.groups]
+    if not members:
+        raise ValueError(f"worker_remote={group!r}: no host of the running cluster is "
+                         "in that group (`papycluster status` lists them; a host joins "
+                         "a group by `groups = [...]` in the hosts file)")
+    return members
+
+
 class RemoteLane(QueueLane):
     """One worker process per entry of ``specs`` (a host of the cluster, or
-    ``'host:port'`` of an agent), fed from one queue."""
+    ``'host:port'`` of an agent), fed from one queue; with ``group``, also the hosts
+    that join that group later (see the module's docstring)."""
 
     kind = "remote"
     local = False
 
-    def __init__(self, hub: Hub, specs: list[str]) -> None:
+    def __init__(self, hub: Hub, specs: list[str], group: str | None = None) -> None:
+        self.group = group
+        #: A group's hosts -> the agent their workers were opened on (group_members).
+        self.members: dict[str, tuple] = {}
+        self._stopped = False
         self.specs = list(specs)
         self.size = len(specs)
         self.idle = 0  # remote workers waiting for a tasklet
@@ -65,6 +96,54 @@ class RemoteLane(QueueLane):
 
     def _thread_args(self, i: int) -> tuple:
         return (self.specs[i],)
+
+    def start(self) -> None:
+        if self.group is not None:
+            try:
+                self.members = {h: agent for h, _, agent in group_members(self.group)}
+            except ValueError:
+                self.members = {}
+            threading.Thread(target=self._watch, daemon=True,
+                             name=f"{self.hub.name}-join-{self.group}").start()
+        super().start()
+
+    def _watch(self) -> None:
+        """Take on the group's hosts that join, or come back with a new agent."""
+        hub = self.hub
+        while not hub.closing.wait(JOIN_EVERY) and not self._stopped:
+            try:
+                members = group_members(self.group)
+            except Exception:  # no state for a moment (a concurrent up), or no host
+                continue
+            for host, n, agent in members:
+                known = self.members.get(host)
+                if known is None or (known != agent and host in self.lost_hosts):
+                    self._join(host, n, agent, "joined" if known is None else
+                               "is back")
+
+    def _join(self, host: str, n: int, agent: tuple, how: str) -> None:
+        hub = self.hub
+        threads = [threading.Thread(target=self._serve, args=(host,), daemon=True,
+                                    name=f"{hub.name}-remote-{host}-{len(self.specs) + i}")
+                   for i in range(n)]
+        with hub.cond:
+            if self._stopped:
+                return
+            self.members[host] = agent
+            self.lost_hosts.discard(host)
+            self.specs += [host] * n
+            self.size += n
+            self.alive += n
+            self.threads += threads
+        log.warning("%s: host %s %s: %d remote worker(s) on it join the pool", hub.name,
+                    host, how, n)
+        for thread in threads:
+            thread.start()
+
+    def stop(self) -> None:
+        with self.hub.cond:
+            self._stopped = True
+        super().stop()
 
     def close(self, deadline: float) -> None:
         join_all(self.threads, deadline)

@@ -106,7 +106,8 @@ class LocalLauncher:
             address="127.0.0.1", connect="127.0.0.1", agent_port=res["port"], pid=res["pid"],
             run_dir=res["run_dir"], local=True, os=info["os"], profile=host.profile,
             workers=host.workers, shares={}, python=info["python"], ssh=None,
-            caps=readiness.agent_caps(info), controller_address="127.0.0.1")
+            caps=readiness.agent_caps(info), controller_address="127.0.0.1",
+            groups=list(host.groups))
         progress(name, f"up (pid {res['pid']}, port {res['port']})")
         return entry, info
 

@@ -70,11 +70,15 @@ class HostEntry:
     controller_address: str | None = None
     python_cmd: str | None = None
     ssh: SshSettings | None = None
+    #: The hosts file's groups of this host (every host is also in "all").
+    groups: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         if self.python_cmd is None:
             del data["python_cmd"]  # as before there was a type: local entries lack it
+        if not self.groups:
+            del data["groups"]  # a host in no group but "all" is written as before
         return data
 
     @classmethod
@@ -99,6 +103,7 @@ class HostEntry:
             values["caps"] = dict(values.get("caps") or {})
             values["shares"] = dict(values.get("shares") or {})
             values["workers"] = int(values.get("workers") or 1)
+            values["groups"] = [str(g) for g in values.get("groups") or []]
             return cls(**values)
         except (TypeError, ValueError) as exc:
             raise ClusterError(f"{where}: host {name!r} has a bad entry ({exc}); run "

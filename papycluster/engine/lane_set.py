@@ -32,15 +32,19 @@ log = logging.getLogger("papycluster.numap")
 
 def engine_of(worker_remote: Any) -> tuple[str, Any] | None:
     """``('dask' | 'ray', target)`` when ``worker_remote`` names an engine cluster,
-    None for agents (a list of ``(host, n)``); ValueError for any other string."""
+    None for agents (a list of ``(host, n)``, or a host group's name such as
+    ``'all'``); ValueError for any other string."""
     if isinstance(worker_remote, str):
         if worker_remote.startswith("dask://"):
             return "dask", worker_remote
         if worker_remote == "ray" or worker_remote.startswith("ray://"):
             return "ray", worker_remote
-        raise ValueError(f"worker_remote={worker_remote!r}: a string names an engine "
-                         "cluster ('dask://host:port', 'ray://host:port' or 'ray'); "
-                         "papycluster agents are a list of (host, n)")
+        if worker_remote.isidentifier():
+            return None  # a host group of the running cluster
+        raise ValueError(f"worker_remote={worker_remote!r}: a string names a host group "
+                         "of the cluster ('all', or a group of the hosts file) or an "
+                         "engine cluster ('dask://host:port', 'ray://host:port' or "
+                         "'ray'); papycluster agents are also a list of (host, n)")
     if type(worker_remote).__module__.split(".")[0] == "distributed":
         return "dask", worker_remote  # a distributed.Client
     return None
@@ -52,8 +56,10 @@ class LaneSet:
     (:func:`engine_of`)."""
 
     def __init__(self, hub: Hub, worker_type: str, worker_num: int,
-                 remote_specs: list[str], engine: tuple[str, Any] | None = None) -> None:
+                 remote_specs: list[str], engine: tuple[str, Any] | None = None,
+                 group: str | None = None) -> None:
         self.hub = hub
+        self.group = group  # remote_specs are its members now; joiners come later
         self.worker_type = worker_type
         self.worker_num = worker_num
         self.remote_specs = remote_specs
@@ -75,8 +81,10 @@ class LaneSet:
             lane.start()
             return
         self.start_local()
-        if self.remote_specs:
-            lane = hooks.lane_factory("remote")(self.hub, self.remote_specs)  # cluster.lane
+        if self.remote_specs or self.group:
+            factory = hooks.lane_factory("remote")  # cluster.lane
+            lane = (factory(self.hub, self.remote_specs, group=self.group) if self.group
+                    else factory(self.hub, self.remote_specs))
             with self.hub.cond:
                 self.lanes.append(lane)
             lane.start()

@@ -56,6 +56,7 @@ import weakref
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from papycluster import hooks
 from papycluster.engine import output
 from papycluster.engine.feed import Budget, Feed
 from papycluster.engine.lane_set import LaneSet, engine_of
@@ -94,7 +95,10 @@ class NuMap(NuMapResults):
 
     ``worker_type`` is ``'process'`` (default) or ``'thread'``; ``worker_remote`` is a
     list of ``(host, n)`` (a host of the running cluster, or ``'host:port'`` of an
-    agent) adding ``n`` remote workers each, or an engine cluster the tasklets run on
+    agent) adding ``n`` remote workers each; or the name of a host group of the running
+    cluster (``'all'``, or a ``groups`` name of the hosts file), whose hosts get their
+    ``workers`` each and which takes on hosts that join it or come back while the
+    NuMap runs (``papycluster up`` again); or an engine cluster the tasklets run on
     instead, ``worker_num`` at a time: ``'dask://host:port'`` or a
     ``distributed.Client``, ``'ray://host:port'`` or ``'ray'`` (papycluster.engines).
     ``start_method`` picks the multiprocessing start method for local processes
@@ -130,6 +134,12 @@ class NuMap(NuMapResults):
         self.engine = engine_of(worker_remote)
         if self.engine is not None:
             worker_remote = None  # worker_num is then the tasklets in flight on it
+        #: A host group of the cluster (``'all'``, or a group of the hosts file): its
+        #: hosts now, with their ``workers`` each; hosts that join it later, or come
+        #: back after a loss, are taken on while the NuMap runs (see cluster.lane).
+        self.group = worker_remote if isinstance(worker_remote, str) else None
+        if self.group is not None:
+            worker_remote = hooks.hosts_prober("group")(self.group)
         self.worker_remote = [(str(host), int(n)) for host, n in (worker_remote or [])]
         for host, n in self.worker_remote:
             if n < 1:
@@ -184,7 +194,7 @@ class NuMap(NuMapResults):
         #: The executors (see engine.lanes): the local lane first, then the remote one.
         self._lanes = LaneSet(self._hub, self.worker_type, self.worker_num,
                               [host for host, n in self.worker_remote for _ in range(n)],
-                              self.engine)
+                              self.engine, self.group)
         if bool(func) != bool(iterable):
             raise ValueError("NuMap(func, iterable) needs both or neither")
         if func and iterable:

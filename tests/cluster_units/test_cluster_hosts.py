@@ -192,3 +192,14 @@ def test_encrypt_is_a_cluster_boolean_true_by_default():
         parse_hosts('[cluster]\nencrypt = "no"\n' + host, "lab.toml")
     assert "line 2, [cluster] key 'encrypt'" in str(info.value)
     assert "must be true or false, not str 'no'" in str(info.value)
+
+
+def test_groups_are_names_and_a_bad_one_is_named_with_its_line():
+    config = parse_hosts('[defaults]\ngroups = ["big"]\n'
+                         '[[host]]\nname = "a"\naddress = "x"\n'
+                         '[[host]]\nname = "b"\naddress = "y"\ngroups = ["gpu", "big"]\n')
+    assert [h.groups for h in config.hosts] == [["big"], ["gpu", "big"]]
+    for bad in ('"all"', '"two words"', "3"):
+        with pytest.raises(HostsFileError, match="line 4") as err:
+            parse_hosts(f'[[host]]\nname = "a"\naddress = "x"\ngroups = [{bad}]\n')
+        assert "group" in str(err.value)

@@ -75,3 +75,22 @@ def test_a_bad_state_file_names_its_culprit(tmp_path: Path, change, words) -> No
     assert str(path) in str(info.value)
     for word in words:
         assert word in str(info.value)
+
+
+def test_a_host_group_is_its_hosts_in_the_state_with_their_workers():
+    from papycluster.cluster.lane import group_members
+    from papycluster.cluster.state import ClusterState, HostEntry, save_state
+    from papycluster.engine.lane_set import engine_of
+
+    state = ClusterState(cluster="c", secret="s" * 32)
+    state.hosts["a"] = HostEntry(address="x", connect="x", agent_port=1, pid=10,
+                                 workers=3, groups=["gpu"])
+    state.hosts["b"] = HostEntry(address="y", connect="y", agent_port=2, pid=11)
+    save_state(state)
+    assert [(h, n) for h, n, _ in group_members("all")] == [("a", 3), ("b", 2)]
+    assert [(h, n) for h, n, _ in group_members("gpu")] == [("a", 3)]
+    with pytest.raises(ValueError, match="no host of the running cluster is in that group"):
+        group_members("tpu")
+    assert engine_of("gpu") is None  # a group, not an engine
+    with pytest.raises(ValueError, match="host group"):
+        engine_of("not a name")
