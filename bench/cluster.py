@@ -17,6 +17,8 @@ not count. Every configuration runs ``--reps`` times, interleaved, and the media
 printed. Then ``papycluster up`` is timed on one bare node and on all four nodes (the
 shipped bundle purged after each run, so every ``up`` ships it), interleaved.
 ``--windows`` adds node1 -> win1 (the Windows-profile node: file on the share).
+The manager path's bytes go on the worker streams, encrypted by CURVE like ``tcp``;
+``--no-encrypt`` runs the whole table with ``encrypt = false`` (streams in clear).
 
     python bench/cluster.py [--reps 3] [--quick] [--only tcp,file] [--sizes '1 MB']
     python bench/cluster.py --up-only --reps 5     # only the timing of ``up``
@@ -209,6 +211,9 @@ def main() -> None:
                         help="also node1 -> win1 (Windows profile: file on the share)")
     parser.add_argument("--up-only", action="store_true",
                         help="skip the transports; only time `up` on 1 and 4 nodes")
+    parser.add_argument("--no-encrypt", action="store_true",
+                        help="encrypt = false in the hosts file: the manager path's worker "
+                             "streams (and tcp) in clear, as on a trusted network")
     args = parser.parse_args()
     began = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="papyc-bench-cluster-") as tmp:
@@ -222,6 +227,8 @@ def main() -> None:
             nodes = [h.nodes["node1"], h.nodes["node2"]] + (
                 [h.nodes["win1"]] if args.windows else [])
             text = h.hosts_toml(nodes, cluster_name="bench" + secrets.token_hex(3))
+            if args.no_encrypt:
+                text = text.replace("[cluster]\n", "[cluster]\nencrypt = false\n", 1)
             result = controller.up(parse_hosts(text, str(workdir / "hosts.toml")))
             if result.failed:
                 raise SystemExit(f"papycluster up failed: {result.failed}")
