@@ -72,11 +72,11 @@ def _ray_hosts(*args: Any, **kwargs: Any) -> Any:
     return ray_hosts(*args, **kwargs)
 
 
-def _group_hosts(*args: Any, **kwargs: Any) -> Any:
+def _group_hosts(group: str) -> Any:
     """The hosts of a host group of the running cluster (``NuMap(worker_remote="all")``)."""
     from papycluster.cluster.lane import group_members
 
-    return [(host, n) for host, n, _ in group_members(*args, **kwargs)]
+    return [(host, n) for host, n, _ in group_members(group)]
 
 
 def _plan(plumber: Any) -> None:

@@ -174,8 +174,7 @@ class RemoteWorker:
         an encrypted one must open (the agent takes no bytes in clear then)."""
         wire = "hmac"
         try:
-            port, token, *rest = root.open_stream(self.wid)
-            wire = rest[0] if rest else "hmac"
+            port, token, wire = root.open_stream(self.wid)
             channel = stream.open_channel(self._conn.address, int(port), token,
                                           self._conn._secret, wire, timeout=10.0)
         except Exception as exc:

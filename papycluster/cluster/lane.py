@@ -53,7 +53,7 @@ JOIN_EVERY = 1.0
 SWEEP_TIMEOUT = 2.0
 
 
-def group_members(group: str, timeout: float = 0.0) -> list[tuple[str, int, tuple]]:
+def group_members(group: str) -> list[tuple[str, int, tuple]]:
     """``(host, workers, agent)`` of each host of ``group`` in the cluster state:
     ``'all'`` is every host, another name the hosts that list it in ``groups``.
     ``agent`` tells one start of its agent from the next. ValueError when the group

@@ -25,7 +25,6 @@ Runs on the agent too: Python 3.9, no ``match``, no runtime ``X | Y``.
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import queue
@@ -35,8 +34,7 @@ from collections.abc import Callable
 from typing import Any
 
 from papycluster.transport import curve
-from papycluster.transport.tcp_curve import CurveClient
-from papycluster.wire import ports
+from papycluster.transport.tcp_curve import CurveClient, bind_in_range
 from papycluster.wire.frames import SMALL
 
 log = logging.getLogger("papycluster.stream")
@@ -49,8 +47,19 @@ ANSWER_TIMEOUT = 10.0
 _CLOSED = None
 
 
-def _url(host: str, port: int) -> str:
-    return f"tcp://[{host}]:{port}" if ":" in host else f"tcp://{host}:{port}"
+def _pending(recv: Callable[[], Any]) -> Any:
+    """Every message waiting on a socket, without blocking (``recv`` passes NOBLOCK)."""
+    z = curve.zmq()
+    while True:
+        try:
+            yield recv()
+        except z.Again:
+            return
+
+
+def _payload(frame: Any) -> Any:
+    """A received frame's bytes: small ones as bytes, large ones without a copy."""
+    return frame.bytes if len(frame) < SMALL else frame.buffer
 
 
 def _secret_bytes(secret: str | bytes) -> bytes:
@@ -147,7 +156,8 @@ class CurveStreamListener:
         self.sock.setsockopt(z.HEARTBEAT_IVL, 2000)
         self.sock.setsockopt(z.HEARTBEAT_TIMEOUT, 10_000)
         try:
-            self.port = self._bind(z, bind)
+            self.port = bind_in_range(self.sock, bind, "the agent's worker-stream "
+                                      "listener")
         except BaseException:
             self.sock.close(linger=0)
             self.gate.stop()
@@ -158,20 +168,6 @@ class CurveStreamListener:
         self._thread = threading.Thread(target=self._loop, daemon=True,
                                         name="papycluster-streams-curve")
         self._thread.start()
-
-    def _bind(self, z: Any, bind: str) -> int:
-        order = ports.candidates()
-        if order is None:
-            self.sock.bind(_url(bind, 0).rpartition(":")[0] + ":*")
-            return int(self.sock.getsockopt_string(z.LAST_ENDPOINT).rpartition(":")[2])
-        for port in order:
-            try:
-                self.sock.bind(_url(bind, port))
-                return port
-            except z.ZMQError as exc:
-                if exc.errno not in (errno.EADDRINUSE, errno.EACCES):
-                    raise
-        raise ports.exhausted("the agent's worker-stream listener", bind)
 
     def issue(self, wid: int) -> str:
         """A one-time token that binds the next stream presenting it to worker ``wid``."""
@@ -207,11 +203,8 @@ class CurveStreamListener:
                 channel.close()
 
     def _send_out(self, z: Any) -> None:
-        while True:
-            try:
-                frames = self._pipe.pull.recv_multipart(z.NOBLOCK, copy=False)
-            except z.Again:
-                return
+        pull = self._pipe.pull
+        for frames in _pending(lambda: pull.recv_multipart(z.NOBLOCK, copy=False)):
             peer = frames[0].bytes
             try:
                 self.sock.send_multipart(frames, copy=False, flags=z.NOBLOCK)
@@ -223,18 +216,14 @@ class CurveStreamListener:
                     channel.close()
 
     def _take_in(self, z: Any) -> None:
-        while True:
-            try:
-                frames = self.sock.recv_multipart(z.NOBLOCK, copy=False)
-            except z.Again:
-                return
+        for frames in _pending(lambda: self.sock.recv_multipart(z.NOBLOCK, copy=False)):
             if len(frames) != 2:
                 continue  # not a DEALER of ours: one frame per message
             peer, frame = frames[0].bytes, frames[1]
             with self.lock:
                 channel = self.channels.get(peer)
             if channel is not None:
-                channel.inbox.put(frame.bytes if len(frame) < SMALL else frame.buffer)
+                channel.inbox.put(_payload(frame))
                 continue
             answer = self._admit(peer, frame.bytes)
             try:
@@ -334,20 +323,12 @@ class ControllerChannel:
             while not self.closed:
                 ready = dict(poller.poll(250))
                 if pull in ready:
-                    while True:
-                        try:
-                            frames = pull.recv_multipart(z.NOBLOCK, copy=False)
-                        except z.Again:
-                            break
+                    for frames in _pending(lambda: pull.recv_multipart(z.NOBLOCK,
+                                                                       copy=False)):
                         sock.send_multipart(frames, copy=False, flags=z.NOBLOCK)
                 if sock in ready:
-                    while True:
-                        try:
-                            frame = sock.recv(z.NOBLOCK, copy=False)
-                        except z.Again:
-                            break
-                        # small frames as bytes, large ones without a copy
-                        self.inbox.put(frame.bytes if len(frame) < SMALL else frame.buffer)
+                    for frame in _pending(lambda: sock.recv(z.NOBLOCK, copy=False)):
+                        self.inbox.put(_payload(frame))
                 if self.client.monitor in ready and not self.client.healthy():
                     # libzmq would reconnect, and what was in flight would be gone
                     # unseen: the stream ends here, and the engine resubmits

@@ -76,6 +76,25 @@ def _url(host: str, port: int) -> str:
     return f"tcp://[{host}]:{port}" if ":" in host else f"tcp://{host}:{port}"
 
 
+def bind_in_range(sock: Any, bind: str, what: str) -> int:
+    """Bind the zmq ``sock`` to ``bind`` on a port of the configured range (any free
+    port when none is, see papycluster.wire.ports); the port. ``what`` names the
+    listener when every port of the range is taken."""
+    z = curve.zmq()
+    order = ports.candidates()
+    if order is None:  # any free port, as the system picks them
+        sock.bind(_url(bind, 0).rpartition(":")[0] + ":*")
+        return int(sock.getsockopt_string(z.LAST_ENDPOINT).rpartition(":")[2])
+    for port in order:
+        try:
+            sock.bind(_url(bind, port))
+            return port
+        except z.ZMQError as exc:
+            if exc.errno not in (errno.EADDRINUSE, errno.EACCES):
+                raise
+    raise ports.exhausted(what, bind)
+
+
 class CurveServer:
     """One ROUTER socket and its thread, serving ``store``'s items to CURVE clients."""
 
@@ -97,7 +116,7 @@ class CurveServer:
         self.sock.setsockopt(z.HANDSHAKE_IVL, int(HANDSHAKE_TIMEOUT * 1000))
         self.sock.setsockopt(z.MAXMSGSIZE, MAX_REQUEST)
         try:
-            self.port = self._bind(z, bind)
+            self.port = bind_in_range(self.sock, bind, "the tcp item server")
         except (OSError, z.ZMQError) as exc:
             self._close_all()
             raise TransportError(f"tcp: cannot listen on {bind!r}: {exc}") from None
@@ -105,21 +124,6 @@ class CurveServer:
         self._thread = threading.Thread(target=self._loop, daemon=True,
                                         name=f"papycluster-tcp-curve-{self.port}")
         self._thread.start()
-
-    def _bind(self, z: Any, bind: str) -> int:
-        order = ports.candidates()
-        if order is None:  # any free port, as the system picks them
-            self.sock.bind(_url(bind, 0).rpartition(":")[0] + ":*")
-            endpoint = self.sock.getsockopt_string(z.LAST_ENDPOINT)
-            return int(endpoint.rpartition(":")[2])
-        for port in order:
-            try:
-                self.sock.bind(_url(bind, port))
-                return port
-            except z.ZMQError as exc:
-                if exc.errno not in (errno.EADDRINUSE, errno.EACCES):
-                    raise
-        raise ports.exhausted("the tcp item server", bind)
 
     def _loop(self) -> None:
         z = curve.zmq()
